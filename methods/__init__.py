@@ -1,0 +1,53 @@
+"""Explainers by name: ``create_method("gradcam", model, layer="layer4")``, ``list_methods("*cam*")``.
+
+Each method lives in its own module and registers itself there; the table below names the
+module of every method so that ``list_methods`` works without importing them all.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, List
+
+from torch import nn
+
+from salbench.methods.base import Explainer, LayerExplainer, Postprocess
+from salbench.registry import Registry
+
+METHODS = Registry("method")
+
+for _name, _target in {
+    "gradcam": "salbench.methods.gradcam:GradCAM",
+    "random": "salbench.methods.baselines:RandomMap",
+    "center": "salbench.methods.baselines:CenterGaussian",
+}.items():
+    METHODS.register_lazy(_name, _target)
+
+
+def list_methods(pattern: str = "*") -> List[str]:
+    """Registered method names matching the glob ``pattern``."""
+    return METHODS.list(pattern)
+
+
+def create_method(name: str, model: Any, **options: Any) -> Explainer:
+    """Build explainer ``name`` for ``model`` (an ``nn.Module`` or a :class:`salbench.models.ModelBundle`).
+
+    ``None`` options take the method's default. A bundle supplies its default target layer to
+    methods that take a ``layer`` option.
+    """
+    entry = METHODS.get(name)
+    module = getattr(model, "module", model)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"model must be an nn.Module or a ModelBundle; got {type(model).__name__}")
+    accepted = inspect.signature(entry).parameters
+    if options.get("layer") is None and "layer" in accepted and getattr(model, "target_layer", None):
+        options["layer"] = model.target_layer
+    unknown = sorted(set(options) - set(accepted)) if not any(
+        p.kind is p.VAR_KEYWORD for p in accepted.values()
+    ) else []
+    if unknown:
+        valid = [p for p in accepted if p not in ("self", "model")]
+        raise TypeError(f"method {name!r} has no option {unknown[0]!r}; valid options: {', '.join(valid)}")
+    return METHODS.create(name, module, **options)
+
+
+__all__ = ["Explainer", "LayerExplainer", "Postprocess", "METHODS", "create_method", "list_methods"]

@@ -1,0 +1,27 @@
+"""Metrics by name: ``create_metric("cam_paper")``, ``list_metrics("*loc*")``."""
+from __future__ import annotations
+
+from typing import Any, List
+
+from salbench.metrics.base import ExplainedBatch, Metric, ScoreInfo
+from salbench.registry import Registry
+
+METRICS = Registry("metric")
+
+for _name, _target in {
+    "cam_paper": "salbench.metrics.localization:CamPaperLocalization",
+}.items():
+    METRICS.register_lazy(_name, _target)
+
+
+def list_metrics(pattern: str = "*") -> List[str]:
+    """Registered metric names matching the glob ``pattern``."""
+    return METRICS.list(pattern)
+
+
+def create_metric(name: str, **options: Any) -> Metric:
+    """Build metric ``name``; ``None`` options take the metric's (preset's) default."""
+    return METRICS.create(name, **options)
+
+
+__all__ = ["ExplainedBatch", "Metric", "ScoreInfo", "METRICS", "create_metric", "list_metrics"]

@@ -1,0 +1,1 @@
+"""Reports: load scores from run directories, summary tables and plots."""
