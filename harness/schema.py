@@ -1,0 +1,157 @@
+"""Typed config schemas in Hydra's ConfigStore.
+
+* ``salbench_schema``: the top-level dataclass :class:`SalbenchConfig` (first in config.yaml's
+  defaults), so a mistyped top-level key or a wrong type fails at compose time.
+* ``schema/<group>/<name>``: one dataclass per registered method, model, dataset and metric,
+  derived from its entrypoint's signature (so the schema can never drift from the code).
+  :func:`validate_config` merges every selected YAML option into its schema: an unknown key
+  or a wrong type is an error naming the key and the valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from salbench.registry import Registry
+
+TARGETS = ("label", "predicted")
+
+
+@dataclass
+class SalbenchConfig:
+    """Top-level schema. Group nodes (model, dataset, method, metric) are validated separately
+    against the schemas derived from their entrypoints (:func:`validate_config`)."""
+
+    model: Any = MISSING
+    dataset: Any = MISSING
+    method: Dict[str, Any] = field(default_factory=dict)
+    metric: Dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 32
+    num_workers: int = 0
+    target: str = "label"
+    progress: bool = True
+    gallery_images: int = 8
+
+
+_PLAIN = (int, float, bool, str)
+
+
+def _field_type(annotation: Any) -> Any:
+    """Map an entrypoint annotation to one OmegaConf accepts (Any when it cannot)."""
+    if isinstance(annotation, str) or annotation is inspect.Parameter.empty:
+        return Any
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation in _PLAIN:
+        return annotation
+    if origin is typing.Union and len(args) == 2 and type(None) in args:
+        inner = _field_type(next(a for a in args if a is not type(None)))
+        return Any if inner is Any else Optional[inner]
+    if origin in (list, tuple, List, Tuple) and args and all(a in _PLAIN for a in args if a is not Ellipsis):
+        return List[args[0]]
+    return Any
+
+
+def entry_parameters(entry: Callable) -> Dict[str, inspect.Parameter]:
+    """Keyword parameters of ``entry`` (a class: its ``__init__`` and, through ``**kwargs``, its
+    bases'), without ``self`` / ``model`` / variadics, with resolved annotations."""
+    classes = inspect.getmro(entry) if inspect.isclass(entry) else (entry,)
+    params: Dict[str, inspect.Parameter] = {}
+    for owner in classes:
+        function = owner.__init__ if inspect.isclass(owner) else owner
+        if inspect.isclass(owner) and "__init__" not in vars(owner):
+            continue
+        try:
+            hints = typing.get_type_hints(function)
+        except Exception:  # unresolvable forward references: fall back to Any
+            hints = {}
+        signature = inspect.signature(function)
+        for name, param in signature.parameters.items():
+            if name in ("self", "model") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            params.setdefault(name, param.replace(annotation=hints.get(name, param.annotation)))
+        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            break  # no **kwargs: the bases' options are not accepted
+    return params
+
+
+def schema_for(kind: str, name: str, entry: Callable) -> Type:
+    """A dataclass with a ``name`` field and one field per keyword option of ``entry``."""
+    fields: List[Tuple[str, Any, Any]] = [("name", str, field(default=name))]
+    for pname, param in entry_parameters(entry).items():
+        ftype = _field_type(param.annotation)
+        default = None if param.default is inspect.Parameter.empty else param.default
+        if default is not None and ftype is not Any and not isinstance(default, _PLAIN):
+            ftype = Any
+        if ftype is not Any and typing.get_origin(ftype) is not typing.Union:
+            ftype = Optional[ftype]  # null in YAML means "the entry's default / derived value"
+        if isinstance(default, (list, tuple)):
+            fields.append((pname, ftype, field(default_factory=lambda d=default: list(d))))
+        else:
+            fields.append((pname, ftype, field(default=default)))
+    cls_name = "".join(part.capitalize() for part in f"{name}_{kind}_config".split("_"))
+    return dataclasses.make_dataclass(cls_name, fields)
+
+
+def _registries() -> Dict[str, Registry]:
+    from salbench.datasets import DATASETS
+    from salbench.methods import METHODS
+    from salbench.metrics import METRICS
+    from salbench.models import MODELS
+
+    return {"method": METHODS, "model": MODELS, "dataset": DATASETS, "metric": METRICS}
+
+
+def register_schemas() -> None:
+    """Store the top-level schema and one schema per registered entry in the ConfigStore."""
+    store = ConfigStore.instance()
+    store.store(name="salbench_schema", node=SalbenchConfig)
+    for kind, registry in _registries().items():
+        for name in registry.names():
+            store.store(group=f"schema/{kind}", name=name, node=schema_for(kind, name, registry.get(name)))
+
+
+def _check_node(kind: str, node: DictConfig, registry: Registry) -> None:
+    name = node.get("name")
+    if name is None:
+        raise ValueError(f"{kind} config {OmegaConf.to_container(node)} has no 'name'")
+    schema = OmegaConf.structured(schema_for(kind, name, registry.get(name)))
+    try:
+        OmegaConf.merge(schema, node)
+    except Exception as error:  # OmegaConf's ConfigKeyError / ValidationError
+        valid = [k for k in schema.keys() if k != "name"]
+        raise ValueError(f"invalid {kind} config {name!r}: {error}\nvalid options: {', '.join(valid)}") from None
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check every selected option against its schema and the top-level choices."""
+    registries = _registries()
+    if cfg.target not in TARGETS:
+        raise ValueError(f"unknown target {cfg.target!r}; valid: {', '.join(TARGETS)}")
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {cfg.batch_size}")
+    _check_node("model", cfg.model, registries["model"])
+    _check_node("dataset", cfg.dataset, registries["dataset"])
+    if not cfg.method:
+        raise ValueError("no method selected; e.g. method=[gradcam]")
+    for kind in ("method", "metric"):
+        for key, node in cfg[kind].items():
+            if not isinstance(node, DictConfig):
+                raise ValueError(f"{kind}.{key} must be a mapping with a 'name'; got {node!r}")
+            _check_node(kind, node, registries[kind])
+
+
+def options_of(node: DictConfig) -> Dict[str, Any]:
+    """A group node as plain keyword options for its factory (``name`` removed)."""
+    options = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(options, dict)
+    options.pop("name", None)
+    return options
