@@ -116,7 +116,11 @@ def register_schemas() -> None:
     store.store(name="salbench_schema", node=SalbenchConfig)
     for kind, registry in _registries().items():
         for name in registry.names():
-            store.store(group=f"schema/{kind}", name=name, node=schema_for(kind, name, registry.get(name)))
+            try:
+                entry = registry.get(name)
+            except ImportError:  # an optional dependency is missing: the error surfaces if selected
+                continue
+            store.store(group=f"schema/{kind}", name=name, node=schema_for(kind, name, entry))
 
 
 def _check_node(kind: str, node: DictConfig, registry: Registry) -> None:

@@ -1,0 +1,41 @@
+# salbench: `make demo` runs the main job on the embedded default; `make test` runs the tests.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_DIR ?= outputs/demo
+
+.PHONY: install demo test test-slow test-all crosscheck benchmark clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs when pyproject.toml changes (the project itself is installed editable).
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/salbench -m experiment=demo hydra.sweep.dir=$(DEMO_DIR)
+	$(BIN)/salbench report $(DEMO_DIR) --out $(DEMO_DIR)/report
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+crosscheck: $(STAMP)
+	$(BIN)/salbench crosscheck
+
+benchmark: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf outputs multirun build dist *.egg-info

@@ -1,0 +1,61 @@
+"""Console entry point ``salbench``.
+
+* ``salbench [overrides]`` / ``salbench -m [sweep overrides]``: the Hydra job (config ``config``);
+* ``salbench report DIR...``: the report of finished runs (also ``salbench-report``);
+* ``salbench crosscheck [overrides]``: methods against captum / pytorch-grad-cam (config ``crosscheck``).
+"""
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+SUBCOMMANDS = ("report", "crosscheck")
+
+
+def config_dir() -> str:
+    """Absolute path of the packaged config tree (``conf/`` in a checkout)."""
+    return str(Path(str(resources.files("salbench.conf"))).resolve())
+
+
+def _hydra_app(config_name: str, job: Callable[[DictConfig], Optional[int]]) -> Callable[[], None]:
+    from salbench.schema import register_schemas
+
+    register_schemas()
+
+    @hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")
+    def app(cfg: DictConfig) -> Optional[int]:
+        return job(cfg)
+
+    return app
+
+
+def run_main_job(cfg: DictConfig) -> None:
+    from salbench.runner import run_job
+
+    run_job(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "report":
+        from salbench.reports.cli import main as report_main
+
+        sys.exit(report_main(argv[1:]))
+    if argv and argv[0] == "crosscheck":
+        from salbench.crosscheck import crosscheck_main
+
+        sys.argv = [f"{sys.argv[0]} crosscheck", *argv[1:]]
+        _hydra_app("crosscheck", crosscheck_main)()
+        return
+    sys.argv = [sys.argv[0], *argv]
+    _hydra_app("config", run_main_job)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Every option in conf/ composes through Hydra's compose API, validates against its schema and
+(where it needs no external files) instantiates."""
+from pathlib import Path
+
+import pytest
+
+from salbench.cli import config_dir
+from salbench.datasets import create_dataset
+from salbench.methods import create_method
+from salbench.metrics import create_metric
+from salbench.models import create_model
+from salbench.schema import options_of, validate_config
+
+CONF = Path(config_dir())
+MULTI = ("method", "metric")
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def override(group, option):
+    return f"{group}=[{option}]" if group in MULTI else f"{group}={option}"
+
+
+def needs_files(node):
+    """Datasets/models whose config points at data the test machine does not have."""
+    return any(key in node and node[key] in (None, "???") for key in ("root", "weights_file")) or (
+        node.get("name") in ("torchvision", "timm") and node.get("pretrained", False)
+    )
+
+
+@pytest.mark.parametrize("group", ["method", "metric", "model", "dataset", "experiment", "debug"])
+def test_every_option_composes_and_validates(compose_config, group):
+    found = options(group)
+    assert found, f"conf/{group} has no options"
+    for option in found:
+        cfg = compose_config([override(group, option)] if group not in ("experiment", "debug") else [f"{group}={option}"])
+        validate_config(cfg)
+
+
+def test_every_method_and_metric_option_instantiates(compose_config, synthetic_bundle):
+    for option in options("method"):
+        cfg = compose_config([f"method=[{option}]"])
+        for node in cfg.method.values():
+            explainer = create_method(node.name, synthetic_bundle, **options_of(node))
+            assert explainer.options()["method"] == node.name
+    for option in options("metric"):
+        cfg = compose_config([f"metric=[{option}]"])
+        for node in cfg.metric.values():
+            assert create_metric(node.name, **options_of(node)).protocol() is not None
+
+
+def test_model_and_dataset_options_instantiate_when_their_files_are_here(compose_config):
+    for option in options("model"):
+        node = compose_config([f"model={option}"]).model
+        if not needs_files(node):
+            assert create_model(node.name, **options_of(node)).num_classes > 0
+    for option in options("dataset"):
+        node = compose_config([f"dataset={option}"]).dataset
+        if not needs_files(node):
+            opts = options_of(node)
+            assert len(create_dataset(node.name, **opts)) >= 0
+
+
+def test_bad_values_name_the_key_and_the_choices(compose_config):
+    with pytest.raises(ValueError, match="Key 'bogus'.*valid options: layer"):
+        validate_config(compose_config(["+method.gradcam.bogus=1"]))
+    with pytest.raises(ValueError, match="unknown target 'foo'; valid: label, predicted"):
+        validate_config(compose_config(["target=foo"]))
+    with pytest.raises(Exception, match="num_images"):
+        validate_config(compose_config(["dataset.num_images=abc"]))
+
+
+def test_multi_select_groups_hold_several_methods(compose_config):
+    cfg = compose_config(["method=[gradcam,random]"])
+    assert list(cfg.method) == ["gradcam", "random"]

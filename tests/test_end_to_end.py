@@ -1,0 +1,80 @@
+"""A tiny job through the console script writes well-formed results; Grad-CAM beats the baselines."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from salbench.store import SCORE_COLUMNS
+
+SALBENCH = str(Path(sys.executable).with_name("salbench"))
+
+
+def run_cli(*args, cwd):
+    result = subprocess.run([SALBENCH, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_fast_job_writes_scores_run_json_summary_and_gallery(tmp_path, synthetic_bundle):
+    out = tmp_path / "run"
+    result = run_cli("debug=fast", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert "mean per method" in result.stdout and "| gradcam" in result.stdout
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert list(scores.columns) == SCORE_COLUMNS
+    assert set(scores["method"]) == {"gradcam", "random", "center"}
+    per_image = scores[scores["scope"] == "image"]
+    # one row per (image, method, metric score): 8 images x 3 methods x 4 scores
+    assert len(per_image) == 8 * 3 * 4 and per_image["image_id"].nunique() == 8
+    assert not per_image.duplicated(["image_id", "method", "metric", "score"]).any()
+    protocol = json.loads(per_image["protocol"].iloc[0])
+    assert protocol["threshold"] == 0.2 and protocol["component"] == "largest"
+    assert (per_image["preset"] == "cam_paper").all() and per_image["value"].between(0, 1).all()
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "completed" and info["seed"] == 0
+    assert info["config"]["model"]["name"] == "synthetic_cnn"
+    assert info["versions"]["torch"] and info["device"]["device"] == "cpu"
+    assert info["counts"]["images"] == 8 and "started" in info and "ended" in info
+    assert (out / "summary.md").read_text().count("|") > 10
+    assert (out / "gallery.png").stat().st_size > 1000
+
+
+def test_help_lists_the_config_groups(tmp_path):
+    result = run_cli("--help", cwd=tmp_path)
+    for group in ("method", "model", "dataset", "metric", "experiment", "debug"):
+        assert f"{group}:" in result.stdout
+
+
+def test_unknown_method_fails_with_close_matches(tmp_path):
+    result = subprocess.run([SALBENCH, "debug=fast", "method=[gradcma]", f"hydra.run.dir={tmp_path}/r"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "gradcma" in result.stderr
+
+
+def test_gradcam_localizes_far_better_than_random_and_center(tmp_path, compose_config, synthetic_bundle):
+    from salbench.runner import run_job
+
+    cfg = compose_config(["dataset.limit=96", "progress=false", "gallery_images=0"])
+    scores = run_job(cfg, tmp_path / "job")
+    loc = scores[scores["score"] == "gt_known_loc"].groupby("method")["value"].mean()
+    iou = scores[scores["score"] == "iou"].groupby("method")["value"].mean()
+    assert loc["gradcam"] >= 0.35, loc
+    assert loc["gradcam"] >= loc["random"] + 0.25 and loc["gradcam"] >= loc["center"] + 0.25, loc
+    assert iou["gradcam"] >= 1.5 * max(iou["random"], iou["center"]), iou
+
+
+def test_report_command_writes_tables_and_plot(tmp_path, synthetic_bundle):
+    out = tmp_path / "sweep"
+    run_cli("-m", "debug=fast", "method=[gradcam],[random]", f"hydra.sweep.dir={out}", cwd=tmp_path)
+    result = run_cli("report", str(out), "--out", str(tmp_path / "report"), cwd=tmp_path)
+    assert "gradcam" in result.stdout and "random" in result.stdout
+    assert (tmp_path / "report" / "scores.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "summary.csv").exists()
+
+
+def test_report_on_a_non_results_directory_is_a_clear_error(tmp_path):
+    result = subprocess.run([SALBENCH, "report", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "not a salbench results directory" in result.stderr
