@@ -10,6 +10,8 @@ METRICS = Registry("metric")
 
 for _name, _target in {
     "cam_paper": "salbench.metrics.localization:CamPaperLocalization",
+    "rise": "salbench.metrics.deletion:DeletionInsertion",
+    "randomization": "salbench.metrics.randomization:ModelRandomization",
 }.items():
     METRICS.register_lazy(_name, _target)
 

@@ -1,0 +1,380 @@
+"""Deletion and insertion curves (RISE, Petsiuk et al. 2018), batched on the input's device.
+
+Deletion: start from the image and replace pixels, most relevant first, by a *substrate* (the
+"deleted" value); the tracked class score should fall fast (low AUC is better). Insertion: start
+from the substrate and put the image's pixels back, most relevant first; the score should rise
+fast (high AUC is better). A pixel is all channels at one location.
+
+Curve layout: ``step`` pixels change per step, ``n_steps = ceil(H * W / step)``, the curve has
+``n_steps + 1`` points; point ``i`` is the score after ``min(i * step, H * W)`` pixels changed
+(point 0: the untouched start), plotted at ``x_i = i / n_steps``. The AUC is the trapezoid rule
+over those points on [0, 1], RISE's ``auc``: ``(sum(a) - a[0] / 2 - a[-1] / 2) / (len(a) - 1)``.
+
+Pixel order: a stable sort of the map (``order="most_relevant_first"``: descending), so tied
+pixels keep row-major order (``tie_break="first"``: lower flat index first) or the reverse
+(``"last"``: what ``np.flip(np.argsort(map, kind="stable"))`` gives). RISE's own code uses
+numpy's unstable default sort, which leaves the order of ties unspecified.
+
+Preset ``rise`` (RISE's ``CausalMetric`` and its notebook): class predicted on the clean image,
+softmax probability, ``step = ceil(H * W / 224)`` (224 pixels per step at 224 x 224, 225 points),
+deletion to 0 in normalized input space, insertion from a Gaussian blur of the normalized image
+(kernel 11, sigma 5, the kernel made by ``scipy.ndimage.gaussian_filter`` of a centred delta,
+applied per channel with zero padding), trapezoid AUC.
+
+All perturbed inputs of a batch ((image x step) pairs) are built with tensor ops
+(``where(rank < threshold, finish, start)``) on the input's device and fed to the model in
+chunks of ``batch_size`` under ``torch.inference_mode``, so memory is bounded by one chunk.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from salbench.metrics.base import ExplainedBatch, Metric, ScoreInfo
+
+CURVES = ("deletion", "insertion")
+SUBSTRATES = ("zero", "mean", "blur", "noise")
+SCORES = ("softmax", "logit")
+ORDERS = ("most_relevant_first", "least_relevant_first")
+TIE_BREAKS = ("first", "last")
+TRACKED = ("predicted", "label", "explained")
+RISE_STEPS = 224  # RISE: 224 pixels per step at 224 x 224, i.e. 224 steps
+
+
+def _check_choice(name: str, value: Any, valid: Sequence[Any]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(map(str, valid))}")
+
+
+# --------------------------------------------------------------------------- substrates
+def rise_gaussian_kernel(size: int = 11, sigma: float = 5.0) -> Tensor:
+    """RISE's blur kernel [size, size] float32: ``scipy.ndimage.gaussian_filter`` (mode
+    ``reflect``, truncate 4) applied to a ``size x size`` delta at the centre.
+
+    Computed here in float64: the 1-D Gaussian of radius ``int(4 * sigma + 0.5)``, normalized,
+    folded back into the ``size``-long window by half-sample reflection (period ``2 * size``);
+    the 2-D kernel is the outer product (the filter is separable). Sums to 1.
+    """
+    if size < 1 or sigma <= 0:
+        raise ValueError(f"blur kernel needs size >= 1 and sigma > 0; got {size}, {sigma}")
+    radius = int(4.0 * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    weights = weights / weights.sum()
+    centre = size // 2
+    kernel = torch.zeros(size, dtype=torch.float64)
+    positions = torch.arange(size)
+    for offset, weight in zip(range(-radius, radius + 1), weights):
+        # output[i] += w[k] * ext[i - k]; ext is the delta reflected with period 2 * size
+        source = (positions - offset) % (2 * size)
+        source = torch.where(source >= size, 2 * size - 1 - source, source)
+        kernel += weight * (source == centre).double()
+    return torch.outer(kernel, kernel).float()
+
+
+def gaussian_blur(x: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> Tensor:
+    """x [B, C, H, W] -> blurred [B, C, H, W]: RISE's kernel per channel, zero padding."""
+    kernel = rise_gaussian_kernel(kernel_size, sigma).to(x.device, x.dtype)
+    channels = x.shape[1]
+    weight = kernel.expand(channels, 1, kernel_size, kernel_size)
+    return F.conv2d(x, weight, padding=kernel_size // 2, groups=channels)
+
+
+def make_substrate(
+    x: Tensor,
+    kind: str,
+    *,
+    blur_kernel_size: int = 11,
+    blur_sigma: float = 5.0,
+    noise_std: float = 1.0,
+    seeds: Optional[Tensor] = None,
+) -> Tensor:
+    """The "removed" image [B, C, H, W] for normalized inputs x [B, C, H, W].
+
+    ``zero``: 0 in normalized space (the dataset mean colour); ``mean``: each image's own
+    per-channel mean; ``blur``: :func:`gaussian_blur`; ``noise``: N(0, ``noise_std``) in
+    normalized space, image ``b`` drawn from a generator seeded with ``seeds[b]`` (default
+    ``0..B-1``), so it does not depend on the batch it lands in.
+    """
+    _check_choice("substrate", kind, SUBSTRATES)
+    if kind == "zero":
+        return torch.zeros_like(x)
+    if kind == "mean":
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x).clone()
+    if kind == "blur":
+        return gaussian_blur(x, blur_kernel_size, blur_sigma)
+    seeds = torch.arange(x.shape[0]) if seeds is None else torch.as_tensor(seeds)
+    noise = torch.empty_like(x)
+    for b, seed in enumerate(seeds.tolist()):  # one generator per image (B calls, not pixels)
+        generator = torch.Generator(device=x.device).manual_seed(int(seed))
+        noise[b] = torch.randn(x.shape[1:], generator=generator, device=x.device, dtype=x.dtype)
+    return noise * noise_std
+
+
+# --------------------------------------------------------------------------- order and steps
+def pixel_ranks(maps: Tensor, order: str = "most_relevant_first", tie_break: str = "first") -> Tensor:
+    """maps [B, H, W] -> ranks [B, H * W] long: the step-order position of each pixel (0 = changed
+    first). Stable sort; ties by flat row-major index (``first``: lower index first, ``last``:
+    higher index first)."""
+    _check_choice("order", order, ORDERS)
+    _check_choice("tie_break", tie_break, TIE_BREAKS)
+    flat = maps.flatten(1)
+    if tie_break == "last":
+        flat = flat.flip(1)
+    perm = torch.sort(flat, dim=1, descending=order == "most_relevant_first", stable=True).indices
+    if tie_break == "last":
+        perm = flat.shape[1] - 1 - perm
+    ranks = torch.empty_like(perm)
+    positions = torch.arange(perm.shape[1], device=perm.device).expand_as(perm)
+    return ranks.scatter_(1, perm, positions)
+
+
+def resolve_step(num_pixels: int, step: Optional[int] = None, n_steps: Optional[int] = None) -> Tuple[int, int]:
+    """(pixels per step, number of steps). ``step`` wins; else ``n_steps`` gives
+    ``step = ceil(HW / n_steps)``; default: RISE's resolution, ``ceil(HW / 224)``.
+    The number of steps is always ``ceil(HW / step)`` (the curve has one more point)."""
+    if step is None:
+        wanted = RISE_STEPS if n_steps is None else n_steps
+        if wanted < 1:
+            raise ValueError(f"n_steps must be >= 1; got {wanted}")
+        step = math.ceil(num_pixels / wanted)
+    if step < 1:
+        raise ValueError(f"step must be >= 1 pixel; got {step}")
+    return step, math.ceil(num_pixels / step)
+
+
+def curve_auc(curves: Tensor) -> Tensor:
+    """curves [B, N + 1] -> [B]: trapezoid rule over x in [0, 1] with uniform spacing (RISE's
+    ``auc``)."""
+    if curves.shape[-1] < 2:
+        raise ValueError("a curve needs at least 2 points")
+    return (curves.sum(-1) - curves[..., 0] / 2 - curves[..., -1] / 2) / (curves.shape[-1] - 1)
+
+
+# --------------------------------------------------------------------------- the curve
+def perturbation_curve(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    target: Tensor,
+    *,
+    mode: str = "deletion",
+    substrate: Tensor,
+    step: Optional[int] = None,
+    n_steps: Optional[int] = None,
+    score: str = "softmax",
+    order: str = "most_relevant_first",
+    tie_break: str = "first",
+    batch_size: int = 256,
+) -> Tensor:
+    """Deletion or insertion curve of each image.
+
+    model: normalized [N, C, H, W] -> logits [N, K]; x: [B, C, H, W] normalized inputs;
+    maps: [B, H, W] relevance; target: [B] tracked class; substrate: [B, C, H, W] the removed
+    image (deletion's end, insertion's start). Returns [B, n_steps + 1] float32 on x's device:
+    the softmax probability (``score="softmax"``) or logit of the target class after ``i``
+    steps. A map holding NaN gives a NaN curve. The (image x step) inputs go to the model in
+    chunks of ``batch_size`` (the result does not depend on it beyond float rounding).
+    """
+    _check_choice("mode", mode, CURVES)
+    _check_choice("score", score, SCORES)
+    if x.ndim != 4 or maps.shape != (x.shape[0], *x.shape[-2:]) or substrate.shape != x.shape:
+        raise ValueError(
+            f"need x [B, C, H, W], maps [B, H, W], substrate like x; got {tuple(x.shape)}, "
+            f"{tuple(maps.shape)}, {tuple(substrate.shape)}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    num_images, channels, height, width = x.shape
+    num_pixels = height * width
+    step, steps = resolve_step(num_pixels, step, n_steps)
+    target = torch.as_tensor(target, device=x.device).long()
+    start, finish = (x, substrate) if mode == "deletion" else (substrate, x)
+    with torch.inference_mode():
+        ranks = pixel_ranks(maps.to(x.device), order, tie_break)  # [B, HW]
+        changed = (torch.arange(steps + 1, device=x.device) * step).clamp_max(num_pixels)  # [S]
+        # flat (image, step) pairs, image-major; each chunk builds its own inputs
+        image_of = torch.arange(num_images, device=x.device).repeat_interleave(steps + 1)
+        count_of = changed.repeat(num_images)
+        values = torch.empty(num_images * (steps + 1), device=x.device, dtype=torch.float32)
+        for begin in range(0, values.numel(), batch_size):
+            images = image_of[begin : begin + batch_size]
+            mask = ranks[images] < count_of[begin : begin + batch_size, None]  # [n, HW]
+            mask = mask.view(-1, 1, height, width)
+            inputs = torch.where(mask, finish[images], start[images])
+            logits = model(inputs).float()
+            if score == "softmax":
+                logits = logits.softmax(dim=1)
+            values[begin : begin + batch_size] = logits.gather(1, target[images, None])[:, 0]
+        curves = values.view(num_images, steps + 1)
+        bad = torch.isnan(maps.to(x.device)).flatten(1).any(1)
+        curves = torch.where(bad[:, None], torch.full_like(curves, float("nan")), curves)
+    return curves.clone()
+
+
+# --------------------------------------------------------------------------- the metric
+RISE_PRESET: Dict[str, Any] = {
+    "target": "predicted",
+    "score": "softmax",
+    "deletion_substrate": "zero",
+    "insertion_substrate": "blur",
+    "step": None,
+    "n_steps": None,
+    "order": "most_relevant_first",
+    "tie_break": "first",
+    "blur_kernel_size": 11,
+    "blur_sigma": 5.0,
+}
+
+
+class DeletionInsertion(Metric):
+    """Per-image deletion AUC (lower is better) and insertion AUC (higher is better), with the
+    full curves kept for :meth:`tables`. Registered as ``rise``; its defaults are the RISE
+    preset (see the module docstring) and :attr:`preset` says ``rise`` only while every
+    choice equals it (``custom`` otherwise).
+
+    Options: ``curves`` (which of deletion/insertion to run); ``target`` (tracked class:
+    ``predicted`` on the clean image, ``label``, or ``explained``: the map's class);
+    ``score`` (``softmax`` | ``logit``); ``deletion_substrate`` / ``insertion_substrate``
+    (``zero`` | ``mean`` | ``blur`` | ``noise``); ``step`` pixels per step or ``n_steps``
+    (default ``ceil(HW / 224)`` pixels per step); ``order``; ``tie_break``; ``blur_*``,
+    ``noise_std`` and ``seed`` (noise for image ``i`` of the dataset is seeded with
+    ``seed * 1_000_003 + i``); ``batch_size``: model inputs per forward pass.
+    """
+
+    name = "rise"
+    category = "faithfulness"
+    scores = (
+        ScoreInfo("deletion_auc", False, "faithfulness"),
+        ScoreInfo("insertion_auc", True, "faithfulness"),
+    )
+
+    def __init__(
+        self,
+        curves: Sequence[str] = ("deletion", "insertion"),
+        target: str = "predicted",
+        score: str = "softmax",
+        deletion_substrate: str = "zero",
+        insertion_substrate: str = "blur",
+        step: Optional[int] = None,
+        n_steps: Optional[int] = None,
+        order: str = "most_relevant_first",
+        tie_break: str = "first",
+        blur_kernel_size: int = 11,
+        blur_sigma: float = 5.0,
+        noise_std: float = 1.0,
+        seed: int = 0,
+        batch_size: int = 256,
+    ):
+        curves = tuple(curves)
+        if not curves:
+            raise ValueError("curves must name at least one of deletion, insertion")
+        for curve in curves:
+            _check_choice("curve", curve, CURVES)
+        _check_choice("target", target, TRACKED)
+        _check_choice("score", score, SCORES)
+        _check_choice("substrate", deletion_substrate, SUBSTRATES)
+        _check_choice("substrate", insertion_substrate, SUBSTRATES)
+        _check_choice("order", order, ORDERS)
+        _check_choice("tie_break", tie_break, TIE_BREAKS)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if step is not None and step < 1 or n_steps is not None and n_steps < 1:
+            raise ValueError(f"step and n_steps must be >= 1; got {step}, {n_steps}")
+        self.curves = curves
+        self.target, self.score = target, score
+        self.deletion_substrate, self.insertion_substrate = deletion_substrate, insertion_substrate
+        self.step, self.n_steps, self.order, self.tie_break = step, n_steps, order, tie_break
+        self.blur_kernel_size, self.blur_sigma = blur_kernel_size, blur_sigma
+        self.noise_std, self.seed, self.batch_size = noise_std, seed, batch_size
+        self.scores = tuple(s for s in type(self).scores if s.name.split("_")[0] in curves)
+        self.preset = "rise" if all(getattr(self, k) == v for k, v in RISE_PRESET.items()) else "custom"
+        self.reset()
+
+    def protocol(self) -> Dict[str, Any]:
+        return {
+            "curves": list(self.curves),
+            "target": self.target,
+            "score": self.score,
+            "deletion_substrate": self.deletion_substrate,
+            "insertion_substrate": self.insertion_substrate,
+            "step": self.step if self.step is not None else (
+                f"ceil(H*W/{self.n_steps})" if self.n_steps is not None else f"ceil(H*W/{RISE_STEPS})"
+            ),
+            "order": self.order,
+            "tie_break": self.tie_break,
+            "blur": {"kernel_size": self.blur_kernel_size, "sigma": self.blur_sigma, "padding": "zero"},
+            "noise_std": self.noise_std,
+            "seed": self.seed,
+            "auc": "trapezoid over x = i / n_steps in [0, 1]",
+        }
+
+    # state: one entry per (batch, curve); CPU copies of the curves for the tables
+    def reset(self) -> None:
+        self._records: List[Dict[str, Any]] = []
+
+    def merge(self, other: "DeletionInsertion") -> None:
+        self._records.extend(other._records)
+
+    def tracked_class(self, explained: ExplainedBatch) -> Tensor:
+        if self.target == "predicted":
+            return explained.logits.argmax(dim=1)
+        if self.target == "label":
+            return explained.batch.labels.to(explained.inputs.device)
+        return explained.targets.to(explained.inputs.device)
+
+    def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
+        x = explained.inputs
+        model = getattr(explained.model, "module", explained.model)
+        target = self.tracked_class(explained)
+        indices = getattr(explained.batch, "indices", None)
+        indices = torch.arange(x.shape[0]) if indices is None else torch.as_tensor(indices).cpu()
+        seeds = self.seed * 1_000_003 + indices
+        out: Dict[str, Tensor] = {}
+        for curve in self.curves:
+            kind = self.deletion_substrate if curve == "deletion" else self.insertion_substrate
+            substrate = make_substrate(
+                x, kind, blur_kernel_size=self.blur_kernel_size, blur_sigma=self.blur_sigma,
+                noise_std=self.noise_std, seeds=seeds,
+            )
+            values = perturbation_curve(
+                model, x, explained.heatmaps, target, mode=curve, substrate=substrate,
+                step=self.step, n_steps=self.n_steps, score=self.score, order=self.order,
+                tie_break=self.tie_break, batch_size=self.batch_size,
+            )
+            out[f"{curve}_auc"] = curve_auc(values)
+            self._records.append({
+                "image_id": list(getattr(explained.batch, "image_ids", None) or map(str, indices.tolist())),
+                "method": explained.method,
+                "curve": curve,
+                "values": values.cpu(),
+            })
+        return out
+
+    def tables(self) -> Dict[str, Any]:
+        """``curves``: one row per (image, method, curve, step) with columns image_id, method,
+        metric, curve, step, fraction (``step / n_steps``), value."""
+        import pandas as pd
+
+        frames = []
+        for record in self._records:
+            values = record["values"]
+            num_images, points = values.shape
+            steps = torch.arange(points).repeat(num_images)
+            frames.append(pd.DataFrame({
+                "image_id": [i for i in record["image_id"] for _ in range(points)],
+                "method": record["method"],
+                "metric": self.name,
+                "curve": record["curve"],
+                "step": steps.numpy(),
+                "fraction": (steps.double() / (points - 1)).numpy(),
+                "value": values.flatten().double().numpy(),
+            }))
+        columns = ["image_id", "method", "metric", "curve", "step", "fraction", "value"]
+        if not frames:
+            return {"curves": pd.DataFrame(columns=columns)}
+        return {"curves": pd.concat(frames, ignore_index=True)[columns]}

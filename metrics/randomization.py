@@ -1,0 +1,353 @@
+"""Model-parameter randomization sanity check (Adebayo et al. 2018, "Sanity Checks for
+Saliency Maps").
+
+Layers (groups of modules) are re-initialized on a deep copy of the model, either cascading
+from the top (cumulative: after step k the top k groups are random) or independently (one group
+at a time on a fresh copy). The maps of the randomized model are compared with the original
+maps per image by Spearman rank correlation of ``|map|`` and of the signed map (average ranks
+for ties, as ``scipy.stats.spearmanr``) and by SSIM (skimage's defaults: 7 x 7 uniform window,
+sample covariance, K1 = 0.01, K2 = 0.03, data range 1, mean over the valid region) of the
+per-image min-max normalized maps. A method whose maps stay similar while the model is
+destroyed does not depend on what the model learned: gradient and Grad-CAM decorrelate, guided
+backprop and Guided Grad-CAM are known not to.
+
+Default layers: the model's parameterized layers in forward order, one group per convolution /
+linear layer together with the normalization layers that follow it, listed top (output) first.
+Re-initialization (``init="reset"``): each module's own ``reset_parameters()`` (PyTorch's default
+init; normalization layers become the identity and their running statistics are reset),
+seeded per group so the cascading and independent runs draw the same weights for a group.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from salbench.metrics.base import ExplainedBatch, Metric, ScoreInfo
+
+MODES = ("cascading", "independent")
+INITS = ("reset", "normal")
+SIMILARITIES = ("spearman_abs", "spearman_signed", "ssim")
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+
+LayerSpec = Union[str, Sequence[str]]
+ExplainerFactory = Callable[[nn.Module], Callable[[Tensor, Tensor], Tensor]]
+
+
+# --------------------------------------------------------------------------- similarities
+def average_ranks(values: Tensor) -> Tensor:
+    """values [B, N] -> ranks [B, N] float64 (1-based; ties get their average rank)."""
+    ranks = torch.empty(values.shape, dtype=torch.float64, device=values.device)
+    for b, row in enumerate(values):  # B rows, each sorted as a whole
+        sorted_values, order = torch.sort(row, stable=True)
+        _, inverse, counts = torch.unique_consecutive(sorted_values, return_inverse=True, return_counts=True)
+        ends = counts.cumsum(0).double()
+        average = ends - (counts.double() - 1) / 2  # mean of the 1-based ranks start..end
+        ranks[b, order] = average[inverse]
+    return ranks
+
+
+def pearson(a: Tensor, b: Tensor) -> Tensor:
+    """a, b [B, N] -> [B] correlation (NaN when either row is constant)."""
+    a = a.double() - a.double().mean(1, keepdim=True)
+    b = b.double() - b.double().mean(1, keepdim=True)
+    denominator = a.norm(dim=1) * b.norm(dim=1)
+    value = (a * b).sum(1) / denominator
+    return torch.where(denominator > 0, value, torch.full_like(value, float("nan")))
+
+
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """a, b [B, ...] -> [B] Spearman rank correlation of each pair of flattened maps."""
+    return pearson(average_ranks(a.flatten(1)), average_ranks(b.flatten(1))).float()
+
+
+def minmax(maps: Tensor) -> Tensor:
+    """[B, H, W] -> per-image min-max normalized to [0, 1]; a constant map becomes zeros."""
+    flat = maps.flatten(1).double()
+    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    span = high - low
+    scaled = torch.where(span > 0, (flat - low) / span.clamp_min(1e-300), torch.zeros_like(flat))
+    return scaled.view(maps.shape)
+
+
+def ssim(a: Tensor, b: Tensor, data_range: float = 1.0, win_size: int = 7, k1: float = 0.01, k2: float = 0.03) -> Tensor:
+    """a, b [B, H, W] -> [B] mean SSIM as ``skimage.metrics.structural_similarity`` with its
+    defaults (uniform ``win_size`` window, sample covariance, mean over the valid region)."""
+    if min(a.shape[-2:]) < win_size:
+        raise ValueError(f"SSIM needs maps of at least {win_size} x {win_size}; got {tuple(a.shape[-2:])}")
+    x, y = a.double()[:, None], b.double()[:, None]
+    pool = lambda t: F.avg_pool2d(t, win_size, stride=1)  # noqa: E731  the valid region only
+    count = win_size * win_size
+    cov_norm = count / (count - 1)
+    ux, uy = pool(x), pool(y)
+    vx = cov_norm * (pool(x * x) - ux * ux)
+    vy = cov_norm * (pool(y * y) - uy * uy)
+    vxy = cov_norm * (pool(x * y) - ux * uy)
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1).float()
+
+
+def map_similarity(original: Tensor, randomized: Tensor) -> Dict[str, Tensor]:
+    """original, randomized [B, H, W] -> {similarity name: [B]}."""
+    return {
+        "spearman_abs": spearman(original.abs(), randomized.abs()),
+        "spearman_signed": spearman(original, randomized),
+        "ssim": ssim(minmax(original), minmax(randomized)),
+    }
+
+
+# --------------------------------------------------------------------------- layers
+def forward_order(model: nn.Module, x: Tensor) -> List[str]:
+    """Names of the modules in the order their forward first ran on ``x[:1]``."""
+    order: List[str] = []
+    handles = []
+    for name, module in model.named_modules():
+        def hook(_module: nn.Module, _inputs: Any, name: str = name) -> None:
+            if name not in order:
+                order.append(name)
+
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order
+
+
+def default_layer_groups(model: nn.Module, x: Optional[Tensor] = None) -> List[List[str]]:
+    """Parameterized layers grouped as (conv | linear) + the normalization layers after it,
+    ordered top (output side) first. With ``x``, order is the forward order; else the
+    registration order."""
+    modules = dict(model.named_modules())
+    names = [n for n, m in modules.items() if any(True for _ in m.parameters(recurse=False))]
+    if x is not None:
+        ran = forward_order(model, x)
+        position = {n: i for i, n in enumerate(ran)}
+        registered = {n: i for i, n in enumerate(modules)}
+        names.sort(key=lambda n: (position.get(n, len(ran)), registered[n]))
+    groups: List[List[str]] = []
+    for name in names:
+        if isinstance(modules[name], NORM_LAYERS) and groups:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return groups[::-1]
+
+
+def _as_groups(layers: Sequence[LayerSpec]) -> List[List[str]]:
+    return [[layer] if isinstance(layer, str) else list(layer) for layer in layers]
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def randomize_layers(model: nn.Module, group: Sequence[str], seed: int, init: str = "reset", init_std: float = 0.01) -> None:
+    """Re-initialize every parameter of the modules named in ``group`` **in place** (call it on
+    a copy). ``reset``: the module's ``reset_parameters()``; ``normal``: N(0, ``init_std``).
+    Seeded by ``seed``; the global RNG state is left as it was."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
+    modules = dict(model.named_modules())
+    device = next(model.parameters()).device
+    with _seeded(seed, device), torch.no_grad():
+        for name in group:
+            if name not in modules:
+                raise ValueError(f"model has no module {name!r}")
+            for module in modules[name].modules():
+                own = list(module.parameters(recurse=False))
+                if not own:
+                    continue
+                if init == "reset" and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+                    if hasattr(module, "reset_running_stats"):
+                        module.reset_running_stats()
+                else:
+                    for param in own:
+                        param.normal_(0.0, init_std)
+
+
+# --------------------------------------------------------------------------- the check
+def randomization_check(
+    model: nn.Module,
+    explainer_factory: ExplainerFactory,
+    x: Tensor,
+    target: Tensor,
+    layers: Optional[Sequence[LayerSpec]] = None,
+    mode: str = "cascading",
+    *,
+    seed: int = 0,
+    init: str = "reset",
+    init_std: float = 0.01,
+    original_maps: Optional[Tensor] = None,
+) -> "pandas.DataFrame":  # noqa: F821
+    """Compare maps of ``model`` with maps of layer-randomized copies of it.
+
+    model: the classifier (never modified: randomization happens on deep copies);
+    explainer_factory: ``model -> explainer``, the explainer called as ``(x, target) -> [B, H, W]``;
+    x: [B, C, H, W] normalized inputs; target: [B] explained class; layers: module names or
+    groups of names, top (output side) first (default :func:`default_layer_groups`); mode:
+    ``cascading`` | ``independent`` | ``both``; original_maps: [B, H, W] to skip recomputing.
+
+    Returns a long DataFrame: image (index in x), mode, depth (1-based position of the group,
+    top first; in cascading mode the number of randomized groups), layer (the group's first
+    module name), similarity (spearman_abs | spearman_signed | ssim), value.
+    """
+    import pandas as pd
+
+    modes = MODES if mode == "both" else (mode,)
+    for m in modes:
+        if m not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; valid: cascading, independent, both")
+    groups = _as_groups(layers) if layers is not None else default_layer_groups(model, x)
+    if not groups:
+        raise ValueError("no layers to randomize")
+    if original_maps is None:
+        original_maps = explainer_factory(model)(x, target)
+    original_maps = original_maps.detach()
+    rows: List[Dict[str, Any]] = []
+
+    def record(randomized: nn.Module, run_mode: str, depth: int, label: str) -> None:
+        maps = explainer_factory(randomized)(x, target).detach()
+        for similarity, values in map_similarity(original_maps, maps).items():
+            for image, value in enumerate(values.tolist()):
+                rows.append({"image": image, "mode": run_mode, "depth": depth, "layer": label,
+                             "similarity": similarity, "value": value})
+
+    for run_mode in modes:
+        cascade = copy.deepcopy(model) if run_mode == "cascading" else None
+        for depth, group in enumerate(groups, start=1):
+            randomized = cascade if cascade is not None else copy.deepcopy(model)
+            randomize_layers(randomized, group, seed * 1_000_003 + depth, init, init_std)
+            record(randomized, run_mode, depth, group[0])
+            del randomized
+    return pd.DataFrame(rows, columns=["image", "mode", "depth", "layer", "similarity", "value"])
+
+
+def summarize(table: "pandas.DataFrame") -> "pandas.DataFrame":  # noqa: F821
+    """The "similarity vs randomized depth" plot data: mean, std and count of ``value`` per
+    (method, mode, depth, layer, similarity), NaN values skipped."""
+    keys = [k for k in ("method", "mode", "depth", "layer", "similarity") if k in table.columns]
+    summary = table.groupby(keys, sort=True)["value"].agg(["mean", "std", "count"]).reset_index()
+    return summary
+
+
+# --------------------------------------------------------------------------- the metric
+def rebuild_explainer(explainer: Any, module: nn.Module) -> Any:
+    """The same method with the same options on another model."""
+    from salbench.methods import METHODS, create_method
+
+    name = getattr(explainer, "name", "")
+    options = {k: v for k, v in explainer.options().items() if k != "method"} if hasattr(explainer, "options") else {}
+    if name in METHODS:
+        try:
+            return create_method(name, module, **options)
+        except TypeError:
+            pass  # options() lists something that is not a constructor argument: swap the model
+    clone = copy.copy(explainer)
+    clone.model = module
+    return clone
+
+
+class ModelRandomization(Metric):
+    """Adebayo et al.'s model-randomization check as a job metric (registered ``randomization``).
+
+    Per batch and method, runs :func:`randomization_check` with the method's own explainer
+    rebuilt on randomized copies of the model. Per-image scores: the similarities after the
+    full cascade (every group random), lower is better (the map depends on the model);
+    :meth:`tables` gives ``randomization`` (every image, mode, depth and similarity) and
+    ``randomization_summary`` (the similarity-vs-depth plot data).
+    """
+
+    name = "randomization"
+    category = "sanity"
+    preset = "adebayo2018"
+    scores = tuple(ScoreInfo(f"cascade_{s}", False, "sanity") for s in SIMILARITIES)
+
+    def __init__(
+        self,
+        mode: str = "both",
+        layers: Optional[List[str]] = None,
+        seed: int = 0,
+        init: str = "reset",
+        init_std: float = 0.01,
+        max_images: Optional[int] = None,
+    ):
+        if mode not in (*MODES, "both"):
+            raise ValueError(f"unknown mode {mode!r}; valid: cascading, independent, both")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
+        self.mode, self.layers, self.seed = mode, layers, seed
+        self.init, self.init_std, self.max_images = init, init_std, max_images
+        self.reset()
+
+    def protocol(self) -> Dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "layers": self.layers if self.layers is not None else "conv/linear + following norm, top first",
+            "seed": self.seed,
+            "init": self.init,
+            "init_std": self.init_std if self.init == "normal" else None,
+            "similarities": list(SIMILARITIES),
+            "ssim": {"window": "uniform 7x7", "maps": "per-image min-max", "data_range": 1.0},
+            "max_images": self.max_images,
+        }
+
+    def reset(self) -> None:
+        self._frames: List[Any] = []
+        self._seen: Dict[str, int] = {}
+
+    def merge(self, other: "ModelRandomization") -> None:
+        self._frames.extend(other._frames)
+        for method, count in other._seen.items():
+            self._seen[method] = self._seen.get(method, 0) + count
+
+    def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
+        x, heatmaps, targets = explained.inputs, explained.heatmaps, explained.targets
+        nan = torch.full((x.shape[0],), float("nan"), device=x.device)
+        keep = x.shape[0]
+        if self.max_images is not None:  # the check is costly: a fixed number of images per method
+            keep = max(0, min(keep, self.max_images - self._seen.get(explained.method, 0)))
+        if keep == 0:
+            return {s.name: nan for s in self.scores}
+        self._seen[explained.method] = self._seen.get(explained.method, 0) + keep
+        model = getattr(explained.model, "module", explained.model)
+        table = randomization_check(
+            model, lambda m: rebuild_explainer(explained.explainer, m), x[:keep], targets[:keep],
+            layers=self.layers, mode=self.mode, seed=self.seed, init=self.init, init_std=self.init_std,
+            original_maps=heatmaps[:keep],
+        )
+        ids = list(getattr(explained.batch, "image_ids", None) or [str(i) for i in range(x.shape[0])])
+        table.insert(0, "image_id", [ids[i] for i in table["image"]])
+        table.insert(1, "method", explained.method)
+        self._frames.append(table.drop(columns="image"))
+        out = {}
+        if "cascading" in table["mode"].values:
+            last = table[(table["mode"] == "cascading") & (table["depth"] == table["depth"].max())]
+            for similarity in SIMILARITIES:
+                values = nan.clone()
+                rows = last[last["similarity"] == similarity]
+                values[torch.as_tensor(rows["image"].to_numpy())] = torch.as_tensor(
+                    rows["value"].to_numpy(), dtype=values.dtype, device=values.device
+                )
+                out[f"cascade_{similarity}"] = values
+        return out
+
+    def tables(self) -> Dict[str, Any]:
+        import pandas as pd
+
+        columns = ["image_id", "method", "mode", "depth", "layer", "similarity", "value"]
+        table = pd.concat(self._frames, ignore_index=True) if self._frames else pd.DataFrame(columns=columns)
+        return {"randomization": table, "randomization_summary": summarize(table) if len(table) else table}
