@@ -3,13 +3,21 @@ from __future__ import annotations
 
 from typing import Any, List
 
-from salbench.datasets.base import Batch, LocalizationDataset, collate
+from salbench.datasets.base import Batch, LocalizationDataset, SkipSample, collate, is_skip
 from salbench.registry import Registry
 
 DATASETS = Registry("dataset")
 
 for _name, _target in {
     "synthetic": "salbench.datasets.synthetic:SyntheticShapes",
+    "imagenet_val": "salbench.datasets.imagenet:ImageNetVal",
+    "cub": "salbench.datasets.cub:CUB200",
+    "voc2007": "salbench.datasets.voc:VOCDetection",
+    "wsol": "salbench.datasets.wsol:WSOLMetadata",
+    "coco": "salbench.datasets.coco:COCOInstances",
+    "folder": "salbench.datasets.folder:ImageFolderBoxes",
+    "samples": "salbench.datasets.samples:SamplePhotos",
+    "grid": "salbench.datasets.grid:GridPointingGame",
 }.items():
     DATASETS.register_lazy(_name, _target)
 
@@ -24,4 +32,4 @@ def create_dataset(name: str, **options: Any) -> LocalizationDataset:
     return DATASETS.create(name, **options)
 
 
-__all__ = ["Batch", "LocalizationDataset", "collate", "DATASETS", "create_dataset", "list_datasets"]
+__all__ = ["Batch", "LocalizationDataset", "SkipSample", "collate", "is_skip", "DATASETS", "create_dataset", "list_datasets"]

@@ -10,15 +10,44 @@ A sample is a dict:
 * ``mask``: BoolTensor [H, W] or None (object pixels); ``ignore``: BoolTensor [H, W] or None;
 * ``orig_size``: ``(height, width)`` of the image on disk; ``orig_boxes``: FloatTensor [N, 4]
   in the original frame; ``image_id``: str.
+
+Optional keys: ``frame``: ``{"scale": (sx, sy), "offset": (ox, oy)}`` such that continuous input
+coordinates are ``orig * scale - offset`` (see :func:`transform_sample`); ``cells``: grid cells.
+
+Skips: a sample whose image or annotation is missing or corrupt makes ``load`` raise
+:class:`SkipSample`; ``__getitem__`` then returns a *skip record*
+``{"skip": reason, "image_id": ..., "index": ...}`` instead of a sample, and :func:`collate`
+drops skip records from the batch and lists them in ``batch.extras["skipped"]`` (a batch can
+be empty: ``len(batch) == 0``). Nothing is skipped silently: every reason reaches the runner.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+
+ImageSize = Union[int, Sequence[int], None]
+
+
+class SkipSample(Exception):
+    """Raised by ``load`` for a sample that cannot be read (missing or corrupt image or
+    annotation). ``reason`` is a short human-readable string recorded in the run summary."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def is_skip(sample: Dict[str, Any]) -> bool:
+    """Whether ``sample`` is a skip record (see the module docstring)."""
+    return "skip" in sample
 
 
 @dataclass
@@ -63,7 +92,28 @@ def _stack_optional(samples: Sequence[Dict[str, Any]], key: str) -> Optional[Ten
 
 
 def collate(samples: Sequence[Dict[str, Any]]) -> Batch:
-    """Collate sample dicts (see the module docstring) into a :class:`Batch`."""
+    """Collate sample dicts (see the module docstring) into a :class:`Batch`.
+
+    Skip records are dropped and listed in ``extras["skipped"]`` as
+    ``{"image_id", "index", "reason"}`` dicts; optional per-sample ``frame`` and ``cells`` go to
+    ``extras["frames"]`` / ``extras["cells"]``. An all-skipped batch has ``len(batch) == 0``.
+    """
+    skipped = [
+        {"image_id": str(s.get("image_id", "")), "index": int(s.get("index", -1)), "reason": str(s["skip"])}
+        for s in samples
+        if is_skip(s)
+    ]
+    samples = [s for s in samples if not is_skip(s)]
+    if not samples:
+        empty = torch.zeros(0, dtype=torch.long)
+        return Batch(
+            images=torch.zeros(0, 3, 0, 0), labels=empty, boxes=[], box_labels=[], difficult=[], masks=None,
+            ignore=None, orig_sizes=[], orig_boxes=[], image_ids=[], indices=empty, extras={"skipped": skipped},
+        )
+    extras: Dict[str, Any] = {"skipped": skipped}
+    for key, name in (("frame", "frames"), ("cells", "cells")):
+        if any(key in s for s in samples):
+            extras[name] = [s.get(key) for s in samples]
     empty_boxes = torch.zeros(0, 4)
     return Batch(
         images=torch.stack([s["image"] for s in samples]),
@@ -82,6 +132,7 @@ def collate(samples: Sequence[Dict[str, Any]]) -> Batch:
         orig_boxes=[s.get("orig_boxes", s.get("boxes", empty_boxes)).float() for s in samples],
         image_ids=[str(s["image_id"]) for s in samples],
         indices=torch.tensor([int(s.get("index", i)) for i, s in enumerate(samples)], dtype=torch.long),
+        extras=extras,
     )
 
 
@@ -91,6 +142,10 @@ class LocalizationDataset(Dataset):
     ``limit`` keeps the first ``limit`` samples; ``shard`` / ``num_shards`` keep every
     ``num_shards``-th sample starting at ``shard`` (applied after ``limit``), so shards of a
     sweep partition the dataset. ``class_names`` lists the dataset's classes (index = label).
+
+    ``load`` may raise :class:`SkipSample`; ``__getitem__`` turns it into a skip record and counts
+    the reason in ``skipped`` (a Counter of reasons; in-process only: with DataLoader workers,
+    count the records in ``batch.extras["skipped"]`` instead).
     """
 
     class_names: List[str] = []
@@ -101,6 +156,7 @@ class LocalizationDataset(Dataset):
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0; got {limit}")
         self.limit, self.shard, self.num_shards = limit, shard, num_shards
+        self.skipped: Counter = Counter()
 
     def num_items(self) -> int:
         raise NotImplementedError
@@ -117,6 +173,214 @@ class LocalizationDataset(Dataset):
 
     def __getitem__(self, position: int) -> Dict[str, Any]:
         index = self._positions()[position]
-        sample = self.load(index)
+        try:
+            sample = self.load(index)
+        except SkipSample as skip:
+            self.skipped[skip.reason] += 1
+            return {"skip": skip.reason, "image_id": self.image_id(index), "index": index}
         sample.setdefault("index", index)
         return sample
+
+    def image_id(self, index: int) -> str:
+        """The id of item ``index`` without loading it (used in skip records)."""
+        return str(index)
+
+
+# --------------------------------------------------------------------------- file boundary
+def input_size(image_size: ImageSize, default: Tuple[int, int] = (224, 224)) -> Tuple[int, int]:
+    """``image_size`` (int, (H, W) or None) as ``(H, W)``; None keeps ``default``."""
+    if image_size is None:
+        return default
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    height, width = (int(v) for v in image_size)
+    return (height, width)
+
+
+def read_image(path: Union[str, Path]) -> Image.Image:
+    """The image at ``path`` as RGB; a missing or unreadable file raises :class:`SkipSample`."""
+    path = Path(path)
+    if not path.is_file():
+        raise SkipSample(f"missing image: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+        raise SkipSample(f"corrupt image: {path}: {error}") from None
+
+
+def read_mask(path: Union[str, Path], threshold: int = 127) -> np.ndarray:
+    """A mask file (any PIL mode) as bool [H, W]: grey value > ``threshold``; missing or corrupt
+    raises :class:`SkipSample`."""
+    path = Path(path)
+    if not path.is_file():
+        raise SkipSample(f"missing mask: {path}")
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L")) > threshold
+    except (OSError, SyntaxError, ValueError) as error:
+        raise SkipSample(f"corrupt mask: {path}: {error}") from None
+
+
+def check_boxes(boxes: np.ndarray, width: int, height: int, where: str = "") -> np.ndarray:
+    """Clip inclusive boxes [N, 4] to the image; an inverted or fully outside box raises
+    :class:`SkipSample` (a corrupt annotation)."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if not np.isfinite(boxes).all():
+        raise SkipSample(f"corrupt annotation{where}: non-finite box")
+    bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    bad |= (boxes[:, 0] > width - 1) | (boxes[:, 1] > height - 1) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
+    if bad.any():
+        raise SkipSample(f"corrupt annotation{where}: box {boxes[bad][0].tolist()} outside a {width}x{height} image")
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width - 1)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height - 1)
+    return boxes
+
+
+def transform_boxes(boxes: Tensor, scale: Tuple[float, float], offset: Tuple[float, float], size: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
+    """Map inclusive pixel boxes [N, 4] from the original frame to the input frame.
+
+    A pixel ``i`` covers ``[i, i + 1)``; resizing by ``scale = (sx, sy)`` then cropping at
+    ``offset = (ox, oy)`` maps the extent ``[x0, x1 + 1)`` to ``[x0 * sx - ox, (x1 + 1) * sx - ox)``,
+    so the new inclusive box is ``(x0 * sx - ox, y0 * sy - oy, (x1 + 1) * sx - ox - 1, ...)``
+    clipped to the ``size = (H, W)`` frame (a whole-image box stays a whole-image box).
+    Returns (boxes [M, 4], keep [N] bool): boxes entirely outside the crop are dropped.
+    """
+    (sx, sy), (ox, oy), (height, width) = scale, offset, size
+    boxes = boxes.float().reshape(-1, 4)
+    x0 = boxes[:, 0] * sx - ox
+    y0 = boxes[:, 1] * sy - oy
+    x1 = (boxes[:, 2] + 1) * sx - ox - 1
+    y1 = (boxes[:, 3] + 1) * sy - oy - 1
+    out = torch.stack([x0.clamp(0, width - 1), y0.clamp(0, height - 1), x1.clamp(0, width - 1), y1.clamp(0, height - 1)], 1)
+    keep = (x1 >= 0) & (y1 >= 0) & (x0 <= width - 1) & (y0 <= height - 1)
+    return out[keep], keep
+
+
+def transform_sample(
+    image: Image.Image,
+    boxes: np.ndarray,
+    size: Tuple[int, int],
+    crop_fraction: Optional[float] = None,
+    mask: Optional[np.ndarray] = None,
+    ignore: Optional[np.ndarray] = None,
+) -> Dict[str, Any]:
+    """Resize an RGB image (and its boxes and masks) to the input ``size = (H, W)``.
+
+    ``crop_fraction=None``: resize the whole image to ``size`` (aspect ratio not kept; the
+    wsolevaluation protocol). ``crop_fraction=f``: resize to ``size / f`` (e.g. 256 for 224 at
+    0.875), then take the centre ``size`` crop (the torchvision / TF evaluation protocol).
+    Images use bilinear interpolation, masks nearest neighbour.
+
+    Returns ``image`` [3, H, W] float in [0, 1], ``boxes`` [M, 4], ``keep`` [N] bool (boxes
+    inside the crop), ``mask`` / ``ignore`` bool [H, W] or None and the ``frame`` dict.
+    """
+    height, width = size
+    orig_w, orig_h = image.size
+    if crop_fraction is None:
+        resized_h, resized_w = height, width
+    else:
+        if not 0 < crop_fraction <= 1:
+            raise ValueError(f"crop_fraction must be in (0, 1]; got {crop_fraction}")
+        resized_h, resized_w = round(height / crop_fraction), round(width / crop_fraction)
+    oy, ox = (resized_h - height) // 2, (resized_w - width) // 2
+    scale = (resized_w / orig_w, resized_h / orig_h)
+
+    def fit(picture: Image.Image, resample: int) -> Image.Image:
+        picture = picture.resize((resized_w, resized_h), resample)
+        return picture.crop((ox, oy, ox + width, oy + height)) if crop_fraction is not None else picture
+
+    pixels = np.asarray(fit(image, Image.BILINEAR), dtype=np.float32) / 255.0
+    out: Dict[str, Any] = {"image": torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()}
+    out["boxes"], out["keep"] = transform_boxes(torch.as_tensor(boxes, dtype=torch.float32), scale, (ox, oy), size)
+    for key, value in (("mask", mask), ("ignore", ignore)):
+        if value is None:
+            out[key] = None
+            continue
+        if value.shape != (orig_h, orig_w):
+            raise SkipSample(f"corrupt annotation: {key} of shape {value.shape} for a {orig_w}x{orig_h} image")
+        picture = fit(Image.fromarray(value.astype(np.uint8) * 255), Image.NEAREST)
+        out[key] = torch.from_numpy(np.asarray(picture) > 127)
+    out["frame"] = {"scale": scale, "offset": (ox, oy)}
+    return out
+
+
+@dataclass
+class Record:
+    """One image's annotation in the original frame, as parsed from disk.
+
+    ``boxes`` [N, 4] inclusive pixel coordinates; ``box_labels`` [N]; ``difficult`` [N];
+    ``mask`` / ``ignore``: a mask file path, a list of paths (union), a bool array [H, W], or None.
+    """
+
+    image_id: str
+    path: Path
+    label: int
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    box_labels: Optional[np.ndarray] = None
+    difficult: Optional[np.ndarray] = None
+    mask: Any = None
+    ignore: Any = None
+
+
+class ImageRecordDataset(LocalizationDataset):
+    """Base for on-disk datasets: a subclass lists images (``num_items``, ``image_id``) and parses
+    each one's annotation into a :class:`Record` (``record(index)``, which may raise
+    :class:`SkipSample`); this class reads the image and masks and applies the resize / crop.
+
+    ``image_size``: the input size (int or (H, W); None: 224); ``crop_fraction``: None resizes
+    the whole image, a fraction in (0, 1] resizes to ``size / fraction`` and centre-crops.
+    """
+
+    def __init__(
+        self,
+        image_size: ImageSize = None,
+        crop_fraction: Optional[float] = None,
+        limit: Optional[int] = None,
+        shard: int = 0,
+        num_shards: int = 1,
+    ):
+        super().__init__(limit=limit, shard=shard, num_shards=num_shards)
+        self.size = input_size(image_size)
+        self.crop_fraction = crop_fraction
+
+    def record(self, index: int) -> Record:
+        raise NotImplementedError
+
+    def _read_masks(self, spec: Any, height: int, width: int) -> Optional[np.ndarray]:
+        if spec is None:
+            return None
+        if isinstance(spec, np.ndarray):
+            return spec.astype(bool)
+        paths = [spec] if isinstance(spec, (str, Path)) else list(spec)
+        masks = [read_mask(p) for p in paths]
+        for path, mask in zip(paths, masks):
+            if mask.shape != (height, width):
+                raise SkipSample(f"corrupt annotation: mask {path} is {mask.shape[1]}x{mask.shape[0]}, image {width}x{height}")
+        return np.logical_or.reduce(masks)
+
+    def load(self, index: int) -> Dict[str, Any]:
+        rec = self.record(index)
+        image = read_image(rec.path)
+        width, height = image.size
+        where = f" for {rec.image_id}"
+        boxes = check_boxes(rec.boxes, width, height, where)
+        count = len(boxes)
+        box_labels = np.full(count, rec.label) if rec.box_labels is None else np.asarray(rec.box_labels)
+        difficult = np.zeros(count, bool) if rec.difficult is None else np.asarray(rec.difficult, bool)
+        mask = self._read_masks(rec.mask, height, width)
+        ignore = self._read_masks(rec.ignore, height, width)
+        if mask is not None and ignore is not None:
+            ignore = ignore & ~mask  # object pixels are never ignored
+        out = transform_sample(image, boxes, self.size, self.crop_fraction, mask, ignore)
+        keep = out.pop("keep")
+        return {
+            **out,
+            "label": int(rec.label),
+            "box_labels": torch.as_tensor(box_labels, dtype=torch.long)[keep],
+            "difficult": torch.as_tensor(difficult, dtype=torch.bool)[keep],
+            "orig_size": (height, width),
+            "orig_boxes": torch.from_numpy(boxes)[keep],
+            "image_id": rec.image_id,
+        }

