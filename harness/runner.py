@@ -7,8 +7,10 @@ rows with ``scope == "dataset"``), any extra metric tables (``<name>.parquet``),
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import shutil
 import time
 import traceback
 from datetime import datetime, timezone
@@ -19,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from salbench import store
@@ -79,17 +81,55 @@ class ScoreRows:
         return pd.concat(self.parts, ignore_index=True)[store.SCORE_COLUMNS]
 
 
+JOB_IDENTITY_EXCLUDES = ("progress", "gallery_images", "flush_every", "resume", "num_workers")
+
+
+def job_id(cfg: DictConfig) -> str:
+    """Identity of a job: a hash of its resolved config (minus settings that do not change any
+    score: progress bars, gallery, flush size, workers) and the salbench version."""
+    from salbench import __version__
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for key in JOB_IDENTITY_EXCLUDES:
+        config.pop(key, None)
+    blob = json.dumps({"config": config, "salbench": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _previous_run(output_dir: Path) -> Dict[str, Any]:
+    path = output_dir / "run.json"
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
 def run_job(cfg: DictConfig, output_dir: Path) -> pd.DataFrame:
-    """Run the job described by ``cfg`` and write its files into ``output_dir``; returns scores."""
+    """Run the job described by ``cfg`` and write its files into ``output_dir``; returns scores.
+
+    With ``resume`` (default), a directory whose run.json says ``completed`` for the same job
+    identity is not run again (its scores are returned), and an interrupted job continues from
+    its last flushed chunk.
+    """
     output_dir = Path(output_dir)
     validate_config(cfg)
+    identity = job_id(cfg)
+    previous = _previous_run(output_dir)
+    if cfg.get("resume", True) and previous.get("job_id") == identity and previous.get("status") == "completed" \
+            and (output_dir / "scores.parquet").exists():
+        print(f"salbench: job {identity} already completed in {output_dir}; skipping (resume=false reruns it)")
+        return pd.read_parquet(output_dir / "scores.parquet")
+    if previous.get("job_id") not in (None, identity) or not cfg.get("resume", True):
+        _clear_checkpoint(output_dir)  # another config ran here before: start afresh
     run_info: Dict[str, Any] = {
+        "job_id": identity,
         "status": "running",
         "started": datetime.now(timezone.utc).isoformat(),
         "seed": cfg.seed,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": store.package_versions(),
         "git_commit": store.git_commit(PROJECT_ROOT),
+        "attempts": int(previous.get("attempts", 0)) + 1 if previous.get("job_id") == identity else 1,
     }
     store.write_json(output_dir / "run.json", run_info)
     clock = time.perf_counter()
@@ -103,7 +143,57 @@ def run_job(cfg: DictConfig, output_dir: Path) -> pd.DataFrame:
     run_info.update(status="completed", ended=datetime.now(timezone.utc).isoformat(),
                     seconds=round(time.perf_counter() - clock, 3))
     store.write_json(output_dir / "run.json", run_info)
+    _clear_checkpoint(output_dir)
     return scores
+
+
+CHECKPOINT = "checkpoint.pt"
+PARTS = "parts"
+
+
+def _clear_checkpoint(output_dir: Path) -> None:
+    (output_dir / CHECKPOINT).unlink(missing_ok=True)
+    if (output_dir / PARTS).is_dir():
+        shutil.rmtree(output_dir / PARTS)
+
+
+class Checkpoint:
+    """State of an interrupted job: the flushed row chunks, how many dataset positions they
+    cover, and the metrics' accumulators. Each chunk is written atomically, then the checkpoint
+    that names it, so a kill at any point leaves a consistent (possibly older) state."""
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = output_dir
+        self.parts: List[str] = []
+        self.done = 0
+        self.state: Dict[str, Any] = {}
+
+    @classmethod
+    def load(cls, output_dir: Path, identity: str) -> "Checkpoint":
+        checkpoint = cls(output_dir)
+        path = output_dir / CHECKPOINT
+        if path.exists():
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+            if saved.get("job_id") == identity:
+                checkpoint.parts, checkpoint.done, checkpoint.state = saved["parts"], saved["done"], saved["state"]
+        known = set(checkpoint.parts)
+        for orphan in (output_dir / PARTS).glob("*.parquet") if (output_dir / PARTS).is_dir() else []:
+            if orphan.name not in known:  # written after the last checkpoint: redone
+                orphan.unlink()
+        return checkpoint
+
+    def flush(self, rows: "ScoreRows", done: int, identity: str, state: Dict[str, Any]) -> None:
+        frame = rows.frame()
+        rows.parts.clear()
+        name = f"part-{len(self.parts):06d}.parquet"
+        store.write_parquet(self.output_dir / PARTS / name, frame)
+        self.parts.append(name)
+        self.done = done
+        with store.atomic_path(self.output_dir / CHECKPOINT) as tmp:
+            torch.save({"job_id": identity, "parts": self.parts, "done": done, "state": state}, tmp)
+
+    def frames(self) -> List[pd.DataFrame]:
+        return [pd.read_parquet(self.output_dir / PARTS / name) for name in self.parts]
 
 
 def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.DataFrame:
@@ -114,56 +204,39 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.Data
     run_info["model"] = bundle.describe()
     dataset = build_dataset(cfg, bundle)
     explainers = {key: create_method(node.name, bundle, **options_of(node)) for key, node in cfg.method.items()}
-    metrics = {key: {mkey: create_metric(node.name, **options_of(node)) for mkey, node in cfg.metric.items()}
-               for key in explainers}
+    identity = run_info["job_id"]
+    checkpoint = Checkpoint.load(output_dir, identity) if cfg.get("resume", True) else Checkpoint(output_dir)
+    state = checkpoint.state or {
+        "metrics": {key: {mkey: create_metric(node.name, **options_of(node)) for mkey, node in cfg.metric.items()}
+                    for key in explainers},
+        "gallery": {"images": [], "boxes": [], "labels": [], **{k: [] for k in explainers}},
+        "flagged": 0,
+        "skipped": [],
+    }
+    metrics, gallery = state["metrics"], state["gallery"]
     run_info["dataset"] = {"name": cfg.dataset.name, "num_images": len(dataset)}
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
+    if checkpoint.done:
+        run_info["resumed_from"] = checkpoint.done
+        print(f"salbench: resuming job {identity} after {checkpoint.done} of {len(dataset)} images")
+    remaining = Subset(dataset, range(checkpoint.done, len(dataset)))
+    loader = DataLoader(remaining, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
                         collate_fn=collate)
     rows = ScoreRows()
-    gallery: Dict[str, List[torch.Tensor]] = {"images": [], "boxes": [], "labels": [], **{k: [] for k in explainers}}
-    flagged = 0
-    progress = tqdm(total=len(dataset), desc=f"{cfg.model.name}/{cfg.dataset.name}", unit="img",
+    flush_every = max(int(cfg.get("flush_every", 256)), 1)
+    done, since_flush = checkpoint.done, 0
+    progress = tqdm(total=len(dataset), initial=done, desc=f"{cfg.model.name}/{cfg.dataset.name}", unit="img",
                     disable=not cfg.progress, mininterval=1.0)
     for batch in loader:
-        batch = batch.to(device)
-        inputs = bundle.normalize(batch.images)
-        with torch.inference_mode():
-            logits = bundle.module(inputs)
-        predicted = logits.argmax(1)
-        targets = batch.labels if cfg.target == "label" else predicted
-        need = max(0, cfg.gallery_images - len(gallery["images"]))
-        if need:
-            gallery["images"] += list(batch.images[:need].cpu())
-            gallery["boxes"] += [b.cpu() for b in batch.boxes[:need]]
-            gallery["labels"] += batch.labels[:need].tolist()
-        common = {
-            "image_id": batch.image_ids, "image_index": batch.indices.cpu().numpy(),
-            "model": cfg.model.name, "dataset": cfg.dataset.name, "target_rule": cfg.target,
-            "target": targets.cpu().numpy(), "label": batch.labels.cpu().numpy(),
-            "predicted": predicted.cpu().numpy(),
-        }
-        for key, explainer in explainers.items():
-            heatmaps = explainer(inputs.clone(), targets)
-            flags = map_flags(heatmaps)
-            flagged += sum(bool(f) for f in flags)
-            invalid = torch.tensor([bool(f) for f in flags])
-            if need:
-                gallery[key] += list(heatmaps[:need].detach().cpu())
-            explained = ExplainedBatch(batch, inputs, heatmaps.detach(), targets, logits, bundle, explainer, key)
-            method_options = json.dumps(explainer.options(), default=str)
-            for mkey, metric in metrics[key].items():
-                protocol = json.dumps(metric.protocol(), default=str)
-                for score, values in metric.update(explained).items():
-                    values = values.detach().float().cpu()
-                    values = torch.where(invalid, torch.full_like(values, float("nan")), values)
-                    info = metric.score_info(score)
-                    rows.add({**common, "method": key, "metric": mkey, "score": score,
-                              "value": values.numpy().astype(np.float64),
-                              "category": info.category if info else metric.category,
-                              "higher_is_better": info.higher_is_better if info else None,
-                              "scope": "image", "flag": flags, "preset": metric.preset,
-                              "protocol": protocol, "method_options": method_options})
-        progress.update(len(batch))
+        state["skipped"] += batch.extras.get("skipped", [])
+        if len(batch):
+            _evaluate_batch(cfg, batch.to(device), bundle, explainers, metrics, gallery, state, rows)
+        step = len(batch) + len(batch.extras.get("skipped", []))
+        done += step
+        since_flush += step
+        progress.update(step)
+        if since_flush >= flush_every and done < len(dataset):
+            checkpoint.flush(rows, done, identity, state)
+            since_flush = 0
     progress.close()
 
     for key, by_metric in metrics.items():
@@ -179,20 +252,74 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.Data
                           "flag": "", "preset": metric.preset, "protocol": json.dumps(metric.protocol(), default=str),
                           "method_options": method_options})
             for name, table in metric.tables().items():
-                store.write_parquet(output_dir / f"{name}.parquet", table.assign(method=key) if "method" not in table else table)
+                if "method" not in table:
+                    table = table.assign(method=key)
+                store.write_parquet(output_dir / f"{name}-{key}-{mkey}.parquet", table)
 
-    scores = rows.frame()
+    parts = [*checkpoint.frames(), rows.frame()]
+    scores = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else rows.frame()
+    scores = scores[store.SCORE_COLUMNS]
     store.write_parquet(output_dir / "scores.parquet", scores)
     table = store.summary_table(scores)
-    store.write_text(output_dir / "summary.md", f"# {cfg.model.name} on {cfg.dataset.name}\n\n"
-                     f"Mean over {len(dataset)} images (target: {cfg.target}).\n\n" + store.markdown_table(table))
+    skipped = state["skipped"]
+    evaluated = len(dataset) - len(skipped)
+    note = f"Mean over {evaluated} images (target: {cfg.target})."
+    if skipped:
+        note += f" {len(skipped)} images skipped (see run.json)."
+    store.write_text(output_dir / "summary.md", f"# {cfg.model.name} on {cfg.dataset.name}\n\n{note}\n\n"
+                     + store.markdown_table(table))
     if gallery["images"]:
         from salbench.reports.gallery import save_gallery
 
         save_gallery(output_dir / "gallery.png", gallery, list(explainers), bundle.class_names)
-    run_info["counts"] = {"images": len(dataset), "flagged_maps": flagged, "rows": len(scores)}
+    run_info["counts"] = {"images": evaluated, "skipped": len(skipped), "flagged_maps": state["flagged"],
+                          "rows": len(scores)}
+    run_info["skipped"] = skipped
     run_info["outputs"] = sorted(p.name for p in output_dir.iterdir() if not p.name.startswith("."))
-    print(f"\n{cfg.model.name} on {cfg.dataset.name} ({len(dataset)} images), mean per method:\n")
+    print(f"\n{cfg.model.name} on {cfg.dataset.name} ({evaluated} images), mean per method:\n")
     print(store.markdown_table(table))
+    if skipped:
+        print(f"{len(skipped)} images skipped; reasons in run.json")
     print(f"results: {output_dir.resolve()}")
     return scores
+
+
+def _evaluate_batch(cfg, batch, bundle, explainers, metrics, gallery, state, rows: ScoreRows) -> None:
+    """Explain one batch with every method and score it with every metric (rows appended)."""
+    inputs = bundle.normalize(batch.images)
+    with torch.inference_mode():
+        logits = bundle.module(inputs)
+    predicted = logits.argmax(1)
+    targets = batch.labels if cfg.target == "label" else predicted
+    need = max(0, cfg.gallery_images - len(gallery["images"]))
+    if need:
+        gallery["images"] += list(batch.images[:need].cpu())
+        gallery["boxes"] += [b.cpu() for b in batch.boxes[:need]]
+        gallery["labels"] += batch.labels[:need].tolist()
+    common = {
+        "image_id": batch.image_ids, "image_index": batch.indices.cpu().numpy(),
+        "model": cfg.model.name, "dataset": cfg.dataset.name, "target_rule": cfg.target,
+        "target": targets.cpu().numpy(), "label": batch.labels.cpu().numpy(),
+        "predicted": predicted.cpu().numpy(),
+    }
+    for key, explainer in explainers.items():
+        heatmaps = explainer(inputs.clone(), targets).detach()
+        flags = map_flags(heatmaps)
+        state["flagged"] += sum(bool(f) for f in flags)
+        invalid = torch.tensor([bool(f) for f in flags])
+        if need:
+            gallery[key] += list(heatmaps[:need].cpu())
+        explained = ExplainedBatch(batch, inputs, heatmaps, targets, logits, bundle, explainer, key)
+        method_options = json.dumps(explainer.options(), default=str)
+        for mkey, metric in metrics[key].items():
+            protocol = json.dumps(metric.protocol(), default=str)
+            for score, values in metric.update(explained).items():
+                values = values.detach().float().cpu()
+                values = torch.where(invalid, torch.full_like(values, float("nan")), values)
+                info = metric.score_info(score)
+                rows.add({**common, "method": key, "metric": mkey, "score": score,
+                          "value": values.numpy().astype(np.float64),
+                          "category": info.category if info else metric.category,
+                          "higher_is_better": info.higher_is_better if info else None,
+                          "scope": "image", "flag": flags, "preset": metric.preset,
+                          "protocol": protocol, "method_options": method_options})

@@ -39,6 +39,8 @@ class SalbenchConfig:
     target: str = "label"
     progress: bool = True
     gallery_images: int = 8
+    flush_every: int = 256
+    resume: bool = True
 
 
 _PLAIN = (int, float, bool, str)
