@@ -19,20 +19,31 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample
 
 
 def polygons_to_mask(polygons: List[List[float]], height: int, width: int) -> np.ndarray:
-    """Rasterize COCO polygons ``[[x0, y0, x1, y1, ...], ...]`` (pixel-corner coordinates) into a
-    bool mask [H, W] (PIL's polygon fill: a pixel is in when its centre region is covered)."""
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
+    """Rasterize COCO polygons ``[[x0, y0, x1, y1, ...], ...]`` (continuous coordinates, pixel
+    ``(i, j)`` spans ``[j, j + 1) x [i, i + 1)``) into a bool mask [H, W]: a pixel is in when its
+    centre lies inside a polygon (a square with corners 10..30 covers pixels 10..29)."""
+    from matplotlib.path import Path as PolygonPath
+
+    mask = np.zeros((height, width), bool)
     for polygon in polygons:
-        if len(polygon) >= 6:
-            draw.polygon([(float(polygon[i]), float(polygon[i + 1])) for i in range(0, len(polygon) - 1, 2)], fill=255)
-    return np.asarray(canvas) > 0
+        if len(polygon) < 6:
+            continue
+        points = np.asarray(polygon, np.float64)[: len(polygon) // 2 * 2].reshape(-1, 2)
+        x0, y0 = np.floor(points.min(0)).astype(int).clip(0)
+        x1, y1 = np.ceil(points.max(0)).astype(int)
+        x1, y1 = min(x1, width), min(y1, height)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        ys, xs = np.mgrid[y0:y1, x0:x1]
+        centres = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], 1)
+        inside = PolygonPath(points).contains_points(centres).reshape(ys.shape)
+        mask[y0:y1, x0:x1] |= inside
+    return mask
 
 
 def rle_to_mask(rle: Dict[str, Any], height: int, width: int) -> Optional[np.ndarray]:
