@@ -42,14 +42,17 @@ ExplainerFactory = Callable[[nn.Module], Callable[[Tensor, Tensor], Tensor]]
 # --------------------------------------------------------------------------- similarities
 def average_ranks(values: Tensor) -> Tensor:
     """values [B, N] -> ranks [B, N] float64 (1-based; ties get their average rank)."""
-    ranks = torch.empty(values.shape, dtype=torch.float64, device=values.device)
-    for b, row in enumerate(values):  # B rows, each sorted as a whole
-        sorted_values, order = torch.sort(row, stable=True)
-        _, inverse, counts = torch.unique_consecutive(sorted_values, return_inverse=True, return_counts=True)
-        ends = counts.cumsum(0).double()
-        average = ends - (counts.double() - 1) / 2  # mean of the 1-based ranks start..end
-        ranks[b, order] = average[inverse]
-    return ranks
+    sorted_values, order = torch.sort(values, dim=1, stable=True)
+    count = values.shape[1]
+    positions = torch.arange(count, device=values.device).expand_as(order)
+    new_run = torch.ones_like(order, dtype=torch.bool)
+    new_run[:, 1:] = sorted_values[:, 1:] != sorted_values[:, :-1]
+    run_end = torch.ones_like(new_run)
+    run_end[:, :-1] = new_run[:, 1:]
+    first = torch.where(new_run, positions, torch.zeros_like(positions)).cummax(dim=1).values
+    last = torch.where(run_end, positions, torch.full_like(positions, count)).flip(1).cummin(dim=1).values.flip(1)
+    average = (first + last).double() / 2 + 1
+    return torch.empty_like(average).scatter_(1, order, average)
 
 
 def pearson(a: Tensor, b: Tensor) -> Tensor:
@@ -339,8 +342,8 @@ class ModelRandomization(Metric):
             for similarity in SIMILARITIES:
                 values = nan.clone()
                 rows = last[last["similarity"] == similarity]
-                values[torch.as_tensor(rows["image"].to_numpy())] = torch.as_tensor(
-                    rows["value"].to_numpy(), dtype=values.dtype, device=values.device
+                values[torch.tensor(rows["image"].tolist(), dtype=torch.long)] = torch.tensor(
+                    rows["value"].tolist(), dtype=values.dtype, device=values.device
                 )
                 out[f"cascade_{similarity}"] = values
         return out

@@ -197,7 +197,7 @@ def test_scores_do_not_depend_on_forward_batch_size():
     x, maps = torch.randn(3, 3, 16, 16), torch.rand(3, 16, 16)
     results = []
     for batch_size in (1, 13, 10_000):
-        metric = create_metric("rise", batch_size=batch_size)
+        metric = create_metric("rise", batch_size=batch_size, n_steps=40)
         results.append(metric.update(explained_batch(net, x, maps)))
     for other in results[1:]:
         for key in results[0]:
