@@ -2,6 +2,7 @@
 
 * ``salbench [overrides]`` / ``salbench -m [sweep overrides]``: the Hydra job (config ``config``);
 * ``salbench report DIR...``: the report of finished runs (also ``salbench-report``);
+* ``salbench check DIR... --baseline FILE [--update]``: the regression gate (:mod:`salbench.check`);
 * ``salbench crosscheck [overrides]``: methods against captum / pytorch-grad-cam (config ``crosscheck``).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-SUBCOMMANDS = ("report", "crosscheck")
+SUBCOMMANDS = ("report", "check", "crosscheck")
 
 
 def config_dir() -> str:
@@ -47,6 +48,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         from salbench.reports.cli import main as report_main
 
         sys.exit(report_main(argv[1:]))
+    if argv and argv[0] == "check":
+        from salbench.check import main as check_main
+
+        sys.exit(check_main(argv[1:]))
     if argv and argv[0] == "crosscheck":
         from salbench.crosscheck import crosscheck_main
 

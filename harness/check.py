@@ -1,0 +1,314 @@
+"""``salbench check RESULTS --baseline FILE [--update]``: a regression gate for explainer scores.
+
+A baseline file (YAML, or JSON when its name ends in ``.json``) lists entries::
+
+    entries:
+      - model: synthetic_cnn
+        dataset: synthetic
+        method: gradcam
+        metric: cam_paper
+        score: gt_known_loc
+        value: 0.62          # the accepted score
+        tolerance: 0.05      # absolute; a change within it is OK
+        direction: higher    # higher | lower is better (default: the score's higher_is_better)
+
+The current value of an entry is the mean over images of its ``scope == "image"`` rows (NaN
+values skipped, as in the summary tables; the count of NaN images is shown) or the value of its
+``scope == "dataset"`` row, over every run under RESULTS (a run or multirun directory; shards of
+one dataset merge). Status per entry: OK (within tolerance), IMPROVED, REGRESSED (worse by more
+than the tolerance, or the current value is NaN) or MISSING (no current rows). Exit status: 0 when
+nothing regressed or is missing, 1 otherwise, 2 for unusable input (no results, a malformed
+baseline). ``--update`` writes the baseline from the current values (atomic write): entries
+already in the file keep their tolerance and direction, new ones get ``--tolerance``.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import pandas as pd
+
+from salbench import store
+
+KEY = ["model", "dataset", "method", "metric", "score"]
+DIRECTIONS = ("higher", "lower")
+STATUSES = ("OK", "IMPROVED", "REGRESSED", "MISSING")
+DEFAULT_TOLERANCE = 0.02
+
+
+class BaselineError(ValueError):
+    """A baseline file that cannot be used (unreadable, malformed entry)."""
+
+
+# --------------------------------------------------------------------------- aggregation
+def aggregate(scores: pd.DataFrame) -> pd.DataFrame:
+    """Tidy scores (``scores.parquet`` rows of one or more runs) -> one row per
+    (model, dataset, method, metric, score) with ``value`` (mean over images, NaN skipped; or the
+    dataset-level value), ``images`` (images scored), ``nan`` (images whose value is NaN),
+    ``higher_is_better`` and ``scope``.
+
+    The same image scored twice for one key (two runs of the same cell, e.g. a sweep over a
+    method's options under one method name) is ambiguous and raises ``ValueError``.
+    """
+    missing = set(KEY + ["value", "scope"]) - set(scores.columns)
+    if missing:
+        raise ValueError(f"scores lack the columns {sorted(missing)}")
+    rows: List[Dict[str, Any]] = []
+    per_image = scores[scores["scope"] == "image"]
+    if len(per_image):
+        repeated = per_image.duplicated(KEY + ["image_id"])
+        if repeated.any():
+            first = per_image[repeated].iloc[0]
+            raise ValueError(
+                f"image {first['image_id']!r} is scored more than once for "
+                f"{'/'.join(str(first[k]) for k in KEY)} (several runs of the same cell under RESULTS?); "
+                "check one run, or runs that split the dataset into shards"
+            )
+        for key, group in per_image.groupby(KEY, sort=False):
+            values = group["value"].astype(float)
+            rows.append({**dict(zip(KEY, key)), "value": values.mean(), "images": int(len(values)),
+                         "nan": int(values.isna().sum()), "higher_is_better": _first_bool(group),
+                         "scope": "image"})
+    per_dataset = scores[scores["scope"] == "dataset"]
+    for key, group in per_dataset.groupby(KEY, sort=False):
+        if len(group) > 1:
+            raise ValueError(
+                f"{len(group)} dataset-level values for {'/'.join(map(str, key))} (several runs or shards); "
+                "a dataset-level score of shards needs the merged run: check one run"
+            )
+        value = float(group["value"].iloc[0])
+        rows.append({**dict(zip(KEY, key)), "value": value, "images": None, "nan": int(math.isnan(value)),
+                     "higher_is_better": _first_bool(group), "scope": "dataset"})
+    return pd.DataFrame(rows, columns=KEY + ["value", "images", "nan", "higher_is_better", "scope"])
+
+
+def _first_bool(group: pd.DataFrame) -> Optional[bool]:
+    if "higher_is_better" not in group:
+        return None
+    values = group["higher_is_better"].dropna()
+    return bool(values.iloc[0]) if len(values) else None
+
+
+def select(frame: pd.DataFrame, **patterns: Optional[Sequence[str]]) -> pd.DataFrame:
+    """Rows whose columns match any of the glob ``patterns[column]`` (None: no filter)."""
+    keep = pd.Series(True, index=frame.index)
+    for column, globs in patterns.items():
+        if globs:
+            keep &= frame[column].astype(str).map(lambda v: any(fnmatch.fnmatchcase(v, g) for g in globs))
+    return frame[keep]
+
+
+# --------------------------------------------------------------------------- baseline file
+def _entry(raw: Any, where: str) -> Dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise BaselineError(f"{where}: an entry must be a mapping; got {raw!r}")
+    absent = [k for k in KEY + ["value"] if raw.get(k) is None]
+    if absent:
+        raise BaselineError(f"{where}: entry {raw} lacks {', '.join(absent)} (need {', '.join(KEY)}, value)")
+    unknown = sorted(set(raw) - set(KEY) - {"value", "tolerance", "direction"})
+    if unknown:
+        raise BaselineError(f"{where}: entry {raw} has unknown keys {unknown}; valid: "
+                            f"{', '.join(KEY)}, value, tolerance, direction")
+    entry = {k: str(raw[k]) for k in KEY}
+    try:
+        entry["value"] = float(raw["value"])
+        entry["tolerance"] = float(raw.get("tolerance", 0.0) or 0.0)
+    except (TypeError, ValueError):
+        raise BaselineError(f"{where}: value and tolerance must be numbers in {raw}") from None
+    if entry["tolerance"] < 0:
+        raise BaselineError(f"{where}: tolerance must be >= 0 in {raw}")
+    direction = raw.get("direction")
+    if direction is not None and direction not in DIRECTIONS:
+        raise BaselineError(f"{where}: direction must be one of {DIRECTIONS}; got {direction!r}")
+    entry["direction"] = direction
+    return entry
+
+
+def read_baseline(path: Path) -> List[Dict[str, Any]]:
+    """Entries of a baseline file (YAML or JSON: ``{entries: [...]}`` or a bare list)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BaselineError(f"baseline file {path} does not exist (write one with --update)")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            payload = json.loads(text) if text.strip() else None
+        else:
+            import yaml
+
+            payload = yaml.safe_load(text)
+    except Exception as error:  # json.JSONDecodeError / yaml.YAMLError
+        raise BaselineError(f"baseline file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {error}") from None
+    if payload is None:
+        return []
+    entries = payload.get("entries") if isinstance(payload, dict) else payload
+    if not isinstance(entries, list):
+        raise BaselineError(f"baseline file {path}: expected a list of entries or a mapping with 'entries'")
+    parsed = [_entry(raw, f"{path} entry {i}") for i, raw in enumerate(entries)]
+    keys = [tuple(e[k] for k in KEY) for e in parsed]
+    if len(set(keys)) != len(keys):
+        twice = next(k for k in keys if keys.count(k) > 1)
+        raise BaselineError(f"baseline file {path}: entry {'/'.join(twice)} appears more than once")
+    return parsed
+
+
+def write_baseline(path: Path, entries: Iterable[Dict[str, Any]]) -> None:
+    """Write ``entries`` atomically as YAML (JSON when ``path`` ends in ``.json``)."""
+    path = Path(path)
+    clean = []
+    for e in entries:
+        item = {k: e[k] for k in KEY}
+        item.update(value=round(float(e["value"]), 6), tolerance=float(e["tolerance"]))
+        if e.get("direction"):
+            item["direction"] = e["direction"]
+        clean.append(item)
+    if path.suffix.lower() == ".json":
+        store.write_text(path, json.dumps({"entries": clean}, indent=2) + "\n")
+        return
+    import yaml
+
+    header = ("# salbench regression baseline: `salbench check RESULTS --baseline THIS_FILE`\n"
+              "# value: accepted score; tolerance: allowed absolute change; direction: higher | lower is better\n")
+    store.write_text(path, header + yaml.safe_dump({"entries": clean}, sort_keys=False))
+
+
+# --------------------------------------------------------------------------- comparison
+def compare(current: pd.DataFrame, entries: Sequence[Dict[str, Any]]) -> pd.DataFrame:
+    """Baseline ``entries`` against ``current`` (from :func:`aggregate`) -> one row per entry:
+    the key, ``baseline``, ``current``, ``delta`` (current - baseline), ``tolerance``,
+    ``direction``, ``images``, ``nan`` and ``status`` (OK / IMPROVED / REGRESSED / MISSING)."""
+    index = {tuple(str(v) for v in row[KEY]): row for _, row in current.iterrows()}
+    rows = []
+    for entry in entries:
+        key = tuple(entry[k] for k in KEY)
+        found = index.get(key)
+        direction = entry.get("direction")
+        if direction is None and found is not None and found["higher_is_better"] is not None:
+            direction = "higher" if found["higher_is_better"] else "lower"
+        direction = direction or "higher"
+        row = {**dict(zip(KEY, key)), "baseline": entry["value"], "tolerance": entry["tolerance"],
+               "direction": direction, "current": float("nan"), "delta": float("nan"), "images": None, "nan": None}
+        if found is None:
+            row["status"] = "MISSING"
+        else:
+            value = float(found["value"])
+            row.update(current=value, delta=value - entry["value"], images=found["images"], nan=found["nan"])
+            gain = row["delta"] if direction == "higher" else -row["delta"]
+            if math.isnan(value):
+                row["status"] = "REGRESSED"
+            elif gain < -entry["tolerance"] - 1e-12:
+                row["status"] = "REGRESSED"
+            elif gain > entry["tolerance"] + 1e-12:
+                row["status"] = "IMPROVED"
+            else:
+                row["status"] = "OK"
+        rows.append(row)
+    columns = KEY + ["baseline", "current", "delta", "tolerance", "direction", "images", "nan", "status"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def failed(diff: pd.DataFrame) -> bool:
+    """Whether the gate fails: any entry REGRESSED or MISSING."""
+    return bool(diff["status"].isin(["REGRESSED", "MISSING"]).any())
+
+
+def format_diff(diff: pd.DataFrame) -> str:
+    """A plain-text table of :func:`compare`'s rows and a one-line tally."""
+    header = ["model", "dataset", "method", "metric/score", "baseline", "current", "delta", "tol", "better",
+              "images", "status"]
+    lines = []
+    for _, r in diff.iterrows():
+        images = "-" if r["images"] is None or pd.isna(r["images"]) else str(int(r["images"]))
+        if r["nan"] and not pd.isna(r["nan"]) and r["images"] is not None and not pd.isna(r["images"]):
+            images += f" ({int(r['nan'])} NaN)"
+        lines.append([r["model"], r["dataset"], r["method"], f"{r['metric']}/{r['score']}", f"{r['baseline']:.4f}",
+                      _num(r["current"]), _num(r["delta"], signed=True), f"{r['tolerance']:.4f}", r["direction"],
+                      images, r["status"]])
+    widths = [max([len(h)] + [len(row[i]) for row in lines]) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    counts = diff["status"].value_counts()
+    tally = ", ".join(f"{int(counts.get(s, 0))} {s.lower()}" for s in ("REGRESSED", "MISSING", "IMPROVED", "OK"))
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines), "", tally]) + "\n"
+
+
+def _num(value: float, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "nan"
+    value = 0.0 if abs(value) < 5e-5 else value  # no "-0.0000"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def updated_entries(current: pd.DataFrame, entries: Sequence[Dict[str, Any]], tolerance: float) -> List[Dict[str, Any]]:
+    """The baseline refreshed from ``current``: existing entries take the current value (keeping
+    tolerance and direction; an entry with no current value is kept as is), every other current
+    key is appended with ``tolerance``. NaN current values are never written."""
+    values = {tuple(str(v) for v in row[KEY]): row for _, row in current.iterrows()}
+    out, seen = [], set()
+    for entry in entries:
+        key = tuple(entry[k] for k in KEY)
+        seen.add(key)
+        row = values.get(key)
+        fresh = dict(entry)
+        if row is not None and not math.isnan(float(row["value"])):
+            fresh["value"] = float(row["value"])
+        out.append(fresh)
+    for key, row in values.items():
+        if key in seen or math.isnan(float(row["value"])):
+            continue
+        direction = None if row["higher_is_better"] is None else ("higher" if row["higher_is_better"] else "lower")
+        out.append({**dict(zip(KEY, key)), "value": float(row["value"]), "tolerance": tolerance, "direction": direction})
+    return out
+
+
+# --------------------------------------------------------------------------- CLI
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="salbench check",
+        description="Compare the scores of a run (or multirun) with a baseline file; exit 1 on a regression.",
+    )
+    parser.add_argument("results", nargs="+", help="run or multirun directories (holding scores.parquet)")
+    parser.add_argument("--baseline", type=Path, required=True, help="baseline file (.yaml/.yml or .json)")
+    parser.add_argument("--update", action="store_true",
+                        help="write or refresh the baseline from these results (exit 0)")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help=f"tolerance of entries that --update adds (default {DEFAULT_TOLERANCE})")
+    for column in ("method", "metric", "score"):
+        parser.add_argument(f"--{column}", action="append", default=None, metavar="GLOB",
+                            help=f"with --update: only {column}s matching GLOB (repeatable)")
+    args = parser.parse_args(argv)
+    from salbench.reports.load import load
+
+    try:
+        current = aggregate(load(args.results))
+        entries = read_baseline(args.baseline) if (args.baseline.exists() or not args.update) else []
+    except (FileNotFoundError, ValueError) as error:  # BaselineError is a ValueError
+        print(f"salbench check: error: {error}", file=sys.stderr)
+        return 2
+    print(f"baseline: {args.baseline}\nresults:  {', '.join(args.results)}\n")
+    if entries:
+        diff = compare(current, entries)
+        print(format_diff(diff))
+    if args.update:
+        chosen = select(current, method=args.method, metric=args.metric, score=args.score)
+        fresh = updated_entries(chosen, entries, args.tolerance)
+        write_baseline(args.baseline, fresh)
+        print(f"baseline {'refreshed' if entries else 'written'}: {args.baseline} ({len(fresh)} entries)")
+        return 0
+    if not entries:
+        print("salbench check: error: the baseline has no entries (write them with --update)", file=sys.stderr)
+        return 2
+    if failed(diff):
+        bad = diff[diff["status"].isin(["REGRESSED", "MISSING"])]
+        print(f"FAILED: {len(bad)} of {len(diff)} baseline entries regressed or are missing", file=sys.stderr)
+        return 1
+    print(f"passed: {len(diff)} baseline entries within tolerance")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
