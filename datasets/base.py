@@ -384,3 +384,10 @@ class ImageRecordDataset(LocalizationDataset):
             "orig_boxes": torch.from_numpy(boxes)[keep],
             "image_id": rec.image_id,
         }
+
+
+def dataset_root(root: Optional[str], dataset: str, expected: str) -> Path:
+    """``root`` as a Path; None (the configs' default) is an error that says what to point it at."""
+    if root is None:
+        raise ValueError(f"{dataset}: set root to your local copy ({expected}); see docs/datasets.md")
+    return Path(root).expanduser()

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample
+from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample, dataset_root
 
 
 def polygons_to_mask(polygons: List[List[float]], height: int, width: int) -> np.ndarray:
@@ -63,13 +63,15 @@ def rle_to_mask(rle: Dict[str, Any], height: int, width: int) -> Optional[np.nda
 
 
 class COCOInstances(ImageRecordDataset):
-    """Images of a COCO-format instance file ``annotations`` under ``images_dir``.
+    """Images of a COCO-format instance file ``annotations`` under ``images_dir`` (both
+    relative to ``root`` unless absolute).
     ``masks=False`` skips rasterizing the polygons; images without annotations are left out."""
 
     def __init__(
         self,
-        annotations: str = "data/coco/annotations/instances_val2017.json",
-        images_dir: str = "data/coco/val2017",
+        root: Optional[str] = None,
+        annotations: str = "annotations/instances_val2017.json",
+        images_dir: str = "val2017",
         masks: bool = True,
         image_size: ImageSize = None,
         crop_fraction: Optional[float] = None,
@@ -78,11 +80,12 @@ class COCOInstances(ImageRecordDataset):
         num_shards: int = 1,
     ):
         super().__init__(image_size=image_size, crop_fraction=crop_fraction, limit=limit, shard=shard, num_shards=num_shards)
-        path = Path(annotations).expanduser()
+        base = dataset_root(root, "coco", "the COCO folder")
+        path = base / Path(annotations).expanduser()  # an absolute path stays as it is
         if not path.is_file():
             raise FileNotFoundError(f"COCO annotation file not found: {path} (see docs/datasets.md)")
         data = json.loads(path.read_text())
-        self.images_dir, self.with_masks = Path(images_dir).expanduser(), masks
+        self.images_dir, self.with_masks = base / Path(images_dir).expanduser(), masks
         categories = sorted(data.get("categories", []), key=lambda c: c["id"])
         self.class_names = [c["name"] for c in categories]
         self._label = {c["id"]: i for i, c in enumerate(categories)}

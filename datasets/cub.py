@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample
+from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample, dataset_root
 
 SPLITS = ("test", "train", "all")
 
@@ -41,7 +41,7 @@ class CUB200(ImageRecordDataset):
 
     def __init__(
         self,
-        root: str = "data/CUB_200_2011",
+        root: Optional[str] = None,
         split: str = "test",
         segmentations: Optional[str] = None,
         image_size: ImageSize = None,
@@ -53,7 +53,7 @@ class CUB200(ImageRecordDataset):
         super().__init__(image_size=image_size, crop_fraction=crop_fraction, limit=limit, shard=shard, num_shards=num_shards)
         if split not in SPLITS:
             raise ValueError(f"unknown CUB split {split!r}; valid: {', '.join(SPLITS)}")
-        self.root, self.split = Path(root).expanduser(), split
+        self.root, self.split = dataset_root(root, "cub", "the CUB_200_2011 folder"), split
         self.paths = {k: " ".join(v) for k, v in _table(self.root / "images.txt").items()}
         self.labels = _table(self.root / "image_class_labels.txt")
         self.boxes = _table(self.root / "bounding_boxes.txt")

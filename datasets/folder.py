@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample
+from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample, dataset_root
 
 REQUIRED = ("image", "label", "x0", "y0", "x1", "y1")
 
@@ -27,7 +27,7 @@ class ImageFolderBoxes(ImageRecordDataset):
 
     def __init__(
         self,
-        root: str = "data/images",
+        root: Optional[str] = None,
         csv_file: str = "boxes.csv",
         class_names: Optional[str] = None,
         image_size: ImageSize = None,
@@ -37,7 +37,7 @@ class ImageFolderBoxes(ImageRecordDataset):
         num_shards: int = 1,
     ):
         super().__init__(image_size=image_size, crop_fraction=crop_fraction, limit=limit, shard=shard, num_shards=num_shards)
-        self.root = Path(root).expanduser()
+        self.root = dataset_root(root, "folder", "the image folder")
         table = Path(csv_file).expanduser()
         table = table if table.is_absolute() else self.root / table
         if not table.is_file():

@@ -44,12 +44,14 @@ class GridPointingGame(LocalizationDataset):
     """``num_grids`` grids of ``grid`` x ``grid`` confidently classified images of distinct classes.
 
     ``model``: the ModelBundle that must classify each tile (the runner passes its model; from
-    Python pass it directly); ``source`` / ``source_options``: the dataset the tiles come from.
+    Python pass it directly); ``classifier``: a registered model name built (with its defaults)
+    only when no ``model`` is given; ``source`` / ``source_options``: the dataset of the tiles.
     """
 
     def __init__(
         self,
         model: Any = None,
+        classifier: Optional[str] = None,
         source: str = "samples",
         source_options: Optional[Dict[str, Any]] = None,
         grid: int = 2,
@@ -63,6 +65,10 @@ class GridPointingGame(LocalizationDataset):
         num_shards: int = 1,
     ):
         super().__init__(limit=limit, shard=shard, num_shards=num_shards)
+        if model is None and classifier is not None:
+            from salbench.models import create_model
+
+            model = create_model(classifier)
         if model is None:
             raise ValueError("the grid dataset needs the model that classifies its tiles: create_dataset('grid', model=bundle, ...)")
         if grid < 1 or num_grids < 0:
@@ -70,7 +76,7 @@ class GridPointingGame(LocalizationDataset):
         from salbench.datasets import create_dataset
 
         self.size = input_size(image_size, default=tuple(model.input_size))
-        self.grid, self.per_cell = grid, per_cell
+        self.grid, self.per_cell, self.classifier = grid, per_cell, getattr(model, "name", None)
         source_dataset = create_dataset(source, **{**(source_options or {}), "image_size": self.size})
         self.class_names = list(getattr(source_dataset, "class_names", []) or model.class_names)
         candidates = confident_candidates(source_dataset, model, threshold)

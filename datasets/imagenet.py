@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample
+from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample, dataset_root
 from salbench.datasets.voc import parse_voc_xml
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
@@ -68,7 +68,7 @@ class ImageNetVal(ImageRecordDataset):
 
     def __init__(
         self,
-        root: str = "data/imagenet",
+        root: Optional[str] = None,
         layout: str = "auto",
         images_dir: Optional[str] = None,
         boxes_dir: Optional[str] = None,
@@ -81,7 +81,7 @@ class ImageNetVal(ImageRecordDataset):
         num_shards: int = 1,
     ):
         super().__init__(image_size=image_size, crop_fraction=crop_fraction, limit=limit, shard=shard, num_shards=num_shards)
-        self.root = root_path = Path(root).expanduser()
+        self.root = root_path = dataset_root(root, "imagenet_val", "the folder holding LOC_synset_mapping.txt")
         if layout == "auto":
             layout = "csv" if (solution_csv or (root_path / "LOC_val_solution.csv").is_file()) else "xml"
         if layout not in ("xml", "csv"):

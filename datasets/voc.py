@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample
+from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample, dataset_root
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -58,7 +58,7 @@ class VOCDetection(ImageRecordDataset):
 
     def __init__(
         self,
-        root: str = "data/VOCdevkit/VOC2007",
+        root: Optional[str] = None,
         split: str = "test",
         include_difficult: bool = True,
         image_size: ImageSize = None,
@@ -68,7 +68,7 @@ class VOCDetection(ImageRecordDataset):
         num_shards: int = 1,
     ):
         super().__init__(image_size=image_size, crop_fraction=crop_fraction, limit=limit, shard=shard, num_shards=num_shards)
-        self.root = Path(root).expanduser()
+        self.root = dataset_root(root, "voc2007", "the VOCdevkit/VOC2007 folder")
         ids_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
         if not ids_file.is_file():
             raise FileNotFoundError(f"VOC split file not found: {ids_file} (expected root = VOCdevkit/VOC2007; see docs/datasets.md)")

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample
+from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample, dataset_root
 
 
 def _lines(path: Path, required: bool = True) -> List[List[str]]:
@@ -34,13 +34,15 @@ def _lines(path: Path, required: bool = True) -> List[List[str]]:
 
 
 class WSOLMetadata(ImageRecordDataset):
-    """Images listed by wsolevaluation metadata at ``metadata_dir``; ``kind`` = "boxes" |
+    """Images listed by wsolevaluation metadata at ``metadata_dir`` (``metadata_dir``,
+    ``data_root`` and ``mask_root`` are relative to ``root`` unless absolute); ``kind`` = "boxes" |
     "masks" | "auto" (masks when localization.txt lines hold mask paths)."""
 
     def __init__(
         self,
-        metadata_dir: str = "data/wsol/metadata/ILSVRC/test",
-        data_root: str = "data/wsol/dataset/ILSVRC",
+        root: Optional[str] = None,
+        metadata_dir: str = "metadata/ILSVRC/test",
+        data_root: str = "dataset/ILSVRC",
         mask_root: Optional[str] = None,
         kind: str = "auto",
         class_names_file: Optional[str] = None,
@@ -51,9 +53,10 @@ class WSOLMetadata(ImageRecordDataset):
         num_shards: int = 1,
     ):
         super().__init__(image_size=image_size, crop_fraction=crop_fraction, limit=limit, shard=shard, num_shards=num_shards)
-        meta = Path(metadata_dir).expanduser()
-        self.data_root = Path(data_root).expanduser()
-        self.mask_root = Path(mask_root).expanduser() if mask_root else self.data_root
+        base = dataset_root(root, "wsol", "the wsolevaluation folder holding metadata/ and dataset/")
+        meta = base / Path(metadata_dir).expanduser()  # absolute paths stay as they are
+        self.data_root = base / Path(data_root).expanduser()
+        self.mask_root = base / Path(mask_root).expanduser() if mask_root else self.data_root
         self.ids = [row[0] for row in _lines(meta / "image_ids.txt")]
         self.labels: Dict[str, str] = {row[0]: row[1] if len(row) > 1 else "" for row in _lines(meta / "class_labels.txt")}
         self.sizes: Dict[str, List[str]] = {row[0]: row[1:] for row in _lines(meta / "image_sizes.txt", required=False)}
@@ -78,7 +81,7 @@ class WSOLMetadata(ImageRecordDataset):
                 if row[2] and path not in self.ignores:
                     self.ignores[path] = row[2]
         if class_names_file:
-            self.class_names = [line.strip() for line in Path(class_names_file).read_text().splitlines() if line.strip()]
+            self.class_names = [line.strip() for line in (base / class_names_file).read_text().splitlines() if line.strip()]
         else:
             numbers = [int(v) for v in self.labels.values() if v.strip().lstrip("-").isdigit()]
             self.class_names = [str(i) for i in range(max(numbers, default=-1) + 1)]

@@ -213,7 +213,7 @@ def test_wsol_boxes(tmp_path):
     (meta / "class_labels.txt").write_text("a/1.jpg,0\na/2.jpg,0\nb/3.jpg,4\n")
     (meta / "image_sizes.txt").write_text("a/1.jpg,30,20\na/2.jpg,31,20\nb/3.jpg,30,20\n")
     (meta / "localization.txt").write_text("a/1.jpg,1,2,10,12\na/1.jpg,15,3,29,19\na/2.jpg,0,0,3,3\nb/3.jpg,0,0,5,5\n")
-    ds = create_dataset("wsol", metadata_dir=str(meta), data_root=str(data), image_size=10)
+    ds = create_dataset("wsol", root=str(tmp_path), metadata_dir=str(meta), data_root=str(data), image_size=10)
     assert ds.kind == "boxes" and len(ds.class_names) == 5
     first = ds[0]
     assert first["label"] == 0 and first["orig_boxes"].tolist() == [[1, 2, 10, 12], [15, 3, 29, 19]]
@@ -233,14 +233,14 @@ def test_wsol_masks_with_ignore(tmp_path):
     (meta / "image_ids.txt").write_text("test/x.jpg\ntest/y.jpg\n")
     (meta / "class_labels.txt").write_text("test/x.jpg,3\ntest/y.jpg,1\n")
     (meta / "localization.txt").write_text("test/x.jpg,masks/x_a.png,masks/x_ignore.png\ntest/x.jpg,masks/x_b.png,\ntest/y.jpg,masks/missing.png,\n")
-    ds = create_dataset("wsol", metadata_dir=str(meta), data_root=str(data), image_size=(16, 24))
+    ds = create_dataset("wsol", root=str(tmp_path), metadata_dir=str(meta), data_root=str(data), image_size=(16, 24))
     assert ds.kind == "masks"
     x = ds[0]
     assert x["label"] == 3 and len(x["boxes"]) == 0
     assert np.array_equal(x["mask"].numpy(), m1 | m2)
     assert np.array_equal(x["ignore"].numpy(), ign & ~(m1 | m2))
     assert ds[1]["skip"].startswith("missing mask")
-    half = create_dataset("wsol", metadata_dir=str(meta), data_root=str(data), image_size=(8, 12))[0]
+    half = create_dataset("wsol", root=str(tmp_path), metadata_dir=str(meta), data_root=str(data), image_size=(8, 12))[0]
     assert np.array_equal(half["mask"].numpy(), (m1 | m2)[1::2, 1::2])  # nearest at scale 1/2 samples odd pixels
 
 
@@ -267,7 +267,7 @@ def test_coco(tmp_path):
         ],
     }
     (tmp_path / "instances.json").write_text(json.dumps(data))
-    ds = create_dataset("coco", annotations=str(tmp_path / "instances.json"), images_dir=str(tmp_path / "images"), image_size=(30, 40))
+    ds = create_dataset("coco", root=str(tmp_path), annotations="instances.json", images_dir="images", image_size=(30, 40))
     assert ds.class_names == ["person", "dog"] and len(ds) == 3
     s = ds[0]
     assert s["label"] == 1  # dog: the largest non-crowd annotation
@@ -342,3 +342,9 @@ def test_samples_annotations_are_inside_the_photos():
         assert sample["label"] in entry["accepted"] and 0 <= sample["label"] < 1000
         height, width = sample["orig_size"]
         assert sample["orig_boxes"][:, 2].max() <= width - 1 and sample["orig_boxes"][:, 3].max() <= height - 1
+
+
+@pytest.mark.parametrize("name", ["imagenet_val", "cub", "voc2007", "wsol", "coco", "folder"])
+def test_unset_root_says_what_to_point_it_at(name):
+    with pytest.raises(ValueError, match="set root.*docs/datasets.md"):
+        create_dataset(name)
