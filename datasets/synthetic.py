@@ -109,6 +109,10 @@ class SyntheticShapes(LocalizationDataset):
         num_shards: int = 1,
     ):
         super().__init__(limit=limit, shard=shard, num_shards=num_shards)
+        if isinstance(image_size, (tuple, list)):  # (H, W) from a model bundle: square only
+            if len(set(image_size)) != 1:
+                raise ValueError(f"synthetic images are square; got image_size={tuple(image_size)}")
+            image_size = int(image_size[0])
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
         if image_size < 16:

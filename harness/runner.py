@@ -60,9 +60,17 @@ def map_flags(heatmaps: torch.Tensor) -> List[str]:
 
 
 def build_dataset(cfg: DictConfig, bundle: ModelBundle):
+    """The configured dataset at the model's input size; datasets that select images with a
+    model (the grid composer) get the job's model."""
+    import inspect
+
+    from salbench.datasets import DATASETS
+
     options = options_of(cfg.dataset)
     if options.get("image_size", "absent") is None:
-        options["image_size"] = bundle.input_size[0]
+        options["image_size"] = tuple(bundle.input_size)
+    if "model" in inspect.signature(DATASETS.get(cfg.dataset.name)).parameters:
+        options["model"] = bundle
     return create_dataset(cfg.dataset.name, **options)
 
 
