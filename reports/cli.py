@@ -1,4 +1,5 @@
-"""``salbench-report DIR... [--out REPORT_DIR]``: summary tables and plots of finished runs."""
+"""``salbench report DIR... [--out REPORT_DIR]`` (also ``salbench-report``): tables, figures and a
+self-contained ``index.html`` of finished runs (see :mod:`salbench.reports.report`)."""
 from __future__ import annotations
 
 import argparse
@@ -6,64 +7,30 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from salbench import store
-from salbench.reports.load import load
-
-
-def write_report(paths: List[str], out: Path) -> Path:
-    """Write ``summary.md``, ``summary.csv`` and ``scores.png`` into ``out``; return ``out``."""
-    scores = load(paths)
-    out.mkdir(parents=True, exist_ok=True)
-    sections = ["# salbench report\n"]
-    csv_parts = []
-    for (model, dataset), group in scores.groupby(["model", "dataset"], sort=False):
-        table = store.summary_table(group)
-        n = group.loc[group["scope"] == "image", "image_id"].nunique()
-        sections.append(f"## {model} on {dataset} ({n} images)\n\n" + store.markdown_table(table))
-        csv_parts.append(table.assign(model=model, dataset=dataset))
-    store.write_text(out / "summary.md", "\n".join(sections))
-    import pandas as pd
-
-    with store.atomic_path(out / "summary.csv") as tmp:
-        pd.concat(csv_parts).to_csv(tmp)
-    _plot_scores(scores, out / "scores.png")
-    return out
-
-
-def _plot_scores(scores, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    per_image = scores[scores["scope"] == "image"]
-    columns = list(dict.fromkeys(per_image["metric"] + "/" + per_image["score"]))
-    fig, axes = plt.subplots(1, max(1, len(columns)), figsize=(3.2 * max(1, len(columns)), 3), squeeze=False)
-    for ax, column in zip(axes[0], columns):
-        metric, score = column.split("/", 1)
-        part = per_image[(per_image["metric"] == metric) & (per_image["score"] == score)]
-        means = part.groupby("method", sort=False)["value"].agg(["mean", "sem"])
-        ax.bar(means.index, means["mean"], yerr=1.96 * means["sem"].fillna(0), capsize=3, color="tab:blue")
-        ax.set_title(column, fontsize=9)
-        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
-    fig.tight_layout()
-    with store.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+from salbench.reports.report import ReportOptions, write_report
+from salbench.reports.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="salbench-report", description=__doc__)
     parser.add_argument("paths", nargs="+", help="run or multirun directories")
     parser.add_argument("--out", type=Path, default=None, help="report directory (default: FIRST_PATH/report)")
+    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE, help="interval level (default 0.95)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--digits", type=int, default=3, help="decimals in the tables (default 3)")
     args = parser.parse_args(argv)
+    if args.resamples < 1 or not 0 < args.confidence < 1:
+        parser.error("--resamples must be >= 1 and --confidence in (0, 1)")
+    out = args.out or Path(args.paths[0]) / "report"
     try:
-        out = write_report(args.paths, args.out or Path(args.paths[0]) / "report")
+        write_report(args.paths, out, ReportOptions(args.resamples, args.confidence, args.seed, args.digits))
     except (FileNotFoundError, ValueError) as error:
         print(f"salbench-report: error: {error}", file=sys.stderr)
         return 2
-    print(f"report written to {out.resolve()}")
     print((out / "summary.md").read_text())
+    print(f"report written to {out.resolve()}")
+    print(f"open {(out / 'index.html').resolve()}")
     return 0
 
 

@@ -1,16 +1,21 @@
-"""Heatmap gallery: images (rows) x methods (columns), heatmaps overlaid, ground-truth boxes drawn."""
+"""Heatmap gallery: images (rows) x methods (columns), heatmaps overlaid, ground-truth boxes (white)
+and each map's predicted box (cyan, dashed: the CAM-paper rule, pixels >= ``box_threshold`` x the
+map's max, largest 8-connected component) drawn."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
 
 def save_gallery(path: Path, gallery: Dict[str, List[torch.Tensor]], methods: Sequence[str],
-                 class_names: Sequence[str]) -> None:
+                 class_names: Sequence[str], box_threshold: Optional[float] = 0.2) -> None:
     """``gallery``: ``images`` ([3, H, W] in [0, 1]), ``boxes`` ([N, 4] inclusive), ``labels`` and one
-    list of heatmaps [H, W] per method. Each heatmap is min-max scaled for display only."""
+    list of heatmaps [H, W] per method. Each heatmap is min-max scaled for display only;
+    ``box_threshold`` None: no predicted boxes."""
+    from salbench.metrics.localization import largest_component_box, threshold_by_max
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,9 +30,14 @@ def save_gallery(path: Path, gallery: Dict[str, List[torch.Tensor]], methods: Se
             ax = axes[row, col]
             ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
             if col:
-                heat = gallery[methods[col - 1]][row].float()
-                heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-12)
+                raw = gallery[methods[col - 1]][row].float()
+                heat = (raw - raw.min()) / (raw.max() - raw.min()).clamp_min(1e-12)
                 ax.imshow(heat.numpy(), cmap="jet", alpha=0.5)
+                if box_threshold is not None and torch.isfinite(raw).all():
+                    x0, y0, x1, y1 = largest_component_box(threshold_by_max(raw[None], box_threshold))[0].tolist()
+                    if x1 > x0 or y1 > y0:
+                        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False,
+                                               color="cyan", lw=1.2, ls="--"))
             for x0, y0, x1, y1 in gallery["boxes"][row].tolist():
                 ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, color="white", lw=1.2))
             ax.set_xticks([])
@@ -37,7 +47,10 @@ def save_gallery(path: Path, gallery: Dict[str, List[torch.Tensor]], methods: Se
             if col == 0:
                 label = gallery["labels"][row]
                 ax.set_ylabel(class_names[label] if label < len(class_names) else str(label), fontsize=8)
-    fig.tight_layout()
+    if box_threshold is not None:
+        fig.text(0.5, 0.0, f"white: ground truth; cyan dashed: box of the largest region >= {box_threshold:g} x max",
+                 ha="center", va="bottom", fontsize=7)
+    fig.tight_layout(rect=(0, 0.02 if box_threshold is not None else 0, 1, 1))
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=90)

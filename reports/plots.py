@@ -1,0 +1,291 @@
+"""Report figures, each written as PNG and PDF (``<stem>.png``, ``<stem>.pdf``).
+
+* :func:`plot_scores`: per-image score means with bootstrap intervals (dot plots), a grid of
+  (model, dataset) rows x score columns; baselines in grey;
+* :func:`plot_curves`: mean deletion / insertion curves per method with pointwise bootstrap bands;
+* :func:`plot_randomization`: similarity of original and randomized maps vs randomized depth;
+* :func:`plot_box_accuracy`: box accuracy vs map threshold (MaxBoxAcc's sweep);
+* :func:`plot_timing`: the ``cost`` category scores per method;
+* :func:`image_to_pdf`: a raster (the runner's gallery) as a PDF page.
+
+Each returns the written paths (empty when there is nothing to draw).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from salbench import store
+from salbench.reports.stats import BASELINES
+from salbench.reports.tables import arrow
+
+BASELINE_COLOURS = {"random": "0.55", "center": "0.3"}
+FORMATS = ("png", "pdf")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def method_colours(methods: Sequence[str]) -> dict:
+    """A fixed colour per method (tab10 in order for methods, greys for the baselines)."""
+    plt = _pyplot()
+    palette = plt.get_cmap("tab10").colors
+    others = [m for m in dict.fromkeys(methods) if m not in BASELINES]
+    colours = {m: palette[i % len(palette)] for i, m in enumerate(others)}
+    colours.update({b: BASELINE_COLOURS[b] for b in BASELINES})
+    return colours
+
+
+def method_order(methods: Sequence[str]) -> List[str]:
+    """Methods in first-seen order, baselines last."""
+    methods = list(dict.fromkeys(methods))
+    return [m for m in methods if m not in BASELINES] + [b for b in BASELINES if b in methods]
+
+
+def save_figure(fig, stem: Path, dpi: int = 110) -> List[Path]:
+    plt = _pyplot()
+    paths = []
+    for fmt in FORMATS:
+        path = Path(f"{stem}.{fmt}")
+        with store.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=fmt, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _pairs(frame: pd.DataFrame) -> List[tuple]:
+    return list(dict.fromkeys(zip(frame["model"], frame["dataset"])))
+
+
+def slug(*parts: str) -> str:
+    import re
+
+    return "-".join(re.sub(r"[^A-Za-z0-9._]+", "_", str(p)) for p in parts)
+
+
+# --------------------------------------------------------------------------- scores
+def plot_scores(summary: pd.DataFrame, stem: Path, exclude_categories: Sequence[str] = ("cost", "parameter")) -> List[Path]:
+    """Dot plot of every (metric, score) mean with its interval, methods on the y axis."""
+    part = summary[~summary["category"].isin(exclude_categories)]
+    if part.empty:
+        return []
+    plt = _pyplot()
+    pairs = _pairs(part)
+    columns = list(dict.fromkeys(zip(part["metric"], part["score"])))
+    ncols = min(4, len(columns))
+    per_pair_rows = math.ceil(len(columns) / ncols)
+    methods = method_order(part["method"])
+    colours = method_colours(part["method"])
+    fig, axes = plt.subplots(len(pairs) * per_pair_rows, ncols, figsize=(3.3 * ncols, 0.35 * len(methods) * len(pairs)
+                                                                         * per_pair_rows + 1.1 * per_pair_rows * len(pairs)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for p, (model, dataset) in enumerate(pairs):
+        pair = part[(part["model"] == model) & (part["dataset"] == dataset)]
+        for c, (metric, score) in enumerate(columns):
+            cell = pair[(pair["metric"] == metric) & (pair["score"] == score)].set_index("method")
+            if cell.empty:
+                continue
+            ax = axes[p * per_pair_rows + c // ncols, c % ncols]
+            ax.set_visible(True)
+            shown = [m for m in methods if m in cell.index]
+            y = np.arange(len(shown))[::-1]
+            for yi, method in zip(y, shown):
+                row = cell.loc[method]
+                low, high = row["ci_low"], row["ci_high"]
+                err = [[max(0.0, row["mean"] - low)], [max(0.0, high - row["mean"])]] if np.isfinite(low) else None
+                ax.errorbar(row["mean"], yi, xerr=err, fmt="o", color=colours[method], capsize=3, ms=5)
+            ax.set_yticks(y, shown, fontsize=8)
+            ax.set_ylim(-0.7, len(shown) - 0.3)
+            ax.grid(axis="x", alpha=0.3)
+            ax.tick_params(axis="x", labelsize=8)
+            direction = arrow(cell["higher_is_better"].iloc[0])
+            title = f"{metric}/{score} {direction}".strip()
+            if len(pairs) > 1:
+                title = f"{model}/{dataset}\n{title}"
+            ax.set_title(title, fontsize=9)
+    fig.suptitle("mean and 95% bootstrap interval per method", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, stem)
+
+
+# --------------------------------------------------------------------------- curves
+def _auc(fraction: np.ndarray, values: np.ndarray) -> float:
+    return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(fraction)))
+
+
+def plot_curves(bands: pd.DataFrame, stem: Path, confidence: float = 0.95) -> List[Path]:
+    """bands: :func:`salbench.reports.stats.curve_bands` rows for one (model, dataset)."""
+    if bands.empty:
+        return []
+    plt = _pyplot()
+    kinds = [k for k in ("deletion", "insertion") if k in set(bands["curve"])] + sorted(
+        set(bands["curve"]) - {"deletion", "insertion"})
+    colours = method_colours(bands["method"])
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        part = bands[bands["curve"] == kind]
+        for method in method_order(part["method"]):
+            line = part[part["method"] == method].sort_values("step")
+            x = line["fraction"].to_numpy(dtype=float)
+            mean = line["mean"].to_numpy(dtype=float)
+            label = f"{method} (AUC {_auc(x, mean):.3f}, n={int(line['n'].iloc[0])})"
+            style = "--" if method in BASELINES else "-"
+            ax.plot(x, mean, style, color=colours[method], label=label, lw=1.6)
+            ax.fill_between(x, line["ci_low"].to_numpy(dtype=float), line["ci_high"].to_numpy(dtype=float),
+                            color=colours[method], alpha=0.18, lw=0)
+        better = "lower AUC is better" if kind == "deletion" else "higher AUC is better"
+        ax.set_title(f"{kind} ({better})", fontsize=10)
+        ax.set_xlabel("fraction of pixels " + ("removed" if kind == "deletion" else "inserted"))
+        ax.set_ylabel("tracked class score")
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    model, dataset = bands["model"].iloc[0], bands["dataset"].iloc[0]
+    fig.suptitle(f"{model} on {dataset}: mean curve, {confidence:.0%} pointwise bootstrap band", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, stem)
+
+
+# --------------------------------------------------------------------------- randomization
+def plot_randomization(bands: pd.DataFrame, stem: Path, layers: Optional[pd.Series] = None,
+                       confidence: float = 0.95) -> List[Path]:
+    """bands: mean/ci per (method, mode, similarity, depth) for one (model, dataset); ``layers``:
+    depth -> layer name for the x ticks. Rows: modes; columns: similarities."""
+    if bands.empty:
+        return []
+    plt = _pyplot()
+    modes = [m for m in ("cascading", "independent") if m in set(bands["mode"])]
+    similarities = list(dict.fromkeys(bands["similarity"]))
+    colours = method_colours(bands["method"])
+    fig, axes = plt.subplots(len(modes), len(similarities), figsize=(3.8 * len(similarities), 3.2 * len(modes)),
+                             squeeze=False)
+    for r, mode in enumerate(modes):
+        for c, similarity in enumerate(similarities):
+            ax = axes[r, c]
+            part = bands[(bands["mode"] == mode) & (bands["similarity"] == similarity)]
+            for method in method_order(part["method"]):
+                line = part[part["method"] == method].sort_values("depth")
+                x = line["depth"].to_numpy(dtype=float)
+                ax.plot(x, line["mean"], "o-" if method not in BASELINES else "o--", ms=3, color=colours[method],
+                        label=method)
+                ax.fill_between(x, line["ci_low"].to_numpy(dtype=float), line["ci_high"].to_numpy(dtype=float),
+                                color=colours[method], alpha=0.18, lw=0)
+            depths = sorted(set(part["depth"]))
+            if layers is not None:
+                ax.set_xticks(depths, [str(layers.get(d, d)) for d in depths], rotation=45, ha="right", fontsize=7)
+            ax.axhline(0, color="0.5", lw=0.6)
+            low = np.nanmin(part["ci_low"].to_numpy(dtype=float)) if len(part) else 0.0
+            ax.set_ylim(min(-0.25, low - 0.05) if np.isfinite(low) else -0.25, 1.05)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{mode}: {similarity}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel("similarity to original map")
+            if r == len(modes) - 1:
+                ax.set_xlabel("randomized from the top (depth)" if mode == "cascading" else "layer randomized")
+    axes[0, -1].legend(fontsize=7, loc="best")
+    model, dataset = bands["model"].iloc[0], bands["dataset"].iloc[0]
+    fig.suptitle(f"{model} on {dataset}: model-randomization check (mean, {confidence:.0%} bootstrap band)",
+                 fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, stem)
+
+
+# --------------------------------------------------------------------------- box accuracy
+def plot_box_accuracy(table: pd.DataFrame, stem: Path, threshold: str = "tau", value: str = "box_accuracy") -> List[Path]:
+    """Box accuracy vs map threshold (one model, dataset): a line per method, a panel per
+    (``variant``, ``iou_threshold``) when those columns exist; the max of each line is marked."""
+    if table.empty:
+        return []
+    plt = _pyplot()
+    table = table.copy()
+    for column in ("variant", "iou_threshold"):
+        if column not in table.columns:
+            table[column] = None
+    panels = list(dict.fromkeys(zip(table["variant"], table["iou_threshold"])))
+    colours = method_colours(table["method"])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.4), squeeze=False)
+    for ax, (variant, level) in zip(axes[0], panels):
+        part = table[(table["variant"].isna() if variant is None else table["variant"] == variant)
+                     & (table["iou_threshold"].isna() if level is None else table["iou_threshold"] == level)]
+        for method in method_order(part["method"]):
+            line = part[part["method"] == method].groupby(threshold)[value].mean().sort_index()
+            if line.empty:
+                continue
+            best = line.idxmax()
+            ax.plot(line.index, line.to_numpy(), "--" if method in BASELINES else "-", color=colours[method],
+                    label=f"{method} (max {line.max():.3g} at {best:.3g})", lw=1.5)
+            ax.plot([best], [line.max()], "o", color=colours[method], ms=4)
+        title = " ".join(str(v) for v in (variant,) if v is not None)
+        if level is not None:
+            title += f" (IoU >= {level:g})"
+        ax.set_title(title or "box accuracy vs threshold", fontsize=9)
+        ax.set_xlabel(f"map threshold ({threshold})")
+        ax.set_ylabel(value.replace("_", " "))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    model, dataset = table["model"].iloc[0], table["dataset"].iloc[0]
+    fig.suptitle(f"{model} on {dataset}: box accuracy vs threshold", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, stem)
+
+
+# --------------------------------------------------------------------------- timing
+def plot_timing(summary: pd.DataFrame, stem: Path) -> List[Path]:
+    """Bars of every ``cost`` score per method with its interval (log axis when values span > 100x)."""
+    part = summary[summary["category"] == "cost"]
+    if part.empty:
+        return []
+    plt = _pyplot()
+    columns = list(dict.fromkeys(zip(part["model"], part["dataset"], part["metric"], part["score"])))
+    colours = method_colours(part["method"])
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.0 * len(columns), 0.4 * part["method"].nunique() + 1.4),
+                             squeeze=False)
+    for ax, (model, dataset, metric, score) in zip(axes[0], columns):
+        cell = part[(part["model"] == model) & (part["dataset"] == dataset) & (part["metric"] == metric)
+                    & (part["score"] == score)].set_index("method")
+        shown = [m for m in method_order(cell.index) if m in cell.index]
+        y = np.arange(len(shown))[::-1]
+        means = cell.loc[shown, "mean"].to_numpy(dtype=float)
+        low = np.clip(means - cell.loc[shown, "ci_low"].to_numpy(dtype=float), 0, None)
+        high = np.clip(cell.loc[shown, "ci_high"].to_numpy(dtype=float) - means, 0, None)
+        ax.barh(y, means, xerr=[np.nan_to_num(low), np.nan_to_num(high)], color=[colours[m] for m in shown],
+                capsize=3)
+        ax.set_yticks(y, shown, fontsize=8)
+        positive = means[np.isfinite(means) & (means > 0)]
+        if len(positive) > 1 and positive.max() / positive.min() > 100:
+            ax.set_xscale("log")
+        ax.set_title(f"{model}/{dataset}\n{metric}/{score} {arrow(cell['higher_is_better'].iloc[0])}".strip(), fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, stem)
+
+
+# --------------------------------------------------------------------------- rasters
+def image_to_pdf(png: Path, pdf: Path, title: Optional[str] = None) -> Path:
+    """Embed a raster image as one PDF page (the gallery's PDF version)."""
+    plt = _pyplot()
+    image = plt.imread(str(png))
+    height, width = image.shape[:2]
+    fig = plt.figure(figsize=(width / 100, height / 100 + (0.3 if title else 0)))
+    ax = fig.add_axes((0, 0, 1, height / (height + (30 if title else 0))))
+    ax.imshow(image)
+    ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9, y=0.995)
+    with store.atomic_path(Path(pdf)) as tmp:
+        fig.savefig(tmp, format="pdf", dpi=100)
+    plt.close(fig)
+    return Path(pdf)

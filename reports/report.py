@@ -1,0 +1,225 @@
+"""Write a report directory from run / multirun directories.
+
+Files (``REPORT_DIR/``):
+
+* ``summary.csv`` (one row per model, dataset, method, metric, score: mean, ci_low, ci_high,
+  std, n, n_flagged, n_undefined, best, arrow, ...), ``summary.md``, ``summary.tex`` (booktabs);
+* ``scores.{png,pdf}`` (means with intervals), ``curves-<model>-<dataset>[-<metric>].{png,pdf}``,
+  ``box_accuracy-<...>.{png,pdf}``, ``randomization-<model>-<dataset>.{png,pdf}``,
+  ``timing.{png,pdf}`` and ``gallery-<i>.{png,pdf}`` when the runs hold the data;
+* ``index.html``: everything above on one self-contained page (images embedded as base64).
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from salbench import store
+from salbench.reports import html as page
+from salbench.reports import plots, stats, tables
+from salbench.reports.load import find_runs, galleries, load, load_table, run_info
+
+KNOWN_TABLES = ("scores", "curves", "randomization", "randomization_summary")
+THRESHOLD_COLUMNS = ("tau", "threshold", "cam_threshold")
+ACCURACY_COLUMNS = ("box_accuracy", "accuracy")
+
+
+@dataclass
+class ReportOptions:
+    resamples: int = stats.DEFAULT_RESAMPLES
+    confidence: float = stats.DEFAULT_CONFIDENCE
+    seed: int = 0
+    digits: int = 3
+
+
+def _with_images(section: List[str], paths: List[Path], caption: str) -> None:
+    png = next((p for p in paths if p.suffix == ".png"), None)
+    if png is not None:
+        pdf = png.with_suffix(".pdf")
+        section.append(page.figure(png, f"{caption} (files: {png.name}, {pdf.name})"))
+
+
+def box_accuracy_tables(paths: Sequence[str]) -> List[Tuple[str, pd.DataFrame, str, str]]:
+    """Box accuracy vs map threshold tables that localization metrics wrote beside the scores
+    (e.g. ``wsoleval_curves``): any side table with a ``method`` column, a threshold column
+    (:data:`THRESHOLD_COLUMNS`) and an accuracy column (:data:`ACCURACY_COLUMNS`); ``variant``
+    and ``iou_threshold`` columns are optional. Returns (name, table, threshold col, accuracy col)."""
+    names = sorted({p.stem for run in find_runs(paths) for p in run.glob("*.parquet")} - set(KNOWN_TABLES))
+    found = []
+    for name in names:
+        table = load_table(paths, name)
+        threshold = next((c for c in THRESHOLD_COLUMNS if c in table.columns), None)
+        value = next((c for c in ACCURACY_COLUMNS if c in table.columns), None)
+        if table.empty or "method" not in table.columns or threshold is None or value is None:
+            continue
+        found.append((name, table, threshold, value))
+    return found
+
+
+def randomization_bands(paths: Sequence[str], options: ReportOptions) -> Tuple[pd.DataFrame, Dict]:
+    """Mean and bootstrap band of each similarity per (model, dataset, method, mode, depth) from
+    ``randomization.parquet`` (else a normal interval from ``randomization_summary.parquet``),
+    and the layer name of each depth per (model, dataset)."""
+    keys = ["model", "dataset", "method", "mode", "similarity"]
+    table = load_table(paths, "randomization")
+    layers: Dict = {}
+    if not table.empty and {"method", "mode", "depth", "similarity", "value"} <= set(table.columns):
+        if "image_id" not in table.columns:
+            table["image_id"] = np.arange(len(table))
+        long = table.assign(step=table["depth"], fraction=table["depth"])
+        bands = stats.curve_bands(long, options.resamples, options.confidence, options.seed, keys=keys)
+        bands = bands.rename(columns={"step": "depth"}).drop(columns="fraction")
+    else:
+        table = load_table(paths, "randomization_summary")
+        if table.empty or not {"method", "mode", "depth", "similarity", "mean"} <= set(table.columns):
+            return pd.DataFrame(), layers
+        half = 1.959964 * table["std"].fillna(0) / np.sqrt(table["count"].clip(lower=1))
+        bands = table.assign(ci_low=table["mean"] - half, ci_high=table["mean"] + half, n=table["count"])
+    if "layer" in table.columns:
+        for (model, dataset), part in table.groupby(["model", "dataset"], sort=False):
+            layers[(model, dataset)] = part.groupby("depth")["layer"].first()
+    return bands, layers
+
+
+def _runs_table(runs: List[Path]) -> str:
+    rows = []
+    for run in runs:
+        info = run_info(run)
+        config = info.get("config", {})
+        counts = info.get("counts", {})
+        methods = ", ".join((config.get("method") or {}).keys())
+        metrics = ", ".join((config.get("metric") or {}).keys())
+        cells = [str(run), (config.get("model") or {}).get("name", "?"), (config.get("dataset") or {}).get("name", "?"),
+                 methods, metrics, str(info.get("status", "?")), str(counts.get("images", "?")),
+                 str(counts.get("flagged_maps", "?")), str(info.get("git_commit", "?"))[:12]]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("job", "model", "dataset", "methods", "metrics", "status", "images",
+                                              "flagged maps", "commit"))
+    return f'<table class="runs"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _protocols(scores: pd.DataFrame) -> str:
+    parts = []
+    for metric, part in scores.groupby("metric", sort=False):
+        for (preset, protocol), _ in part.groupby(["preset", "protocol"], sort=False, dropna=False):
+            try:
+                text = json.dumps(json.loads(protocol), indent=1)
+            except (TypeError, ValueError):
+                text = str(protocol)
+            parts.append(f"<details><summary>metric <code>{html.escape(str(metric))}</code>, preset "
+                         f"<code>{html.escape(str(preset))}</code></summary><pre>{html.escape(text)}</pre></details>")
+    for method, part in scores.groupby("method", sort=False):
+        for options in part["method_options"].dropna().unique():
+            try:
+                text = json.dumps(json.loads(options), indent=1)
+            except (TypeError, ValueError):
+                text = str(options)
+            parts.append(f"<details><summary>method <code>{html.escape(str(method))}</code></summary>"
+                         f"<pre>{html.escape(text)}</pre></details>")
+    return "\n".join(parts)
+
+
+def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOptions] = None) -> Dict[str, List[Path]]:
+    """Write every table, figure and ``index.html`` into ``out``; returns {kind: [paths]}."""
+    options = options or ReportOptions()
+    paths = [str(p) for p in paths]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = find_runs(paths)
+    scores = stats.label_variants(load(paths))
+    summary = stats.summarize(scores, options.resamples, options.confidence, options.seed)
+    built = tables.build_tables(summary, options.digits)
+    written: Dict[str, List[Path]] = {"tables": [], "figures": [], "page": []}
+    fmt = dict(digits=options.digits, confidence=options.confidence, resamples=options.resamples)
+
+    # tables
+    with store.atomic_path(out / "summary.csv") as tmp:
+        tables.tidy_csv_frame(summary, built).to_csv(tmp, index=False)
+    markdown = "# salbench report\n\n" + "\n".join(tables.to_markdown(t, **fmt) for t in built)
+    store.write_text(out / "summary.md", markdown)
+    latex = ("% salbench summary tables; requires \\usepackage{booktabs}\n\n"
+             + "\n".join(tables.to_latex(t, **fmt) for t in built))
+    store.write_text(out / "summary.tex", latex)
+    written["tables"] += [out / "summary.csv", out / "summary.md", out / "summary.tex"]
+
+    # figures
+    sections: List[Tuple[str, str]] = []
+    table_html = "\n".join(tables.to_html(t, **fmt) for t in built)
+    figures: List[str] = []
+    score_paths = plots.plot_scores(summary, out / "scores")
+    _with_images(figures, score_paths, "Per-image score means with 95% bootstrap intervals (baselines in grey).")
+    written["figures"] += score_paths
+
+    curves = load_table(paths, "curves")
+    curve_html: List[str] = []
+    if not curves.empty and {"method", "curve", "step", "value"} <= set(curves.columns):
+        if "fraction" not in curves.columns:
+            curves["fraction"] = curves["step"] / curves.groupby(["method", "curve"])["step"].transform("max")
+        if "metric" not in curves.columns:
+            curves["metric"] = "curves"
+        for (model, dataset, metric), part in curves.groupby(["model", "dataset", "metric"], sort=False):
+            bands = stats.curve_bands(part, options.resamples, options.confidence, options.seed)
+            several = curves["metric"].nunique() > 1
+            stem = out / ("curves-" + plots.slug(model, dataset, *([metric] if several else [])))
+            made = plots.plot_curves(bands, stem, options.confidence)
+            _with_images(curve_html, made, f"{model} on {dataset} ({metric}): deletion / insertion curves, mean "
+                         f"over images with a {options.confidence:.0%} pointwise bootstrap band.")
+            written["figures"] += made
+
+    box_html: List[str] = []
+    for name, table, threshold, value in box_accuracy_tables(paths):
+        for (model, dataset), part in table.groupby(["model", "dataset"], sort=False):
+            made = plots.plot_box_accuracy(part, out / f"{name}-{plots.slug(model, dataset)}", threshold, value)
+            _with_images(box_html, made, f"{model} on {dataset}: box accuracy vs threshold ({name}).")
+            written["figures"] += made
+
+    random_html: List[str] = []
+    bands, layers = randomization_bands(paths, options)
+    if not bands.empty:
+        for (model, dataset), part in bands.groupby(["model", "dataset"], sort=False):
+            made = plots.plot_randomization(part, out / f"randomization-{plots.slug(model, dataset)}",
+                                            layers.get((model, dataset)), options.confidence)
+            _with_images(random_html, made, f"{model} on {dataset}: similarity between maps of the trained model "
+                         "and of randomized copies (Adebayo et al. 2018); lower = the map depends on the weights.")
+            written["figures"] += made
+
+    timing_html: List[str] = []
+    made = plots.plot_timing(summary, out / "timing")
+    _with_images(timing_html, made, "Cost per method (category 'cost').")
+    written["figures"] += made
+
+    gallery_html: List[str] = []
+    for i, item in enumerate(galleries(paths)):
+        png = out / f"gallery-{i}.png"
+        shutil.copyfile(item["path"], png)
+        title = f"{item['model']} on {item['dataset']}: {', '.join(item['methods'])}"
+        made = [png, plots.image_to_pdf(png, out / f"gallery-{i}.pdf", title)]
+        _with_images(gallery_html, made, f"{title} — heatmaps of the first images (job {item['run']}).")
+        written["figures"] += made
+
+    # page
+    intro = (f"<p>{len(runs)} job(s) from {', '.join(html.escape(p) for p in paths)}; generated "
+             f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. Intervals: "
+             f"{options.confidence:.0%} percentile bootstrap over images, {options.resamples} resamples, seed "
+             f"{options.seed}, paired across methods (same resampled images). Flagged maps (constant or "
+             "non-finite) are excluded from means and counted.</p>")
+    sections += [("Summary tables", table_html), ("Scores", "\n".join(figures)),
+                 ("Deletion and insertion", "\n".join(curve_html)),
+                 ("Box accuracy vs threshold", "\n".join(box_html)),
+                 ("Model-randomization check", "\n".join(random_html)), ("Timing", "\n".join(timing_html)),
+                 ("Heatmap gallery", "\n".join(gallery_html)), ("Jobs", _runs_table(runs)),
+                 ("Protocols", _protocols(scores))]
+    store.write_text(out / "index.html", page.page("salbench report", sections, intro))
+    written["page"].append(out / "index.html")
+    for path in (p for paths_ in written.values() for p in paths_):
+        os.chmod(path, 0o644)  # atomic writes create 0600 temporaries; a report is meant to be shared
+    return written
