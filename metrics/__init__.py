@@ -10,6 +10,11 @@ METRICS = Registry("metric")
 
 for _name, _target in {
     "cam_paper": "salbench.metrics.localization:CamPaperLocalization",
+    "wsoleval": "salbench.metrics.wsoleval:WsolEvalLocalization",
+    "pxap": "salbench.metrics.wsoleval:PixelAveragePrecision",
+    "pointing_game": "salbench.metrics.pointing:PointingGame",
+    "energy_pointing_game": "salbench.metrics.pointing:EnergyPointingGame",
+    "grid_pointing_game": "salbench.metrics.pointing:GridPointingGame",
     "rise": "salbench.metrics.deletion:DeletionInsertion",
     "randomization": "salbench.metrics.randomization:ModelRandomization",
 }.items():

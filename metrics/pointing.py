@@ -1,0 +1,358 @@
+"""Pointing games: the pointing game (Zhang et al., ECCV 2016 / IJCV 2018, "Top-down neural
+attention by excitation backprop", with TorchRay's benchmark rules), the energy pointing game
+(Wang et al., CVPR-W 2020, Score-CAM) and the grid pointing game (Böhle et al., CVPR 2022;
+Rao et al., 2022).
+
+Pointing game, preset ``pointing_game`` (TorchRay ``torchray.benchmark.pointing_game``):
+
+* the map is resized to the original image size (bilinear, ``align_corners=False``);
+* the point is the map's maximum (``argmax`` of the flattened map: the first maximum in
+  row-major order; ``ties="any"`` accepts any maximal pixel, Quantus' rule);
+* hit when a ground-truth pixel lies strictly within ``tolerance`` (15) pixels of the point
+  (squared distance < tolerance**2; tolerance 0 means the point's own pixel);
+* ground truth per (image, class): the union of the class's boxes (inclusive pixels) or the
+  mask; a (image, class) pair whose boxes are all PASCAL "difficult" is skipped, an empty
+  ground truth is skipped (NaN) -- never a hit (Quantus 0.6 returns a hit there);
+* accuracy = mean over classes of hits / (hits + misses); classes never evaluated are left out
+  (``empty_class="skip"``) or count 0 (``"zero"``, TorchRay's ``clamp(min=1)``; identical on
+  VOC07 test / COCO val2014 where every class occurs);
+* difficult subset (Zhang et al.): per (image, class) flags from ``batch.extras
+  ["pointing_difficult"]`` (TorchRay ships them for VOC07/COCO) or, without them, the paper's
+  rule: the class's ground truth covers < 1/4 of the image and another class is present.
+
+Cost: all batched on the maps' device except the resize to per-image original sizes (one
+interpolate per image): the hit test is O(H*W) per image (``ties="first"``) or one
+(2t+1)^2 max-pool dilation of the ground truth (``ties="any"``).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from salbench.metrics.base import ExplainedBatch, Metric, ScoreInfo
+from salbench.metrics.localization import FRAMES, RESIZE_MODES, resize_maps
+
+GROUND_TRUTHS = ("boxes", "mask")
+TIES = ("first", "any")
+EMPTY_CLASS = ("skip", "zero")
+
+
+def boxes_to_mask(boxes: Tensor, size: Tuple[int, int]) -> Tensor:
+    """boxes [N, 4] inclusive (x0, y0, x1, y1) -> bool mask [H, W] of their union (clipped)."""
+    height, width = int(size[0]), int(size[1])
+    device = boxes.device
+    if len(boxes) == 0:
+        return torch.zeros(height, width, dtype=torch.bool, device=device)
+    ys = torch.arange(height, device=device, dtype=torch.float32)[None, :, None]
+    xs = torch.arange(width, device=device, dtype=torch.float32)[None, None, :]
+    b = boxes.float()[:, :, None, None]
+    inside = (xs >= b[:, 0]) & (xs <= b[:, 2]) & (ys >= b[:, 1]) & (ys <= b[:, 3])
+    return inside.any(0)
+
+
+def max_points(maps: Tensor) -> Tensor:
+    """maps [B, H, W] -> points [B, 2] long ``(x, y)`` of the first maximum in row-major order."""
+    flat = maps.flatten(1).nan_to_num(nan=float("-inf")).argmax(1)
+    width = maps.shape[-1]
+    return torch.stack([flat % width, torch.div(flat, width, rounding_mode="floor")], 1)
+
+
+def _disk(tolerance: int, device: torch.device) -> Tensor:
+    r = torch.arange(-tolerance, tolerance + 1, device=device, dtype=torch.float32)
+    return (r[:, None] ** 2 + r[None, :] ** 2) < tolerance**2
+
+
+def pointing_hits(maps: Tensor, masks: Tensor, tolerance: int = 15, ties: str = "first") -> Tensor:
+    """maps [B, H, W], masks [B, H, W] bool -> hits [B] float: 1 when a ground-truth pixel lies
+    at squared distance < ``tolerance**2`` from the map's maximum (tolerance 0: on the maximum's
+    pixel), else 0; NaN for an empty mask or a map without a finite maximum.
+
+    ``ties``: "first" (TorchRay: argmax, first maximum in row-major order) or "any" (Quantus:
+    any maximal pixel counts).
+    """
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}; got {ties!r}")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0; got {tolerance}")
+    masks = masks.bool()
+    batch, height, width = maps.shape
+    empty = ~masks.flatten(1).any(1)
+    finite = torch.isfinite(maps.flatten(1)).any(1)
+    if ties == "first":
+        points = max_points(maps)
+        if tolerance == 0:
+            hit = masks[torch.arange(batch, device=maps.device), points[:, 1], points[:, 0]]
+        else:
+            ys = torch.arange(height, device=maps.device, dtype=torch.float32)[None, :, None]
+            xs = torch.arange(width, device=maps.device, dtype=torch.float32)[None, None, :]
+            d2 = (xs - points[:, 0, None, None].float()) ** 2 + (ys - points[:, 1, None, None].float()) ** 2
+            hit = (masks & (d2 < tolerance**2)).flatten(1).any(1)
+    else:
+        safe = maps.nan_to_num(nan=float("-inf"))
+        peak = safe.flatten(1).amax(1)[:, None, None]
+        at_max = safe == peak
+        reach = masks
+        if tolerance > 0:  # dilate the ground truth by the acceptance disk
+            kernel = _disk(tolerance, maps.device).float()[None, None]
+            reach = F.conv2d(masks[:, None].float(), kernel, padding=tolerance)[:, 0] > 0.5
+        hit = (at_max & reach).flatten(1).any(1)
+    out = hit.float()
+    return torch.where(empty | ~finite, torch.full_like(out, float("nan")), out)
+
+
+def energy_pointing(maps: Tensor, masks: Tensor) -> Tensor:
+    """maps [B, H, W], masks [B, H, W] bool -> [B]: share of the positive map mass inside the
+    mask, sum(relu(m) * mask) / sum(relu(m)); NaN when the map has no positive mass or the
+    mask is empty (Wang et al. 2020, Score-CAM, "energy-based pointing game")."""
+    positive = maps.float().clamp_min(0).nan_to_num(0.0)
+    total = positive.flatten(1).sum(1)
+    inside = (positive * masks.float()).flatten(1).sum(1)
+    undefined = (total <= 0) | ~masks.flatten(1).any(1)
+    return torch.where(undefined, torch.full_like(total, float("nan")), inside / total.clamp_min(1e-30))
+
+
+def grid_cell_bounds(size: int, grid: int) -> List[int]:
+    """Cell edges along one axis: ``floor(i * size / grid)`` for i = 0..grid."""
+    return [(i * size) // grid for i in range(grid + 1)]
+
+
+def grid_pointing_score(maps: Tensor, grid: int, cells: Tensor) -> Tensor:
+    """maps [B, H, W] of an n x n grid image, cells [B] long (row-major cell index of the
+    explained class) -> [B]: positive attribution inside that cell / total positive attribution
+    (a uniform map scores 1/n^2 when the cells are equal); NaN without positive mass."""
+    if grid < 1:
+        raise ValueError(f"grid must be >= 1; got {grid}")
+    batch, height, width = maps.shape
+    rows, cols = grid_cell_bounds(height, grid), grid_cell_bounds(width, grid)
+    row_of = torch.bucketize(torch.arange(height, device=maps.device), torch.tensor(rows[1:-1], device=maps.device),
+                             right=True)
+    col_of = torch.bucketize(torch.arange(width, device=maps.device), torch.tensor(cols[1:-1], device=maps.device),
+                             right=True)
+    cell_of = row_of[:, None] * grid + col_of[None, :]  # [H, W]
+    in_cell = cell_of[None] == cells.to(maps.device)[:, None, None]
+    return energy_pointing(maps, in_cell)
+
+
+def difficult_by_rule(mask: Tensor, image_area: int, other_class_present: bool) -> bool:
+    """Zhang et al.'s difficult rule: the class covers < 1/4 of the image and a distractor
+    class is present."""
+    return bool(other_class_present and int(mask.sum()) * 4 < image_area)
+
+
+class PointingGame(Metric):
+    """Pointing game with TorchRay's rules (preset ``pointing_game``).
+
+    Per image (the explained class ``target``): ``pointing_hit`` 1/0, NaN when the target class
+    is absent, its ground truth is empty or all its boxes are difficult; ``pointing_hit_difficult``
+    the same on the difficult subset (NaN elsewhere). Dataset: ``pointing_acc`` and
+    ``pointing_acc_difficult`` = mean over classes of hits / (hits + misses), in [0, 1].
+    Multi-label images score one (image, class) pair per explained target.
+    """
+
+    name = "pointing_game"
+    category = "localization"
+    preset = "pointing_game"
+    scores = (
+        ScoreInfo("pointing_hit", True, "localization"),
+        ScoreInfo("pointing_hit_difficult", True, "localization"),
+        ScoreInfo("pointing_acc", True, "localization", "dataset"),
+        ScoreInfo("pointing_acc_difficult", True, "localization", "dataset"),
+    )
+
+    def __init__(
+        self,
+        tolerance: int = 15,
+        ties: str = "first",
+        ground_truth: str = "boxes",
+        frame: str = "original",
+        resize_mode: str = "bilinear",
+        skip_all_difficult: bool = True,
+        empty_class: str = "skip",
+        preset: str = "pointing_game",
+    ):
+        for value, valid, what in ((ties, TIES, "ties"), (ground_truth, GROUND_TRUTHS, "ground_truth"),
+                                   (frame, FRAMES, "frame"), (resize_mode, RESIZE_MODES, "resize_mode"),
+                                   (empty_class, EMPTY_CLASS, "empty_class")):
+            if value not in valid:
+                raise ValueError(f"{what} must be one of {valid}; got {value!r}")
+        if tolerance < 0:
+            raise ValueError(f"tolerance must be >= 0; got {tolerance}")
+        self.tolerance, self.ties, self.ground_truth, self.frame = int(tolerance), ties, ground_truth, frame
+        self.resize_mode, self.skip_all_difficult, self.empty_class = resize_mode, skip_all_difficult, empty_class
+        self.preset = preset
+        self.reset()
+
+    def reset(self) -> None:
+        self.hits: Dict[str, Dict[int, int]] = {"all": {}, "difficult": {}}
+        self.misses: Dict[str, Dict[int, int]] = {"all": {}, "difficult": {}}
+
+    def protocol(self) -> Dict[str, Any]:
+        return {
+            "map_class": "explained_target",
+            "frame": self.frame,
+            "resize_mode": self.resize_mode if self.frame == "original" else None,
+            "point": "argmax_first_row_major" if self.ties == "first" else "any_maximum",
+            "tolerance_px": self.tolerance,
+            "hit_rule": "gt_pixel_with_squared_distance_lt_tolerance_sq",
+            "ground_truth": "union_of_class_boxes" if self.ground_truth == "boxes" else "mask",
+            "skip_all_difficult": self.skip_all_difficult,
+            "empty_ground_truth": "skipped_not_a_hit",
+            "accuracy": "mean_over_classes_of_hits_over_hits_plus_misses",
+            "empty_class": self.empty_class,
+            "difficult_subset": "extras.pointing_difficult_or_rule_area_lt_quarter_and_distractor",
+        }
+
+    def _ground_truth(self, explained: ExplainedBatch, sizes: Sequence[Tuple[int, int]]) -> Tuple[List[Tensor], List[bool], List[bool]]:
+        """Per image: mask [h, w] of the target class, whether the pair is evaluated, whether
+        it is in the difficult subset."""
+        batch = explained.batch
+        targets = explained.targets.tolist()
+        boxes_all = batch.orig_boxes if self.frame == "original" else batch.boxes
+        flags = batch.extras.get("pointing_difficult") if batch.extras else None
+        masks, evaluated, difficult = [], [], []
+        for i, (cls, size) in enumerate(zip(targets, sizes)):
+            labels = batch.box_labels[i].to(boxes_all[i].device)
+            present = labels == cls
+            if self.ground_truth == "boxes":
+                mask = boxes_to_mask(boxes_all[i][present], size)
+                ok = bool(present.any())
+                if ok and self.skip_all_difficult and len(batch.difficult[i]):
+                    ok = not bool(batch.difficult[i].to(labels.device)[present].all())
+            else:
+                if batch.masks is None:
+                    raise ValueError("ground_truth='mask' needs a dataset with masks")
+                mask = batch.masks[i]
+                if tuple(mask.shape) != tuple(size):
+                    mask = F.interpolate(mask[None, None].float(), size=tuple(size), mode="nearest")[0, 0] > 0.5
+                ok = True
+            ok = ok and bool(mask.any())
+            if flags is not None:
+                flag = flags[i]
+                hard = bool(flag[cls]) if isinstance(flag, Tensor) and flag.ndim == 1 else cls in flag
+            else:
+                other = bool((labels != cls).any()) if len(labels) else False
+                hard = difficult_by_rule(mask, int(size[0]) * int(size[1]), other)
+            masks.append(mask)
+            evaluated.append(ok)
+            difficult.append(ok and hard)
+        return masks, evaluated, difficult
+
+    def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
+        batch = explained.batch
+        device = explained.heatmaps.device
+        if self.frame == "original":
+            maps = resize_maps(explained.heatmaps, batch.orig_sizes, self.resize_mode)
+        else:
+            maps = list(explained.heatmaps)
+        sizes = [tuple(m.shape) for m in maps]
+        masks, evaluated, difficult = self._ground_truth(explained, sizes)
+        if len(set(sizes)) == 1:
+            hits = pointing_hits(torch.stack(maps), torch.stack(masks).to(device), self.tolerance, self.ties)
+        else:
+            hits = torch.cat([pointing_hits(m[None], k[None].to(device), self.tolerance, self.ties)
+                              for m, k in zip(maps, masks)])
+        nan = torch.full_like(hits, float("nan"))
+        hit_all = torch.where(torch.tensor(evaluated, device=device), hits, nan)
+        hit_difficult = torch.where(torch.tensor(difficult, device=device), hits, nan)
+        for subset, values in (("all", hit_all), ("difficult", hit_difficult)):
+            for cls, value in zip(explained.targets.tolist(), values.tolist()):
+                if value != value:  # NaN: not evaluated
+                    continue
+                table = self.hits if value >= 0.5 else self.misses
+                table[subset][cls] = table[subset].get(cls, 0) + 1
+        return {"pointing_hit": hit_all, "pointing_hit_difficult": hit_difficult}
+
+    def merge(self, other: "PointingGame") -> "PointingGame":
+        for subset in ("all", "difficult"):
+            for mine, theirs in ((self.hits, other.hits), (self.misses, other.misses)):
+                for cls, count in theirs[subset].items():
+                    mine[subset][cls] = mine[subset].get(cls, 0) + count
+        return self
+
+    def class_accuracies(self, subset: str = "all") -> Dict[int, float]:
+        """Per-class hits / (hits + misses) over the classes evaluated at least once."""
+        classes = set(self.hits[subset]) | set(self.misses[subset])
+        return {c: self.hits[subset].get(c, 0) / (self.hits[subset].get(c, 0) + self.misses[subset].get(c, 0))
+                for c in sorted(classes)}
+
+    def accuracy(self, subset: str = "all", num_classes: Optional[int] = None) -> float:
+        per_class = self.class_accuracies(subset)
+        if self.empty_class == "zero" and num_classes:
+            return sum(per_class.values()) / num_classes
+        return sum(per_class.values()) / len(per_class) if per_class else float("nan")
+
+    def compute(self) -> Dict[str, float]:
+        return {"pointing_acc": self.accuracy("all"), "pointing_acc_difficult": self.accuracy("difficult")}
+
+
+class EnergyPointingGame(Metric):
+    """Energy pointing game (preset ``energy_pointing_game``; Wang et al. 2020): per image, the
+    share of the positive map mass inside the target class's boxes (union) or mask, in the
+    input frame. Score ``energy`` in [0, 1]; NaN without positive mass or ground truth."""
+
+    name = "energy_pointing_game"
+    category = "localization"
+    preset = "energy_pointing_game"
+    scores = (ScoreInfo("energy", True, "localization"),)
+
+    def __init__(self, ground_truth: str = "boxes", preset: str = "energy_pointing_game"):
+        if ground_truth not in GROUND_TRUTHS:
+            raise ValueError(f"ground_truth must be one of {GROUND_TRUTHS}; got {ground_truth!r}")
+        self.ground_truth, self.preset = ground_truth, preset
+
+    def protocol(self) -> Dict[str, Any]:
+        return {"map": "relu", "ground_truth": "union_of_class_boxes" if self.ground_truth == "boxes" else "mask",
+                "frame": "input", "score": "positive_mass_inside_over_total_positive_mass"}
+
+    def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
+        batch = explained.batch
+        size = tuple(explained.heatmaps.shape[-2:])
+        if self.ground_truth == "mask":
+            if batch.masks is None:
+                raise ValueError("ground_truth='mask' needs a dataset with masks")
+            masks = batch.masks
+        else:
+            masks = torch.stack([boxes_to_mask(b[l.to(b.device) == c] if len(l) == len(b) else b, size)
+                                 for b, l, c in zip(batch.boxes, batch.box_labels, explained.targets.tolist())])
+        return {"energy": energy_pointing(explained.heatmaps, masks.to(explained.heatmaps.device))}
+
+
+class GridPointingGame(Metric):
+    """Grid pointing game (preset ``grid_pointing_game``; Böhle et al. 2022, Rao et al. 2022):
+    on an n x n grid of images of different classes, the positive attribution inside the cell
+    of the explained class over the total positive attribution (uniform map: the cell's share
+    of the pixels, 1/n^2 for equal cells).
+
+    The cell is the explained class's box (the ``grid`` dataset gives each cell as an inclusive
+    box labelled with its class); when ``batch.extras["grid_cell"]`` ([B] row-major indices)
+    is present, the cell is that one of ``grid`` x ``grid`` equal cells (edges floor(i*H/n)).
+    Score ``grid_score`` in [0, 1]; NaN without positive mass or cell.
+    """
+
+    name = "grid_pointing_game"
+    category = "localization"
+    preset = "grid_pointing_game"
+    scores = (ScoreInfo("grid_score", True, "localization"),)
+
+    def __init__(self, grid: int = 2, preset: str = "grid_pointing_game"):
+        if grid < 1:
+            raise ValueError(f"grid must be >= 1; got {grid}")
+        self.grid, self.preset = int(grid), preset
+
+    def protocol(self) -> Dict[str, Any]:
+        return {"grid": self.grid, "map": "relu", "cell": "target_class_box_or_extras_grid_cell",
+                "score": "positive_mass_in_cell_over_total_positive_mass"}
+
+    def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
+        batch = explained.batch
+        maps = explained.heatmaps
+        if batch.extras and "grid_cell" in batch.extras:
+            cells = torch.as_tensor(batch.extras["grid_cell"]).long().to(maps.device)
+            return {"grid_score": grid_pointing_score(maps, self.grid, cells)}
+        size = tuple(maps.shape[-2:])
+        masks = torch.stack([boxes_to_mask(b[l.to(b.device) == c] if len(l) == len(b) else b, size)
+                             for b, l, c in zip(batch.boxes, batch.box_labels, explained.targets.tolist())])
+        return {"grid_score": energy_pointing(maps, masks.to(maps.device))}

@@ -1,0 +1,171 @@
+"""Pointing game (TorchRay rules), energy and grid pointing games: hand-computed toys, the
+Quantus PointingGame reference on non-empty masks (and the empty-mask difference), class
+averaging, the difficult subset and shard merging."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from salbench.metrics import create_metric
+from salbench.metrics.pointing import boxes_to_mask, energy_pointing, grid_pointing_score, max_points, pointing_hits
+from test_localization import explained
+
+
+def point_map(height, width, x, y):
+    maps = torch.zeros(1, height, width)
+    maps[0, y, x] = 1.0
+    return maps
+
+
+# --------------------------------------------------------------------------- toys
+def test_pointing_tolerance_is_strict_15px():
+    maps = point_map(40, 40, 5, 5)
+    near, far = torch.zeros(1, 40, 40, dtype=torch.bool), torch.zeros(1, 40, 40, dtype=torch.bool)
+    near[0, 5, 19] = True  # distance 14 < 15: hit
+    far[0, 5, 20] = True  # distance 15, not < 15: miss (TorchRay: d^2 < tolerance^2)
+    assert pointing_hits(maps, near).item() == 1.0
+    assert pointing_hits(maps, far).item() == 0.0
+    diagonal = torch.zeros(1, 40, 40, dtype=torch.bool)
+    diagonal[0, 15, 15] = True  # d^2 = 200 < 225
+    assert pointing_hits(maps, diagonal).item() == 1.0
+    assert pointing_hits(maps, near, tolerance=0).item() == 0.0
+    assert pointing_hits(maps, near, tolerance=0, ties="any").item() == 0.0
+    assert pointing_hits(maps, near, ties="any").item() == 1.0
+    assert pointing_hits(maps, far, ties="any").item() == 0.0
+
+
+def test_pointing_ties_and_empty_ground_truth():
+    maps = torch.zeros(1, 5, 5)
+    maps[0, 0, 4] = maps[0, 4, 0] = 1.0  # two maxima: argmax takes (x=4, y=0)
+    assert max_points(maps).tolist() == [[4, 0]]
+    mask = torch.zeros(1, 5, 5, dtype=torch.bool)
+    mask[0, 4, 0] = True
+    assert pointing_hits(maps, mask, tolerance=0, ties="first").item() == 0.0
+    assert pointing_hits(maps, mask, tolerance=0, ties="any").item() == 1.0
+    empty = torch.zeros(1, 5, 5, dtype=torch.bool)
+    assert math.isnan(pointing_hits(maps, empty).item())  # never a hit
+
+
+def test_energy_and_grid_toys():
+    maps = torch.tensor([[[1.0, -5.0], [3.0, 0.0]]])
+    mask = torch.tensor([[[True, True], [False, False]]])
+    assert energy_pointing(maps, mask).item() == pytest.approx(1 / 4)  # negatives ignored
+    assert math.isnan(energy_pointing(torch.zeros(1, 2, 2), mask).item())
+    uniform = torch.ones(4, 12, 12)
+    assert grid_pointing_score(uniform, 2, torch.arange(4)).tolist() == pytest.approx([1 / 4] * 4)
+    assert grid_pointing_score(uniform[:1], 3, torch.tensor([4])).item() == pytest.approx(1 / 9)
+    focused = torch.zeros(1, 12, 12)
+    focused[0, 0:6, 6:12] = 2.0  # top-right cell = index 1
+    assert grid_pointing_score(focused, 2, torch.tensor([1, 0]).narrow(0, 0, 1)).item() == 1.0
+    assert boxes_to_mask(torch.tensor([[1.0, 0.0, 2.0, 1.0]]), (3, 4)).tolist() == [
+        [False, True, True, False], [False, True, True, False], [False, False, False, False]]
+
+
+def test_grid_pointing_game_metric_uses_target_box():
+    maps = torch.ones(2, 8, 8)
+    maps[1, 4:, 4:] = 5.0
+    ex = explained(maps, [[[0, 0, 3, 3]], [[4, 4, 7, 7]]], labels=[1, 2])
+    out = create_metric("grid_pointing_game").update(ex)["grid_score"]
+    assert out.tolist() == pytest.approx([1 / 4, 80 / 128])
+
+
+# --------------------------------------------------------------------------- quantus reference
+def test_agrees_with_quantus_on_non_empty_masks_and_differs_on_empty():
+    quantus = pytest.importorskip("quantus")
+    generator = torch.Generator().manual_seed(0)
+    batch, size = 16, 12
+    maps = torch.rand(batch, size, size, generator=generator)  # continuous: no ties
+    masks = torch.rand(batch, size, size, generator=generator) > 0.7
+    masks[-1] = False  # one empty mask
+    metric = quantus.PointingGame(normalise=False, abs=False, disable_warnings=True)
+    reference = np.asarray(metric.evaluate_batch(a_batch=maps[:, None].numpy(), s_batch=masks[:, None].numpy()),
+                           dtype=float)
+    ours = pointing_hits(maps, masks, tolerance=0, ties="any").numpy()
+    assert 0 < reference[:-1].sum() < batch - 1  # both outcomes occur
+    np.testing.assert_array_equal(ours[:-1], reference[:-1])
+    assert reference[-1] == 1.0 and math.isnan(ours[-1])  # Quantus: a hit on an empty mask
+    np.testing.assert_array_equal(pointing_hits(maps, masks, tolerance=0, ties="first").numpy()[:-1], reference[:-1])
+
+
+# --------------------------------------------------------------------------- the metric
+def make_batch():
+    """Three images (20 x 20): classes 0, 1 and 2 with hand-placed maxima."""
+    maps = torch.zeros(3, 20, 20)
+    maps[0, 2, 2] = 1.0  # inside the class-0 box
+    maps[1, 19, 19] = 1.0  # far from the class-1 box: miss
+    maps[2, 10, 10] = 1.0  # target 0 again: inside
+    boxes = [[[0, 0, 5, 5], [14, 14, 17, 17]], [[0, 0, 2, 2]], [[8, 8, 12, 12]]]
+    ex = explained(maps, boxes, labels=[0, 1, 0])
+    ex.batch.box_labels[0] = torch.tensor([0, 1])  # a distractor of class 1 in image 0
+    return ex
+
+
+def test_pointing_game_metric_class_average_and_difficult():
+    ex = make_batch()
+    metric = create_metric("pointing_game", frame="input")
+    out = metric.update(ex)
+    assert out["pointing_hit"].tolist() == [1.0, 0.0, 1.0]
+    # difficult rule: image 0's class-0 box covers 36 px < 400 / 4 and a distractor is present
+    hard = out["pointing_hit_difficult"].tolist()
+    assert hard[0] == 1.0 and math.isnan(hard[1]) and math.isnan(hard[2])
+    result = metric.compute()
+    assert result["pointing_acc"] == pytest.approx((2 / 2 + 0 / 1) / 2)  # mean over classes
+    assert result["pointing_acc_difficult"] == 1.0
+
+
+def test_pointing_game_skips_all_difficult_and_absent_classes():
+    ex = make_batch()
+    ex.batch.difficult[1] = torch.tensor([True])
+    ex.targets = torch.tensor([0, 1, 3])  # class 3 is not in image 2
+    out = create_metric("pointing_game", frame="input").update(ex)["pointing_hit"]
+    assert out[0].item() == 1.0 and math.isnan(out[1].item()) and math.isnan(out[2].item())
+    flags = {"pointing_difficult": [torch.tensor([False, False, False]), torch.tensor([False, True, False]),
+                                    torch.tensor([False, False, False])]}
+    ex2 = make_batch()
+    ex2.batch.extras.update(flags)
+    hard = create_metric("pointing_game", frame="input").update(ex2)["pointing_hit_difficult"].tolist()
+    assert math.isnan(hard[0]) and hard[1] == 0.0 and math.isnan(hard[2])
+
+
+def test_pointing_game_original_frame():
+    maps = torch.zeros(1, 10, 10)
+    maps[0, 1, 1] = 1.0
+    ex = explained(maps, [[[0, 0, 1, 1]]], orig_sizes=[(100, 100)], orig_boxes=[[[60, 60, 90, 90]]])
+    metric = create_metric("pointing_game", resize_mode="nearest")
+    assert metric.update(ex)["pointing_hit"].item() == 0.0  # max near (10..19) is > 15 px from (60, 60)
+    ex = explained(maps, [[[0, 0, 1, 1]]], orig_sizes=[(100, 100)], orig_boxes=[[[20, 20, 90, 90]]])  # (10, 10) to (20, 20): 14.1 px
+    assert metric.update(ex)["pointing_hit"].item() == 1.0
+
+
+def test_pointing_game_shard_merge_equals_one_pass():
+    generator = torch.Generator().manual_seed(3)
+    rng = np.random.default_rng(3)
+    maps = torch.rand(9, 24, 24, generator=generator)
+    labels = [int(v) for v in rng.integers(0, 3, size=9)]
+    boxes, box_labels = [], []
+    for label in labels:
+        x0, y0 = (int(v) for v in rng.integers(0, 16, size=2))
+        boxes.append([[x0, y0, x0 + 6, y0 + 6], [0, 0, 3, 3]])  # the second: a distractor
+        box_labels.append([label, (label + 1) % 3])
+    whole = create_metric("pointing_game", frame="input", tolerance=3)
+    whole.update(explained(maps, boxes, labels=labels, box_labels=box_labels))
+    merged = None
+    for part in (slice(0, 4), slice(4, 9)):
+        shard = create_metric("pointing_game", frame="input", tolerance=3)
+        shard.update(explained(maps[part], boxes[part], labels=labels[part], box_labels=box_labels[part]))
+        merged = shard if merged is None else merged.merge(shard)
+    result = whole.compute()
+    assert not math.isnan(result["pointing_acc_difficult"])
+    assert merged.compute() == result
+    assert merged.class_accuracies() == whole.class_accuracies()
+
+
+def test_energy_pointing_game_metric():
+    maps = torch.zeros(1, 6, 6)
+    maps[0, 0:2, 0:2] = 1.0
+    maps[0, 5, 5] = 4.0
+    ex = explained(maps, [[[0, 0, 1, 1]]])
+    assert create_metric("energy_pointing_game").update(ex)["energy"].item() == pytest.approx(0.5)
