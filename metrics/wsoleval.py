@@ -272,21 +272,22 @@ class WsolEvalLocalization(Metric):
                              "tau": "best_per_iou_threshold"},
         }
 
-    def prepare(self, explained: ExplainedBatch) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
-        """(uint8 maps: a [B, H, W] tensor or B tensors of per-image size, gt boxes, unused)."""
+    def prepare(self, explained: ExplainedBatch) -> Tuple[Any, List[Tensor]]:
+        """(uint8 maps: a [B, H, W] tensor, or B tensors [h_i, w_i] in the original frame;
+        ground-truth boxes per image in the same frame)."""
         batch = explained.batch
         if self.frame == "input":
             size = explained.heatmaps.shape[-2:] if self.resize_to is None else (self.resize_to, self.resize_to)
             size = (int(size[0]), int(size[1]))
             q = quantize(wsol_scoremaps(explained.heatmaps, size))
             gt = [scale_gt(b, s, size) for b, s in zip(batch.orig_boxes, batch.orig_sizes)]
-            return q, gt, []
+            return q, gt
         maps = [quantize(wsol_scoremaps(m[None], tuple(int(v) for v in s)))[0]
                 for m, s in zip(explained.heatmaps, batch.orig_sizes)]
-        return maps, [b.double().trunc() for b in batch.orig_boxes], []
+        return maps, [b.double().trunc() for b in batch.orig_boxes]
 
     def best_ious(self, explained: ExplainedBatch) -> Tuple[Tensor, Tensor]:
-        q, gt, _ = self.prepare(explained)
+        q, gt = self.prepare(explained)
         if isinstance(q, Tensor):
             return wsol_best_ious(q, gt, self.taus)
         pairs = [wsol_best_ious(m[None], [g], self.taus) for m, g in zip(q, gt)]

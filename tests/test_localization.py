@@ -188,3 +188,21 @@ def test_cam_paper_original_frame():
     metric = create_metric("cam_paper", frame="original", resize_mode="nearest")
     assert metric.update(ex)["iou"].item() == 1.0
     assert metric.protocol()["frame"] == "original"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_components_and_metrics_match_cpu():
+    generator = torch.Generator().manual_seed(1)
+    masks = torch.rand(4, 40, 48, generator=generator) > 0.5
+    for connectivity in (4, 8):
+        assert torch.equal(largest_component_box(masks.cuda(), connectivity).cpu(),
+                           largest_component_box(masks, connectivity, "scipy"))
+    maps = torch.rand(2, 16, 16, generator=generator)
+    ex = explained(maps, [[[2, 2, 9, 9]], [[0, 0, 15, 15]]])
+    cpu = create_metric("cam_paper").update(ex)
+    ex.heatmaps = maps.cuda()
+    ex.batch = ex.batch.to(torch.device("cuda"))
+    ex.targets, ex.logits = ex.targets.cuda(), ex.logits.cuda()
+    gpu = create_metric("cam_paper").update(ex)
+    for key in cpu:
+        torch.testing.assert_close(gpu[key].cpu(), cpu[key], equal_nan=True)
