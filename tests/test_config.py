@@ -64,7 +64,7 @@ def test_model_and_dataset_options_instantiate_when_their_files_are_here(compose
 
 
 def test_bad_values_name_the_key_and_the_choices(compose_config):
-    with pytest.raises(ValueError, match="Key 'bogus'.*valid options: layer"):
+    with pytest.raises(ValueError, match="(?s)Key 'bogus'.*valid options: layer"):
         validate_config(compose_config(["+method.gradcam.bogus=1"]))
     with pytest.raises(ValueError, match="unknown target 'foo'; valid: label, predicted"):
         validate_config(compose_config(["target=foo"]))
