@@ -16,7 +16,14 @@ from salbench.registry import Registry
 METHODS = Registry("method")
 
 for _name, _target in {
+    "cam": "salbench.methods.cam:CAM",
     "gradcam": "salbench.methods.gradcam:GradCAM",
+    "counterfactual_gradcam": "salbench.methods.gradcam:CounterfactualGradCAM",
+    "guided_gradcam": "salbench.methods.guided_gradcam:GuidedGradCAM",
+    "saliency": "salbench.methods.gradients:Saliency",
+    "guided_backprop": "salbench.methods.gradients:GuidedBackprop",
+    "deconvnet": "salbench.methods.gradients:Deconvnet",
+    "occlusion": "salbench.methods.occlusion:Occlusion",
     "random": "salbench.methods.baselines:RandomMap",
     "center": "salbench.methods.baselines:CenterGaussian",
 }.items():
@@ -39,7 +46,13 @@ def create_method(name: str, model: Any, **options: Any) -> Explainer:
     if not isinstance(module, nn.Module):
         raise TypeError(f"model must be an nn.Module or a ModelBundle; got {type(model).__name__}")
     accepted = inspect.signature(entry).parameters
-    if options.get("layer") is None and "layer" in accepted and getattr(model, "target_layer", None):
+    # CAM reads the global-pooling input, not the bundle's target layer (default_layer_from_model)
+    if (
+        options.get("layer") is None
+        and "layer" in accepted
+        and getattr(entry, "default_layer_from_model", True)
+        and getattr(model, "target_layer", None)
+    ):
         options["layer"] = model.target_layer
     unknown = sorted(set(options) - set(accepted)) if not any(
         p.kind is p.VAR_KEYWORD for p in accepted.values()

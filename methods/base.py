@@ -89,15 +89,19 @@ class LayerCapture:
 
 @contextlib.contextmanager
 def capture_layer(model: nn.Module, name: str) -> Iterator[LayerCapture]:
-    """Record the output of layer ``name`` for the duration of the ``with`` block."""
+    """Record the output of layer ``name`` for the duration of the ``with`` block (the model
+    continues with an identical copy, so in-place ops downstream leave the record intact)."""
     module = find_module(model, name)
     capture = LayerCapture(name)
 
-    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> Tensor:
         if not isinstance(output, Tensor):
             raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
         capture.activation = output
         capture.calls += 1
+        # the rest of the model gets a copy, so a later in-place op (DenseNet's
+        # F.relu(features, inplace=True)) cannot overwrite the captured layer output
+        return output.clone()
 
     handle = module.register_forward_hook(hook)
     try:
@@ -266,6 +270,7 @@ class LayerExplainer(Explainer):
     """
 
     space = "layer"
+    default_layer_from_model = True  # create_method passes the bundle's target layer as `layer`
 
     def __init__(self, model: nn.Module, *, layer: Optional[str] = None, **postprocess: Any):
         super().__init__(model, **postprocess)
