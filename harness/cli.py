@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -36,6 +37,28 @@ def _hydra_app(config_name: str, job: Callable[[DictConfig], Optional[int]]) -> 
     return app
 
 
+GROUPS = ("method", "metric", "model", "dataset", "experiment", "debug")
+_GROUP_OVERRIDE = re.compile(r"^[+~]{0,2}(%s)=(.*)$" % "|".join(GROUPS))
+
+
+def unknown_group_options(overrides: List[str]) -> List[str]:
+    """Messages for group overrides naming options that have no YAML in ``conf/<group>/``
+    (Hydra's own message for a multi-select group lists no choices)."""
+    from salbench.registry import UnknownNameError
+
+    messages = []
+    for override in overrides:
+        match = _GROUP_OVERRIDE.match(override)
+        if not match or "(" in match.group(2):  # glob(...), range(...): Hydra expands them
+            continue
+        group, value = match.groups()
+        choices = sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
+        for name in re.split(r"[\[\],\s'\"]+", value):
+            if name and name != "null" and name not in choices:
+                messages.append(str(UnknownNameError(f"{group} option", name, choices)))
+    return messages
+
+
 def run_main_job(cfg: DictConfig) -> None:
     from salbench.runner import run_job
 
@@ -58,6 +81,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.argv = [f"{sys.argv[0]} crosscheck", *argv[1:]]
         _hydra_app("crosscheck", crosscheck_main)()
         return
+    problems = unknown_group_options([a for a in argv if not a.startswith("-")])
+    if problems:
+        print("salbench: error: " + "\n".join(problems), file=sys.stderr)
+        sys.exit(2)
     sys.argv = [sys.argv[0], *argv]
     _hydra_app("config", run_main_job)()
 
