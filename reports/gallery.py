@@ -48,9 +48,11 @@ def save_gallery(path: Path, gallery: Dict[str, List[torch.Tensor]], methods: Se
                 label = gallery["labels"][row]
                 ax.set_ylabel(class_names[label] if label < len(class_names) else str(label), fontsize=8)
     if box_threshold is not None:
-        fig.text(0.5, 0.0, f"white: ground truth; cyan dashed: box of the largest region >= {box_threshold:g} x max",
+        sep = "\n" if cols < 3 else "; "
+        fig.text(0.5, 0.0, f"white: ground truth{sep}cyan dashed: largest region >= {box_threshold:g} x max",
                  ha="center", va="bottom", fontsize=7)
-    fig.tight_layout(rect=(0, 0.02 if box_threshold is not None else 0, 1, 1))
+    bottom = (0.09 if cols < 3 else 0.045) / max(1, len(images)) ** 0.5 if box_threshold is not None else 0
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=90)

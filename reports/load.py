@@ -79,19 +79,38 @@ def _identity(run: Path) -> Dict[str, Optional[str]]:
     return {"model": model, "dataset": dataset}
 
 
+def table_files(run: Path, name: str) -> List[Path]:
+    """The job's files of side table ``name``: ``<name>.parquet`` and the runner's per-method,
+    per-metric ``<name>-<method>-<metric>.parquet``."""
+    run = Path(run)
+    single = [run / f"{name}.parquet"] if (run / f"{name}.parquet").exists() else []
+    return single + sorted(run.glob(f"{name}-*.parquet"))
+
+
+def table_names(run: Path) -> List[str]:
+    """Names of the side tables in a job directory (``scores`` left out)."""
+    names = {p.stem.split("-", 1)[0] for p in Path(run).glob("*.parquet")}
+    return sorted(names - {"scores"})
+
+
 def load_table(paths: Union[PathLike, Iterable[PathLike]], name: str) -> pd.DataFrame:
-    """The side table ``<name>.parquet`` of every job under ``paths``, concatenated, with ``run``,
-    ``model`` and ``dataset`` columns added where missing; an empty frame when no job has one."""
+    """The side table ``name`` of every job under ``paths``, concatenated, with ``run``, ``model``
+    and ``dataset`` columns added where missing (and ``method``, ``metric`` taken from a
+    ``<name>-<method>-<metric>.parquet`` file name); an empty frame when no job has one."""
     frames = []
     for run in find_runs(paths):
-        path = run / f"{name}.parquet"
-        if not path.exists():
-            continue
-        frame = pd.read_parquet(path)
-        for key, value in _identity(run).items():
-            if key not in frame.columns:
-                frame[key] = value
-        frames.append(frame.assign(run=str(run)))
+        files = table_files(run, name)
+        identity = _identity(run) if files else {}
+        for path in files:
+            frame = pd.read_parquet(path)
+            extra = dict(identity)
+            if path.stem != name:
+                method, _, metric = path.stem[len(name) + 1:].rpartition("-")
+                extra.update({"method": method or metric, "metric": metric} if method else {"method": metric})
+            for key, value in extra.items():
+                if key not in frame.columns:
+                    frame[key] = value
+            frames.append(frame.assign(run=str(run)))
     if not frames:
         return pd.DataFrame()
     table = pd.concat(frames, ignore_index=True)

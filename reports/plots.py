@@ -75,7 +75,8 @@ def slug(*parts: str) -> str:
 
 
 # --------------------------------------------------------------------------- scores
-def plot_scores(summary: pd.DataFrame, stem: Path, exclude_categories: Sequence[str] = ("cost", "parameter")) -> List[Path]:
+def plot_scores(summary: pd.DataFrame, stem: Path, exclude_categories: Sequence[str] = ("cost", "parameter"),
+                confidence: float = 0.95) -> List[Path]:
     """Dot plot of every (metric, score) mean with its interval, methods on the y axis."""
     part = summary[~summary["category"].isin(exclude_categories)]
     if part.empty:
@@ -116,7 +117,7 @@ def plot_scores(summary: pd.DataFrame, stem: Path, exclude_categories: Sequence[
             if len(pairs) > 1:
                 title = f"{model}/{dataset}\n{title}"
             ax.set_title(title, fontsize=9)
-    fig.suptitle("mean and 95% bootstrap interval per method", fontsize=10)
+    fig.suptitle(f"mean and {confidence:.0%} bootstrap interval per method", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, stem)
 

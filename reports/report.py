@@ -26,7 +26,7 @@ import pandas as pd
 from salbench import store
 from salbench.reports import html as page
 from salbench.reports import plots, stats, tables
-from salbench.reports.load import find_runs, galleries, load, load_table, run_info
+from salbench.reports.load import find_runs, galleries, load, load_table, run_info, table_names
 
 KNOWN_TABLES = ("scores", "curves", "randomization", "randomization_summary")
 THRESHOLD_COLUMNS = ("tau", "threshold", "cam_threshold")
@@ -53,7 +53,7 @@ def box_accuracy_tables(paths: Sequence[str]) -> List[Tuple[str, pd.DataFrame, s
     (e.g. ``wsoleval_curves``): any side table with a ``method`` column, a threshold column
     (:data:`THRESHOLD_COLUMNS`) and an accuracy column (:data:`ACCURACY_COLUMNS`); ``variant``
     and ``iou_threshold`` columns are optional. Returns (name, table, threshold col, accuracy col)."""
-    names = sorted({p.stem for run in find_runs(paths) for p in run.glob("*.parquet")} - set(KNOWN_TABLES))
+    names = sorted({n for run in find_runs(paths) for n in table_names(run)} - set(KNOWN_TABLES))
     found = []
     for name in names:
         table = load_table(paths, name)
@@ -155,8 +155,9 @@ def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOption
     sections: List[Tuple[str, str]] = []
     table_html = "\n".join(tables.to_html(t, **fmt) for t in built)
     figures: List[str] = []
-    score_paths = plots.plot_scores(summary, out / "scores")
-    _with_images(figures, score_paths, "Per-image score means with 95% bootstrap intervals (baselines in grey).")
+    score_paths = plots.plot_scores(summary, out / "scores", confidence=options.confidence)
+    _with_images(figures, score_paths, f"Score means with {options.confidence:.0%} bootstrap intervals "
+                 "(baselines in grey).")
     written["figures"] += score_paths
 
     curves = load_table(paths, "curves")

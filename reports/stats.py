@@ -104,7 +104,8 @@ def summarize(scores: pd.DataFrame, resamples: int = DEFAULT_RESAMPLES, confiden
     counts once, with the mean of its values), ``n_flagged`` (maps flagged nonfinite/constant),
     ``n_undefined`` (other NaN/inf values), ``n_images`` (distinct images, flagged included),
     ``n_runs``, plus ``category``, ``higher_is_better``, ``scope``,
-    ``preset``. Flagged and non-finite values are excluded from every statistic.
+    ``preset``. Flagged and non-finite values are excluded from every statistic;
+    a cell with fewer than 2 units has no interval (NaN bounds).
     """
     columns = [*CELL_KEYS, "category", "higher_is_better", "scope", "preset", "mean", "ci_low", "ci_high", "std",
                "n", "n_flagged", "n_undefined", "n_images", "n_runs"]
@@ -130,7 +131,8 @@ def summarize(scores: pd.DataFrame, resamples: int = DEFAULT_RESAMPLES, confiden
         per_image = used[used["image_id"].notna()].groupby(["image_index", "image_id"], sort=True, dropna=False)
         values = np.concatenate([per_image["value"].mean().to_numpy(dtype=np.float64),
                                  used.loc[used["image_id"].isna(), "value"].to_numpy(dtype=np.float64)])
-        low, high = bootstrap_ci(values, resamples, confidence, seed)
+        # a single unit (e.g. one run's dataset-level score) has no interval
+        low, high = bootstrap_ci(values, resamples, confidence, seed) if len(values) > 1 else (np.nan, np.nan)
         images = cell["image_id"].dropna()
         rows.append({
             **dict(zip(CELL_KEYS, keys)),

@@ -32,6 +32,7 @@ class Cell:
     n: int = 0
     n_flagged: int = 0
     n_images: int = 0
+    scope: str = "image"
     best: bool = False
 
 
@@ -49,10 +50,11 @@ class Table:
     n: Dict[str, int] = field(default_factory=dict)  # images per method (max over columns)
     flagged: Dict[str, int] = field(default_factory=dict)  # flagged maps per method
     missing: List[str] = field(default_factory=list)  # baselines absent from the runs
+    part: str = ""  # the metrics of this table when a category is split over several
 
     @property
     def title(self) -> str:
-        return f"{self.model} on {self.dataset}: {self.category}"
+        return f"{self.model} on {self.dataset}: {self.category}" + (f" ({self.part})" if self.part else "")
 
 
 def arrow(higher_is_better: Optional[bool]) -> str:
@@ -69,7 +71,26 @@ def _direction(value) -> Optional[bool]:
     return bool(value)
 
 
-def build_tables(summary: pd.DataFrame, digits: int = 3, baselines: Sequence[str] = BASELINES) -> List[Table]:
+def _chunks(columns: List[Tuple[str, str]], max_columns: int) -> List[List[Tuple[str, str]]]:
+    """Consecutive metric groups packed into tables of at most ``max_columns`` score columns
+    (a metric with more scores than that stays whole)."""
+    groups: List[List[Tuple[str, str]]] = []
+    for column in columns:
+        if groups and groups[-1][-1][0] == column[0]:
+            groups[-1].append(column)
+        else:
+            groups.append([column])
+    chunks: List[List[Tuple[str, str]]] = []
+    for group in groups:
+        if chunks and len(chunks[-1]) + len(group) <= max_columns:
+            chunks[-1] += group
+        else:
+            chunks.append(list(group))
+    return chunks
+
+
+def build_tables(summary: pd.DataFrame, digits: int = 3, baselines: Sequence[str] = BASELINES,
+                 max_columns: int = 6) -> List[Table]:
     """Tables per (model, dataset, category) in first-seen order of model/dataset and
     :data:`CATEGORY_ORDER` for categories. Best: the top mean in the column's direction (ties at
     ``digits`` precision all bold); columns without a direction get no bold."""
@@ -82,18 +103,23 @@ def build_tables(summary: pd.DataFrame, digits: int = 3, baselines: Sequence[str
         methods = list(dict.fromkeys(pair["method"]))
         rows = [m for m in methods if m not in baselines] + list(baselines)
         categories = sorted(dict.fromkeys(pair["category"]), key=lambda c: (order.get(c, len(order)), c))
-        for category in categories:
-            part = pair[pair["category"] == category]
-            columns = list(dict.fromkeys(zip(part["metric"], part["score"])))
+        chunked = {c: _chunks(list(dict.fromkeys(zip(pair.loc[pair["category"] == c, "metric"],
+                                                      pair.loc[pair["category"] == c, "score"]))), max_columns)
+                   for c in categories}
+        for category, columns in ((c, chunk) for c in categories for chunk in chunked[c]):
+            metrics = {m for m, _ in columns}
+            part = pair[(pair["category"] == category) & pair["metric"].isin(metrics)]
+            part = part[[(m, s) in set(columns) for m, s in zip(part["metric"], part["score"])]]
             directions = [None if category in UNORIENTED_CATEGORIES else
                           _direction(part[(part["metric"] == m) & (part["score"] == s)]["higher_is_better"].iloc[0])
                           for m, s in columns]
             table = Table(model, dataset, category, columns, directions, rows,
-                          missing=[b for b in baselines if b not in set(part["method"])])
+                          missing=[b for b in baselines if b not in set(part["method"])],
+                          part=", ".join(dict.fromkeys(m for m, _ in columns)) if len(chunked[category]) > 1 else "")
             for record in part.itertuples(index=False):
                 table.cells[(record.method, (record.metric, record.score))] = Cell(
                     record.mean, record.ci_low, record.ci_high, int(record.n), int(record.n_flagged),
-                    int(record.n_images))
+                    int(record.n_images), str(record.scope))
             for method in rows:
                 present = [c for (m, _), c in table.cells.items() if m == method]
                 table.n[method] = max((c.n_images for c in present), default=0)
@@ -113,13 +139,24 @@ def build_tables(summary: pd.DataFrame, digits: int = 3, baselines: Sequence[str
 
 
 def _notes(table: Table, confidence: float, resamples: int) -> List[str]:
-    notes = [f"mean [{confidence:.0%} percentile-bootstrap CI, {resamples} resamples over images]; "
-             "↑ higher is better, ↓ lower is better; best in bold; n = images (flagged included)."]
+    if table.category in UNORIENTED_CATEGORIES:
+        notes = ["settings chosen by the metric (e.g. the best threshold): no direction, no best."]
+    else:
+        notes = [f"mean [{confidence:.0%} percentile-bootstrap CI, {resamples} resamples over images]; "
+                 "↑ higher is better, ↓ lower is better; best in bold; n = images (flagged included)."]
+    if any(c.scope == "dataset" for c in table.cells.values()):
+        notes.append("dataset-level scores: one value per run, an interval only over several runs.")
     if any(table.flagged.values()):
         notes.append("flagged = maps that were constant or non-finite: their values are excluded from the means.")
     if table.missing:
         notes.append(f"baseline(s) not in these runs: {', '.join(table.missing)}.")
     return notes
+
+
+def _count_note(table: Table, method: str, cell: Cell) -> str:
+    if cell.scope == "dataset":
+        return f" ({cell.n} run{'s' if cell.n != 1 else ''})" if cell.n != 1 or not math.isfinite(cell.low) else ""
+    return f" (n={cell.n})" if cell.n != table.n[method] - table.flagged[method] else ""
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -134,9 +171,10 @@ def to_markdown(table: Table, digits: int = 3, confidence: float = 0.95, resampl
             if cell is None:
                 cells.append("–")
                 continue
-            text = f"{fmt(cell.mean, digits)} [{fmt(cell.low, digits)}, {fmt(cell.high, digits)}]"
-            if cell.n != table.n[method] - table.flagged[method]:
-                text += f" (n={cell.n})"
+            text = fmt(cell.mean, digits)
+            if math.isfinite(cell.low):
+                text += f" [{fmt(cell.low, digits)}, {fmt(cell.high, digits)}]"
+            text += _count_note(table, method, cell)
             cells.append(f"**{text}**" if cell.best else text)
         name = f"*{method}*" if method in BASELINES else method
         lines.append("| " + " | ".join([name, *cells, str(table.n[method]), str(table.flagged[method])]) + " |")
@@ -186,11 +224,12 @@ def to_latex(table: Table, digits: int = 3, confidence: float = 0.95, resamples:
                 continue
             mean = _latex_number(cell.mean, digits)
             mean = rf"\textbf{{{mean}}}" if cell.best else mean
-            ci = rf"{{\scriptsize[{_latex_number(cell.low, digits)}, {_latex_number(cell.high, digits)}]}}"
-            cells.append(f"{mean}~{ci}")
+            if math.isfinite(cell.low):
+                mean += rf"~{{\scriptsize[{_latex_number(cell.low, digits)}, {_latex_number(cell.high, digits)}]}}"
+            cells.append(mean)
         cells += [str(table.n[method]), str(table.flagged[method])]
         body.append(" & ".join(cells) + r" \\")
-    label = label or f"tab:{table.model}-{table.dataset}-{table.category}"
+    label = label or f"tab:{table.model}-{table.dataset}-{table.category}" + (f"-{table.part}" if table.part else "")
     caption = latex_escape(f"{table.title}. " + " ".join(_notes(table, confidence, resamples)))
     caption = caption.replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
     return "\n".join([
@@ -236,9 +275,11 @@ def to_html(table: Table, digits: int = 3, confidence: float = 0.95, resamples: 
                 continue
             mean = fmt(cell.mean, digits)
             mean = f"<b>{mean}</b>" if cell.best else mean
-            extra = f" <small>(n={cell.n})</small>" if cell.n != table.n[method] - table.flagged[method] else ""
-            cells.append(f'<td>{mean} <span class="ci">[{fmt(cell.low, digits)}, {fmt(cell.high, digits)}]</span>'
-                         f"{extra}</td>")
+            note = _count_note(table, method, cell)
+            extra = f" <small>{esc(note.strip())}</small>" if note else ""
+            ci = (f' <span class="ci">[{fmt(cell.low, digits)}, {fmt(cell.high, digits)}]</span>'
+                  if math.isfinite(cell.low) else "")
+            cells.append(f"<td>{mean}{ci}{extra}</td>")
         cells += [f"<td>{table.n[method]}</td>", f"<td>{table.flagged[method]}</td>"]
         body.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
     notes = "".join(f"<p class=\"note\">{esc(n)}</p>" for n in _notes(table, confidence, resamples))

@@ -33,8 +33,7 @@ def rows(method, metric, score, values, *, higher=True, category="localization",
     })[SCORE_COLUMNS]
 
 
-@pytest.fixture
-def results() -> pd.DataFrame:
+def make_results() -> pd.DataFrame:
     """gradcam (one flagged map, one undefined value), guided_gc, random, center; a lower-is-better
     score; a dataset-level score; a cost score."""
     return pd.concat([
@@ -51,6 +50,11 @@ def results() -> pd.DataFrame:
         rows("gradcam", "time", "seconds", [0.01, 0.012, 0.011, 0.01, 0.013, 0.01], higher=False, category="cost"),
         rows("guided_gc", "time", "seconds", [0.03, 0.031, 0.029, 0.03, 0.032, 0.03], higher=False, category="cost"),
     ], ignore_index=True)
+
+
+@pytest.fixture
+def results() -> pd.DataFrame:
+    return make_results()
 
 
 def reference_ci(values, resamples, confidence, seed):
@@ -81,7 +85,9 @@ def test_summary_means_and_intervals_equal_hand_computed_ones(results, resamples
         assert row["mean"] == pytest.approx(np.mean(LOC[method]), abs=1e-12) and row["n"] == 6
         assert np.allclose([row["ci_low"], row["ci_high"]], reference_ci(LOC[method], resamples, confidence, seed))
     assert grad["ci_low"] < grad["mean"] < grad["ci_high"]
-    assert cell(summary, "gradcam", "maxboxacc")["n"] == 1 and cell(summary, "gradcam", "maxboxacc")["ci_low"] == 0.61
+    # one run's dataset-level value: a mean, no interval
+    assert cell(summary, "gradcam", "maxboxacc")["n"] == 1 and cell(summary, "gradcam", "maxboxacc")["mean"] == 0.61
+    assert np.isnan(cell(summary, "gradcam", "maxboxacc")["ci_low"])
 
 
 def test_hand_computed_percentile_interval_of_a_tiny_sample():
@@ -148,6 +154,15 @@ def test_markdown_bold_best_in_each_direction_and_baselines_always_shown(results
     assert order == ["gradcam", "guided_gc", "*random*", "*center*"]
 
 
+def test_a_wide_category_is_split_into_tables_of_whole_metrics():
+    frame = pd.concat([rows(m, metric, f"s{i}", [0.1, 0.2]) for m in ("a", "random", "center")
+                       for metric, k in (("m1", 4), ("m2", 3), ("m3", 2)) for i in range(k)])
+    tables = build_tables(summarize(frame, 20), max_columns=6)
+    assert [len(t.columns) for t in tables] == [4, 5] and [t.part for t in tables] == ["m1", "m2, m3"]
+    labels = [re.search(r"\\label\{([^}]*)\}", to_latex(t)).group(1) for t in tables]
+    assert len(set(labels)) == 2
+
+
 def test_ties_at_display_precision_are_all_bold():
     frame = pd.concat([rows("a", "m", "s", [0.5, 0.5]), rows("b", "m", "s", [0.5, 0.5004]), rows("random", "m", "s", [0.1, 0.2])])
     text = to_markdown(build_tables(summarize(frame, 50))[0])
@@ -206,6 +221,8 @@ def test_latex_tables_are_well_formed_booktabs(results):
     assert latex_problems(latex) == []
     assert r"grad\_cam++" in latex and r"\textbf{0.725}" in latex and r"$\downarrow$" in latex
     assert latex.count(r"\begin{table}") == len(tables) == 3
+    labels = re.findall(r"\\label\{([^}]*)\}", latex)
+    assert len(set(labels)) == len(labels)
     # the checker itself catches broken tables
     broken = latex.replace(r"\bottomrule", "", 1).replace(r" \\", r" & extra \\", 1).replace("{tabular}", "{tabular", 1)
     assert len(latex_problems(broken)) >= 2
@@ -219,8 +236,9 @@ def test_html_table_marks_best_and_baselines(results):
 
 
 # --------------------------------------------------------------------------- report directory
-def make_job(job: Path, results: pd.DataFrame) -> Path:
-    """A job directory as the runner writes it, with every side table a report can draw."""
+def make_job(job: Path, results: pd.DataFrame, side_tables: bool = True) -> Path:
+    """A job directory as the runner writes it, with (``side_tables``) every side table a report
+    can draw and a gallery."""
     from salbench.reports.gallery import save_gallery
     from salbench.store import write_json
 
@@ -231,6 +249,8 @@ def make_job(job: Path, results: pd.DataFrame) -> Path:
     write_json(job / "run.json", {"status": "completed", "config": {"model": {"name": "toy_net"},
                                   "dataset": {"name": "toy_set"}, "method": {"gradcam": {}}, "metric": {"loc": {}}},
                                   "counts": {"images": 6, "flagged_maps": 1}})
+    if not side_tables:
+        return job
     rng = np.random.default_rng(0)
     curves = []
     for method, speed in (("gradcam", 8.0), ("guided_gc", 4.0), ("random", 1.5)):
@@ -261,19 +281,20 @@ def make_job(job: Path, results: pd.DataFrame) -> Path:
     return job
 
 
-@pytest.fixture
-def report_dir(tmp_path, results):
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
     from salbench.reports.report import ReportOptions, write_report
 
-    make_job(tmp_path / "sweep" / "0", results)
+    tmp_path = tmp_path_factory.mktemp("report")
+    make_job(tmp_path / "sweep" / "0", make_results())
     out = tmp_path / "report"
     written = write_report([str(tmp_path / "sweep")], out, ReportOptions(resamples=200))
     return out, written
 
 
 def test_load_reads_every_job_once(tmp_path, results):
-    make_job(tmp_path / "sweep" / "0", results)
-    make_job(tmp_path / "sweep" / "1", results.assign(model="other_net"))
+    make_job(tmp_path / "sweep" / "0", results, side_tables=False)
+    make_job(tmp_path / "sweep" / "1", results.assign(model="other_net"), side_tables=False)
     scores = load([tmp_path / "sweep", tmp_path / "sweep" / "0"])
     assert len(scores) == 2 * len(results) and set(scores["model"]) == {"toy_net", "other_net"}
     assert list(scores.columns[: len(SCORE_COLUMNS)]) == SCORE_COLUMNS and {"run", "status"} <= set(scores.columns)
@@ -311,7 +332,7 @@ def test_index_html_is_self_contained(report_dir):
 def test_cli_writes_the_report_and_rejects_a_non_results_dir(tmp_path, results, capsys):
     from salbench.reports.cli import main
 
-    make_job(tmp_path / "run", results)
+    make_job(tmp_path / "run", results[results["category"] == "localization"], side_tables=False)
     assert main([str(tmp_path / "run"), "--out", str(tmp_path / "rep"), "--resamples", "50"]) == 0
     printed = capsys.readouterr().out
     assert "gradcam" in printed and str((tmp_path / "rep" / "index.html").resolve()) in printed
