@@ -72,3 +72,15 @@ def test_atomic_write_leaves_no_partial_file_on_failure(tmp_path):
     except RuntimeError:
         pass
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_gives_ordinary_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from salbench.store import write_json
+
+    write_json(tmp_path / "run.json", {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "run.json").stat().st_mode) == 0o666 & ~umask
