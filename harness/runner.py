@@ -7,6 +7,7 @@ rows with ``scope == "dataset"``), any extra metric tables (``<name>.parquet``),
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -27,9 +28,11 @@ from tqdm.auto import tqdm
 from salbench import store
 from salbench.datasets import collate, create_dataset
 from salbench.methods import create_method
+from salbench.methods.shared import explain_all
 from salbench.metrics import ExplainedBatch, create_metric
 from salbench.models import ModelBundle, create_model
 from salbench.schema import options_of, validate_config
+from salbench.timing import Stopwatch, device_name, peak_memory_bytes, reset_peak_memory
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -207,8 +210,12 @@ class Checkpoint:
 def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.DataFrame:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    run_info["device"] = store.device_info(device)
+    run_info["device"] = {**store.device_info(device), "device_name": device_name(device),
+                          "channels_last": bool(cfg.get("channels_last", False)),
+                          "shared_passes": bool(cfg.get("shared_passes", True))}
     bundle = create_model(cfg.model.name, **options_of(cfg.model)).to(device)
+    if cfg.get("channels_last", False):  # the job's own model copy: NHWC weights for GPU convolutions
+        bundle.module.to(memory_format=torch.channels_last)
     run_info["model"] = bundle.describe()
     dataset = build_dataset(cfg, bundle)
     explainers = {key: create_method(node.name, bundle, **options_of(node)) for key, node in cfg.method.items()}
@@ -292,9 +299,50 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.Data
     return scores
 
 
+def _metric_order(by_metric: Dict[str, Any]) -> List[str]:
+    """Metric keys with the timing-consuming ones (``wants_timing``) last."""
+    return sorted(by_metric, key=lambda k: bool(getattr(by_metric[k], "wants_timing", False)))
+
+
+def _update_metrics(cfg, explained: Dict[str, ExplainedBatch], metrics, device) -> Dict[str, Dict[str, Any]]:
+    """Every metric of every method on one batch: ``{method: {metric: {score: [B]}}}``, and each
+    update's seconds in ``explained[method].timing["metric_seconds"]``. Metrics of several methods
+    that can share forward batches (same deletion/insertion choices) run together when
+    ``shared_passes``; metrics that want timing run last."""
+    from salbench.metrics.deletion import DeletionInsertion, update_many
+
+    keys = list(explained)
+    results: Dict[str, Dict[str, Any]] = {key: {} for key in keys}
+    order = _metric_order(metrics[keys[0]]) if keys else []
+    for mkey in order:
+        if getattr(metrics[keys[0]][mkey], "wants_timing", False):
+            for key in keys:
+                results[key][mkey] = metrics[key][mkey].update(explained[key])
+            continue
+        group = [k for k in keys if isinstance(metrics[k][mkey], DeletionInsertion)
+                 and metrics[keys[0]][mkey].shares_passes_with(metrics[k][mkey])] \
+            if cfg.get("shared_passes", True) and isinstance(metrics[keys[0]][mkey], DeletionInsertion) else []
+        if len(group) > 1:
+            with Stopwatch(device) as watch:
+                shared = update_many({k: metrics[k][mkey] for k in group}, {k: explained[k] for k in group})
+            for key in group:
+                results[key][mkey] = shared[key]
+                explained[key].timing["metric_seconds"][mkey] = watch.seconds / len(group)
+        for key in keys:
+            if key in group and len(group) > 1:
+                continue
+            with Stopwatch(device) as watch:
+                results[key][mkey] = metrics[key][mkey].update(explained[key])
+            explained[key].timing["metric_seconds"][mkey] = watch.seconds
+    return results
+
+
 def _evaluate_batch(cfg, batch, bundle, explainers, metrics, gallery, state, rows: ScoreRows) -> None:
-    """Explain one batch with every method and score it with every metric (rows appended)."""
+    """Explain one batch with every method (shared passes where possible) and score it with every
+    metric (rows appended, method-major)."""
     inputs = bundle.normalize(batch.images)
+    if cfg.get("channels_last", False):
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         logits = bundle.module(inputs)
     predicted = logits.argmax(1)
@@ -310,18 +358,29 @@ def _evaluate_batch(cfg, batch, bundle, explainers, metrics, gallery, state, row
         "target": targets.cpu().numpy(), "label": batch.labels.cpu().numpy(),
         "predicted": predicted.cpu().numpy(),
     }
+    device = inputs.device
+    reset_peak_memory(device)
+    heatmaps, costs = explain_all(explainers, inputs, targets, shared=cfg.get("shared_passes", True),
+                                  stopwatch=functools.partial(Stopwatch, device))
+    peak = peak_memory_bytes(device)
+    explained: Dict[str, ExplainedBatch] = {}
+    flags: Dict[str, List[str]] = {}
     for key, explainer in explainers.items():
-        heatmaps = explainer(inputs.clone(), targets).detach()
-        flags = map_flags(heatmaps)
-        state["flagged"] += sum(bool(f) for f in flags)
-        invalid = torch.tensor([bool(f) for f in flags])
+        flags[key] = map_flags(heatmaps[key])
+        state["flagged"] += sum(bool(f) for f in flags[key])
         if need:
-            gallery[key] += list(heatmaps[:need].cpu())
-        explained = ExplainedBatch(batch, inputs, heatmaps, targets, logits, bundle, explainer, key)
+            gallery[key] += list(heatmaps[key][:need].cpu())
+        timing = {**costs[key], "metric_seconds": {}, "peak_memory_bytes": peak,
+                  "device": device_name(device), "clock": "cuda_events" if device.type == "cuda" else "perf_counter"}
+        explained[key] = ExplainedBatch(batch, inputs, heatmaps[key], targets, logits, bundle, explainer, key,
+                                        timing=timing)
+    results = _update_metrics(cfg, explained, metrics, device)
+    for key, explainer in explainers.items():
+        invalid = torch.tensor([bool(f) for f in flags[key]])
         method_options = json.dumps(explainer.options(), default=str)
         for mkey, metric in metrics[key].items():
             protocol = json.dumps(metric.protocol(), default=str)
-            for score, values in metric.update(explained).items():
+            for score, values in results[key][mkey].items():
                 values = values.detach().float().cpu()
                 values = torch.where(invalid, torch.full_like(values, float("nan")), values)
                 info = metric.score_info(score)
@@ -329,5 +388,5 @@ def _evaluate_batch(cfg, batch, bundle, explainers, metrics, gallery, state, row
                           "value": values.numpy().astype(np.float64),
                           "category": info.category if info else metric.category,
                           "higher_is_better": info.higher_is_better if info else None,
-                          "scope": "image", "flag": flags, "preset": metric.preset,
+                          "scope": "image", "flag": flags[key], "preset": metric.preset,
                           "protocol": protocol, "method_options": method_options})

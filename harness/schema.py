@@ -41,6 +41,8 @@ class SalbenchConfig:
     gallery_images: int = 8
     flush_every: int = 256
     resume: bool = True
+    shared_passes: bool = True
+    channels_last: bool = False
 
 
 _PLAIN = (int, float, bool, str)

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from salbench.registry import UnknownNameError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from salbench.methods.shared import PassRequest, PassResult
 
 UPSAMPLE_MODES = ("bilinear", "bicubic", "nearest", "none")
 CHANNEL_REDUCTIONS = ("max_abs", "sum_abs", "sum", "mean", "l2", "none")
@@ -247,6 +250,18 @@ class Explainer:
 
     def attribute(self, x: Tensor, target: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def pass_request(self, x: Tensor) -> Optional["PassRequest"]:
+        """What this method needs from a shared forward/backward pass
+        (:class:`salbench.methods.shared.PassRequest`), or ``None`` when it cannot share one
+        (the default: occlusion, baselines). Methods that return a request implement
+        :meth:`from_pass`."""
+        return None
+
+    def from_pass(self, result: "PassResult") -> Tensor:
+        """The attribution (as :meth:`attribute` returns it) built from a shared pass's tensors
+        (:class:`salbench.methods.shared.PassResult`); equal to ``attribute(result.x, result.target)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not take part in shared passes")
 
     def __call__(self, x: Tensor, target: Tensor) -> Tensor:
         """x: [B, C, H, W]; target: [B] -> heatmap [B, H, W] float32 on x's device."""

@@ -106,6 +106,11 @@ class CAM(LayerExplainer):
             capture_scope = capture_layer(self.model, self.layer) if self.layer else contextlib.nullcontext()
             with capture_scope as capture, trace_head(self.model) as trace:
                 logits = self.model(x)
+        return self.features_from_trace(logits, trace, capture.activation if capture is not None else None)
+
+    def features_from_trace(self, logits: Tensor, trace: HeadTrace, captured: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        """(A, head weight, logits) from one forward pass's head trace (and ``layer``'s captured
+        output when a layer is set); the architecture check of :meth:`features_and_weights`."""
         if not isinstance(logits, Tensor) or logits.ndim != 2:
             raise ValueError(f"CAM needs logits [B, N]; the model returned {getattr(logits, 'shape', type(logits))}")
         if not trace.heads:
@@ -117,8 +122,8 @@ class CAM(LayerExplainer):
         weight = head.weight.detach().reshape(head.weight.shape[0], -1)
         bias = head.bias.detach() if head.bias is not None else torch.zeros_like(weight[:, 0])
         spatial_head = head_input.ndim == 4 and head_input.shape[-1] * head_input.shape[-2] > 1
-        if capture is not None:
-            activation, source = capture.activation, f"layer {self.layer!r}"
+        if self.layer:
+            activation, source = captured, f"layer {self.layer!r}"
         elif spatial_head:  # 1x1 conv classifier followed by global pooling
             activation, source = head_input, f"the input of 1x1 conv {head_name!r}"
         elif trace.pooled_inputs:
@@ -151,10 +156,22 @@ class CAM(LayerExplainer):
     def attribute(self, x: Tensor, target: Tensor) -> Tensor:
         """x: [B, C, H, W]; target: [B] -> CAM [B, h, w] (ReLU if ``relu``)."""
         target = check_inputs(x, target)
-        activation, weight, logits = self.features_and_weights(x)
+        return self._cam(*self.features_and_weights(x), target)
+
+    def _cam(self, activation: Tensor, weight: Tensor, logits: Tensor, target: Tensor) -> Tensor:
         check_target_range(target, logits.shape[1])
         maps = torch.einsum("bk,bkhw->bhw", weight[target].to(activation.dtype), activation)
         return maps.clamp_min(0) if self.postprocess.relu else maps
+
+    def pass_request(self, x: Tensor) -> "PassRequest":
+        from salbench.methods.shared import PassRequest
+
+        return PassRequest(activations=frozenset({self.layer}) if self.layer else frozenset(), head=True)
+
+    def from_pass(self, result: "PassResult") -> Tensor:
+        """CAM [B, h, w] from the shared pass's head trace (same architecture check)."""
+        captured = result.activations.get(self.layer) if self.layer else None
+        return self._cam(*self.features_from_trace(result.logits, result.head_trace, captured), result.target)
 
     def options(self) -> Dict[str, Any]:
         return {**super().options(), "check_tolerance": self.check_tolerance}

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from salbench.methods.base import LayerExplainer, Postprocess, check_inputs, preserved_model_state
+from salbench.methods.shared import PassRequest, PassResult
 
 
 class GradientCAM(LayerExplainer):
@@ -40,6 +41,13 @@ class GradientCAM(LayerExplainer):
             # gradient of the summed scores is each image's own gradient.
             (gradients,) = torch.autograd.grad(scores.sum(), activation)
         return self.cam_from_gradients(activation, gradients)
+
+    def pass_request(self, x: Tensor) -> PassRequest:
+        return PassRequest(layer_gradients=frozenset({self.resolve_layer(x)}))
+
+    def from_pass(self, result: PassResult) -> Tensor:
+        """[B, h, w] from the shared pass's activation and d y / d A at ``layer``."""
+        return self.cam_from_gradients(result.activations[self.layer], result.layer_gradients[self.layer])
 
 
 class GradCAM(GradientCAM):

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from salbench.methods.base import Explainer, Postprocess, check_inputs, class_scores, preserved_model_state
 from salbench.methods.rectifiers import rectifier_backward
+from salbench.methods.shared import PassRequest, PassResult
 
 
 def input_gradient(model: nn.Module, x: Tensor, target: Tensor, rule: Optional[str] = None) -> Tensor:
@@ -52,6 +53,13 @@ class GradientExplainer(Explainer):
         """x: [B, C, H, W]; target: [B] -> [B, C, H, W] on x's device."""
         target = check_inputs(x, target)
         return input_gradient(self.model, x, target, self.rule)
+
+    def pass_request(self, x: Tensor) -> PassRequest:
+        return PassRequest(input_rules=frozenset({self.rule}))
+
+    def from_pass(self, result: PassResult) -> Tensor:
+        """[B, C, H, W]: the shared pass's input gradient under this method's rectifier rule."""
+        return result.input_gradients[self.rule]
 
     def options(self) -> Dict[str, Any]:
         return {**super().options(), "rectifier_rule": self.rule}

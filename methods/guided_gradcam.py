@@ -24,6 +24,7 @@ from salbench.methods.base import (
 from salbench.methods.gradcam import GradCAM
 from salbench.methods.gradients import GuidedBackprop
 from salbench.methods.rectifiers import rectifier_backward
+from salbench.methods.shared import PassRequest, PassResult
 
 
 class GuidedGradCAM(Explainer):
@@ -62,9 +63,19 @@ class GuidedGradCAM(Explainer):
             (layer_gradients,) = torch.autograd.grad(total, capture.activation, retain_graph=True)
             rule.rule = self.guided_backprop.rule
             (pixel_gradients,) = torch.autograd.grad(total, leaf)
-        cam = self.gradcam.cam_from_gradients(capture.activation, layer_gradients)
-        cam = upsample(cam, tuple(x.shape[-2:]), self.postprocess.upsample, self.postprocess.align_corners)
+        return self._combine(pixel_gradients, self.gradcam.cam_from_gradients(capture.activation, layer_gradients))
+
+    def _combine(self, pixel_gradients: Tensor, cam: Tensor) -> Tensor:
+        """guided gradients [B, C, H, W] x Grad-CAM [B, h, w] upsampled -> [B, C, H, W]."""
+        cam = upsample(cam, tuple(pixel_gradients.shape[-2:]), self.postprocess.upsample, self.postprocess.align_corners)
         return pixel_gradients * cam[:, None]
+
+    def pass_request(self, x: Tensor) -> PassRequest:
+        return self.gradcam.pass_request(x) | self.guided_backprop.pass_request(x)
+
+    def from_pass(self, result: PassResult) -> Tensor:
+        """Reuses the shared pass's guided input gradients and Grad-CAM layer gradients."""
+        return self._combine(self.guided_backprop.from_pass(result), self.gradcam.from_pass(result))
 
     def options(self) -> Dict[str, Any]:
         return {**super().options(), "layer": self.layer}

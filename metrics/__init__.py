@@ -17,6 +17,7 @@ for _name, _target in {
     "grid_pointing_game": "salbench.metrics.pointing:GridPointingGame",
     "rise": "salbench.metrics.deletion:DeletionInsertion",
     "randomization": "salbench.metrics.randomization:ModelRandomization",
+    "timing": "salbench.metrics.timing:Timing",
 }.items():
     METRICS.register_lazy(_name, _target)
 

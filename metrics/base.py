@@ -20,7 +20,9 @@ class ExplainedBatch:
 
     ``images`` [B, 3, H, W] in [0, 1]; ``inputs`` the normalized model input; ``heatmaps``
     [B, H, W] at input resolution; ``targets`` [B] the explained class; ``logits`` [B, K] on the
-    clean input; ``model`` the :class:`salbench.models.ModelBundle`; ``explainer`` the method.
+    clean input; ``model`` the :class:`salbench.models.ModelBundle`; ``explainer`` the method;
+    ``timing`` (for the ``timing`` metric): ``seconds`` of the explainer call, ``metric_seconds``
+    of every other metric's update, ``peak_memory_bytes``, ``shared_with``, ``device``, ``clock``.
     """
 
     batch: Any  # salbench.datasets.Batch
@@ -31,6 +33,7 @@ class ExplainedBatch:
     model: Any
     explainer: Any
     method: str
+    timing: Optional[Dict[str, Any]] = None  # set by the runner for metrics with ``wants_timing``
 
     @property
     def images(self) -> Tensor:

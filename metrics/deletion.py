@@ -21,12 +21,17 @@ deletion to 0 in normalized input space, insertion from a Gaussian blur of the n
 (kernel 11, sigma 5, the kernel made by ``scipy.ndimage.gaussian_filter`` of a centred delta,
 applied per channel with zero padding), trapezoid AUC.
 
-All perturbed inputs of a batch ((image x step) pairs) are built with tensor ops
+All perturbed inputs of a batch ((image x step) pairs; with :func:`perturbation_curves`,
+(method x image x step) triples for several maps of the same images) are built with tensor ops
 (``where(rank < threshold, finish, start)``) on the input's device and fed to the model in
-chunks of ``batch_size`` under ``torch.inference_mode``, so memory is bounded by one chunk.
+chunks of ``min(batch_size, B * (n_steps + 1))`` inputs (the last chunk padded to that size)
+under ``torch.inference_mode``, so memory is bounded by one chunk. Option ``autocast``
+(``bf16`` | ``fp16``) runs the forward passes under ``torch.autocast`` (docs/benchmarks.md
+records its effect on the scores).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -156,6 +161,16 @@ def curve_auc(curves: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- the curve
+AUTOCAST = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _autocast_scope(device: torch.device, autocast: Optional[str]) -> Any:
+    _check_choice("autocast", autocast, tuple(AUTOCAST))
+    if autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST[autocast])
+
+
 def perturbation_curve(
     model: nn.Module,
     x: Tensor,
@@ -170,6 +185,7 @@ def perturbation_curve(
     order: str = "most_relevant_first",
     tie_break: str = "first",
     batch_size: int = 256,
+    autocast: Optional[str] = None,
 ) -> Tensor:
     """Deletion or insertion curve of each image.
 
@@ -178,42 +194,88 @@ def perturbation_curve(
     image (deletion's end, insertion's start). Returns [B, n_steps + 1] float32 on x's device:
     the softmax probability (``score="softmax"``) or logit of the target class after ``i``
     steps. A map holding NaN gives a NaN curve. The (image x step) inputs go to the model in
-    chunks of ``batch_size`` (the result does not depend on it beyond float rounding).
+    chunks of ``batch_size``. ``autocast``: ``None`` (full precision), ``"bf16"`` or ``"fp16"``
+    (the model's forward under ``torch.autocast``; softmax in float32).
     """
+    return perturbation_curves(
+        model, x, {"": maps}, target, mode=mode, substrate=substrate, step=step, n_steps=n_steps, score=score,
+        order=order, tie_break=tie_break, batch_size=batch_size, autocast=autocast,
+    )[""]
+
+
+def perturbation_curves(
+    model: nn.Module,
+    x: Tensor,
+    maps: Dict[str, Tensor],
+    target: Tensor,
+    *,
+    mode: str = "deletion",
+    substrate: Tensor,
+    step: Optional[int] = None,
+    n_steps: Optional[int] = None,
+    score: str = "softmax",
+    order: str = "most_relevant_first",
+    tie_break: str = "first",
+    batch_size: int = 256,
+    autocast: Optional[str] = None,
+) -> Dict[str, Tensor]:
+    """:func:`perturbation_curve` for several maps of the same images at once (one map [B, H, W]
+    per method, ``maps = {method: heatmaps}``): all (method x image x step) perturbed inputs,
+    method-major, are packed into the same forward batches of ``batch_size``. Returns
+    ``{method: [B, n_steps + 1]}``; each equals the per-method call (exactly, on devices whose
+    kernels give a sample the same result whatever batch it lands in; tests/test_shared_passes.py)."""
     _check_choice("mode", mode, CURVES)
     _check_choice("score", score, SCORES)
-    if x.ndim != 4 or maps.shape != (x.shape[0], *x.shape[-2:]) or substrate.shape != x.shape:
-        raise ValueError(
-            f"need x [B, C, H, W], maps [B, H, W], substrate like x; got {tuple(x.shape)}, "
-            f"{tuple(maps.shape)}, {tuple(substrate.shape)}"
-        )
+    keys = list(maps)
+    if not keys:
+        return {}
+    for key in keys:
+        if x.ndim != 4 or maps[key].shape != (x.shape[0], *x.shape[-2:]) or substrate.shape != x.shape:
+            raise ValueError(
+                f"need x [B, C, H, W], maps [B, H, W], substrate like x; got {tuple(x.shape)}, "
+                f"{tuple(maps[key].shape)}, {tuple(substrate.shape)}"
+            )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     num_images, channels, height, width = x.shape
+    num_maps = len(keys)
     num_pixels = height * width
     step, steps = resolve_step(num_pixels, step, n_steps)
     target = torch.as_tensor(target, device=x.device).long()
     start, finish = (x, substrate) if mode == "deletion" else (substrate, x)
+    stacked = torch.stack([maps[key].to(x.device) for key in keys])  # [M, B, H, W]
     with torch.inference_mode():
-        ranks = pixel_ranks(maps.to(x.device), order, tie_break)  # [B, HW]
+        ranks = pixel_ranks(stacked.flatten(0, 1), order, tie_break)  # [M * B, HW], map-major
         changed = (torch.arange(steps + 1, device=x.device) * step).clamp_max(num_pixels)  # [S]
-        # flat (image, step) pairs, image-major; each chunk builds its own inputs
-        image_of = torch.arange(num_images, device=x.device).repeat_interleave(steps + 1)
-        count_of = changed.repeat(num_images)
-        values = torch.empty(num_images * (steps + 1), device=x.device, dtype=torch.float32)
-        for begin in range(0, values.numel(), batch_size):
-            images = image_of[begin : begin + batch_size]
-            mask = ranks[images] < count_of[begin : begin + batch_size, None]  # [n, HW]
-            mask = mask.view(-1, 1, height, width)
-            inputs = torch.where(mask, finish[images], start[images])
-            logits = model(inputs).float()
-            if score == "softmax":
-                logits = logits.softmax(dim=1)
-            values[begin : begin + batch_size] = logits.gather(1, target[images, None])[:, 0]
-        curves = values.view(num_images, steps + 1)
-        bad = torch.isnan(maps.to(x.device)).flatten(1).any(1)
-        curves = torch.where(bad[:, None], torch.full_like(curves, float("nan")), curves)
-    return curves.clone()
+        # flat (map, image, step) triples, map-major then image-major; each chunk builds its inputs
+        curve_of = torch.arange(num_maps * num_images, device=x.device).repeat_interleave(steps + 1)
+        count_of = changed.repeat(num_maps * num_images)
+        values = torch.empty(curve_of.numel(), device=x.device, dtype=torch.float32)
+        # every forward pass gets exactly `rows` inputs (the last chunk padded by repeating its
+        # last input): CPU GEMM kernels round a sample differently at different batch sizes, and
+        # a fixed size that does not depend on the number of maps makes the packed curves equal
+        # the per-map ones bit for bit
+        rows = min(batch_size, num_images * (steps + 1))
+        with _autocast_scope(x.device, autocast):
+            for begin in range(0, values.numel(), rows):
+                curves_here = curve_of[begin : begin + rows]
+                counts = count_of[begin : begin + rows]
+                real = curves_here.numel()
+                if real < rows:
+                    curves_here = torch.cat([curves_here, curves_here[-1:].expand(rows - real)])
+                    counts = torch.cat([counts, counts[-1:].expand(rows - real)])
+                images = curves_here % num_images
+                mask = ranks[curves_here] < counts[:, None]  # [n, HW]
+                mask = mask.view(-1, 1, height, width)
+                inputs = torch.where(mask, finish[images], start[images])
+                logits = model(inputs).float()
+                if score == "softmax":
+                    logits = logits.softmax(dim=1)
+                values[begin : begin + real] = logits.gather(1, target[images, None])[:real, 0]
+        curves = values.view(num_maps, num_images, steps + 1)
+        bad = torch.isnan(stacked).flatten(2).any(2)  # [M, B]
+        curves = torch.where(bad[..., None], torch.full_like(curves, float("nan")), curves)
+    return {key: curves[i].clone() for i, key in enumerate(keys)}
 
 
 # --------------------------------------------------------------------------- the metric
@@ -269,6 +331,7 @@ class DeletionInsertion(Metric):
         noise_std: float = 1.0,
         seed: int = 0,
         batch_size: int = 256,
+        autocast: Optional[str] = None,
     ):
         curves = tuple(curves)
         if not curves:
@@ -283,6 +346,7 @@ class DeletionInsertion(Metric):
         _check_choice("tie_break", tie_break, TIE_BREAKS)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        _check_choice("autocast", autocast, tuple(AUTOCAST))
         if step is not None and step < 1 or n_steps is not None and n_steps < 1:
             raise ValueError(f"step and n_steps must be >= 1; got {step}, {n_steps}")
         self.curves = curves
@@ -291,8 +355,10 @@ class DeletionInsertion(Metric):
         self.step, self.n_steps, self.order, self.tie_break = step, n_steps, order, tie_break
         self.blur_kernel_size, self.blur_sigma = blur_kernel_size, blur_sigma
         self.noise_std, self.seed, self.batch_size = noise_std, seed, batch_size
+        self.autocast = autocast
         self.scores = tuple(s for s in type(self).scores if s.name.split("_")[0] in curves)
-        self.preset = "rise" if all(getattr(self, k) == v for k, v in RISE_PRESET.items()) else "custom"
+        self.preset = "rise" if all(getattr(self, k) == v for k, v in RISE_PRESET.items()) \
+            and autocast is None else "custom"
         self.reset()
 
     def protocol(self) -> Dict[str, Any]:
@@ -311,6 +377,7 @@ class DeletionInsertion(Metric):
             "noise_std": self.noise_std,
             "seed": self.seed,
             "auc": "trapezoid over x = i / n_steps in [0, 1]",
+            "autocast": self.autocast,
         }
 
     # state: one entry per (batch, curve); CPU copies of the curves for the tables
@@ -328,32 +395,20 @@ class DeletionInsertion(Metric):
         return explained.targets.to(explained.inputs.device)
 
     def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
-        x = explained.inputs
-        model = getattr(explained.model, "module", explained.model)
-        target = self.tracked_class(explained)
-        indices = getattr(explained.batch, "indices", None)
-        indices = torch.arange(x.shape[0]) if indices is None else torch.as_tensor(indices).cpu()
-        seeds = self.seed * 1_000_003 + indices
-        out: Dict[str, Tensor] = {}
-        for curve in self.curves:
-            kind = self.deletion_substrate if curve == "deletion" else self.insertion_substrate
-            substrate = make_substrate(
-                x, kind, blur_kernel_size=self.blur_kernel_size, blur_sigma=self.blur_sigma,
-                noise_std=self.noise_std, seeds=seeds,
-            )
-            values = perturbation_curve(
-                model, x, explained.heatmaps, target, mode=curve, substrate=substrate,
-                step=self.step, n_steps=self.n_steps, score=self.score, order=self.order,
-                tie_break=self.tie_break, batch_size=self.batch_size,
-            )
-            out[f"{curve}_auc"] = curve_auc(values)
-            self._records.append({
-                "image_id": list(getattr(explained.batch, "image_ids", None) or map(str, indices.tolist())),
-                "method": explained.method,
-                "curve": curve,
-                "values": values.cpu(),
-            })
-        return out
+        return update_many({explained.method: self}, {explained.method: explained})[explained.method]
+
+    def shares_passes_with(self, other: "DeletionInsertion") -> bool:
+        """True when ``other`` makes the same perturbed inputs and forward batches (same choices)."""
+        return isinstance(other, DeletionInsertion) and self.protocol() == other.protocol() \
+            and self.batch_size == other.batch_size
+
+    def _record(self, explained: ExplainedBatch, curve: str, values: Tensor, indices: Tensor) -> None:
+        self._records.append({
+            "image_id": list(getattr(explained.batch, "image_ids", None) or map(str, indices.tolist())),
+            "method": explained.method,
+            "curve": curve,
+            "values": values.cpu(),
+        })
 
     def tables(self) -> Dict[str, Any]:
         """``curves``: one row per (image, method, curve, step) with columns image_id, method,
@@ -378,3 +433,43 @@ class DeletionInsertion(Metric):
         if not frames:
             return {"curves": pd.DataFrame(columns=columns)}
         return {"curves": pd.concat(frames, ignore_index=True)[columns]}
+
+
+def update_many(metrics: Dict[str, DeletionInsertion], explained: Dict[str, ExplainedBatch]) -> Dict[str, Dict[str, Tensor]]:
+    """Update several methods' :class:`DeletionInsertion` metrics (``{method: metric}``, all with
+    the same choices) on one batch (``{method: explained}``, the same images, model and logits),
+    running every method's curves in shared forward batches (:func:`perturbation_curves`). Each
+    metric keeps its own records; returns ``{method: {score: [B]}}``, equal to calling each
+    metric's :meth:`~DeletionInsertion.update` alone."""
+    keys = list(metrics)
+    first_metric, first = metrics[keys[0]], explained[keys[0]]
+    for key in keys[1:]:
+        if not first_metric.shares_passes_with(metrics[key]):
+            raise ValueError(f"deletion metrics of {keys[0]!r} and {key!r} differ; update them separately")
+        if explained[key].inputs is not first.inputs and not torch.equal(explained[key].inputs, first.inputs):
+            raise ValueError(f"methods {keys[0]!r} and {key!r} explain different inputs")
+    x = first.inputs
+    model = getattr(first.model, "module", first.model)
+    target = first_metric.tracked_class(first)
+    if first_metric.target == "explained":
+        for key in keys[1:]:
+            if not torch.equal(first_metric.tracked_class(explained[key]), target):
+                raise ValueError("target='explained' with different explained classes: update the methods separately")
+    indices = getattr(first.batch, "indices", None)
+    indices = torch.arange(x.shape[0]) if indices is None else torch.as_tensor(indices).cpu()
+    seeds = first_metric.seed * 1_000_003 + indices
+    out: Dict[str, Dict[str, Tensor]] = {key: {} for key in keys}
+    m = first_metric
+    for curve in m.curves:
+        kind = m.deletion_substrate if curve == "deletion" else m.insertion_substrate
+        substrate = make_substrate(x, kind, blur_kernel_size=m.blur_kernel_size, blur_sigma=m.blur_sigma,
+                                   noise_std=m.noise_std, seeds=seeds)
+        values = perturbation_curves(
+            model, x, {key: explained[key].heatmaps for key in keys}, target, mode=curve, substrate=substrate,
+            step=m.step, n_steps=m.n_steps, score=m.score, order=m.order, tie_break=m.tie_break,
+            batch_size=m.batch_size, autocast=m.autocast,
+        )
+        for key in keys:
+            out[key][f"{curve}_auc"] = curve_auc(values[key])
+            metrics[key]._record(explained[key], curve, values[key], indices)
+    return out

@@ -1,0 +1,78 @@
+"""Timing metric: positive finite figures, cost rows in scores.parquet, the Stopwatch helper.
+No timed asserts: only that the numbers exist and are sane."""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from salbench.timing import Stopwatch, device_name, peak_memory_bytes
+
+
+def test_stopwatch_cpu_measures_wall_clock():
+    with Stopwatch("cpu") as watch:
+        torch.randn(64, 64) @ torch.randn(64, 64)
+    assert math.isfinite(watch.seconds) and watch.seconds > 0
+    assert peak_memory_bytes("cpu") > 0
+    assert "threads" in device_name("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_stopwatch_cuda_events():
+    x = torch.randn(512, 512, device="cuda")
+    with Stopwatch("cuda") as watch:
+        x @ x
+    assert math.isfinite(watch.seconds) and watch.seconds > 0
+    assert peak_memory_bytes("cuda") > 0
+
+
+def test_timing_metric_needs_the_runner_timing():
+    from salbench.metrics import create_metric
+    from salbench.metrics.base import ExplainedBatch
+
+    metric = create_metric("timing")
+    explained = ExplainedBatch(None, torch.zeros(2, 3, 8, 8), torch.zeros(2, 8, 8), torch.zeros(2), torch.zeros(2, 3),
+                               None, None, "m")
+    with pytest.raises(ValueError, match="timing"):
+        metric.update(explained)
+    explained.timing = {"seconds": 0.5, "metric_seconds": {"rise": 1.0}, "peak_memory_bytes": 2**20}
+    first = metric.update(explained)  # warm-up batch: NaN per image
+    assert torch.isnan(first["ms_per_image"]).all()
+    second = metric.update(explained)
+    assert torch.allclose(second["ms_per_image"], torch.full((2,), 250.0))
+    assert torch.allclose(second["rise_ms_per_image"], torch.full((2,), 500.0))
+    figures = metric.compute()
+    assert figures["images_per_second"] == pytest.approx(4.0)
+    assert figures["peak_memory_mb"] == pytest.approx(1.0)
+    assert figures["warmup_ms_per_image"] == pytest.approx(250.0)
+    assert metric.score_info("rise_ms_per_image").category == "cost"
+
+
+def test_timing_rows_land_in_scores(compose_config, tmp_path):
+    from salbench.runner import run_job
+
+    cfg = compose_config(["debug=fast", "metric=[cam_paper,timing]", "method=[gradcam,saliency,random]",
+                          "model.pretrained=false", "device=cpu"])
+    scores = run_job(cfg, tmp_path / "job")
+    cost = scores[scores["category"] == "cost"]
+    assert set(cost["method"]) == {"gradcam", "saliency", "random"}
+    assert not cost["higher_is_better"].isna().any()
+    image = cost[(cost["scope"] == "image") & cost["score"].isin(["ms_per_image", "cam_paper_ms_per_image"])]
+    assert set(image["score"]) == {"ms_per_image", "cam_paper_ms_per_image"}
+    timed = image["value"].dropna()
+    assert len(timed) == 2 * 3 * 4  # 2 scores x 3 methods x the 4 images after the warm-up batch
+    assert (timed > 0).all() and timed.map(math.isfinite).all()
+    assert image["value"].isna().sum() == 2 * 3 * 4  # the warm-up batch
+    dataset = cost[cost["scope"] == "dataset"].set_index(["method", "score"])["value"]
+    for method in ("gradcam", "saliency", "random"):
+        assert dataset[(method, "images_per_second")] > 0 and math.isfinite(dataset[(method, "images_per_second")])
+        assert dataset[(method, "peak_memory_mb")] > 0
+    protocol = json.loads(cost["protocol"].iloc[0])
+    assert protocol["device"] and protocol["clock"] == "perf_counter"
+    run = json.loads((tmp_path / "job" / "run.json").read_text())
+    assert run["device"]["device_name"] and run["device"]["shared_passes"] is True
+    table = pd.read_parquet(tmp_path / "job" / "timing-gradcam-timing.parquet")
+    assert set(table["shared_with"]) == {"gradcam,saliency"} and (table["explain_seconds"] > 0).all()
