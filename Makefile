@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/salbench -m experiment=demo hydra.sweep.dir=$(DEMO_DIR)
+	$(BIN)/salbench -m experiment=demo,demo_samples hydra.sweep.dir=$(DEMO_DIR)
 	$(BIN)/salbench report $(DEMO_DIR) --out $(DEMO_DIR)/report
 
 test: $(STAMP)
