@@ -24,7 +24,8 @@ applied per channel with zero padding), trapezoid AUC.
 All perturbed inputs of a batch ((image x step) pairs; with :func:`perturbation_curves`,
 (method x image x step) triples for several maps of the same images) are built with tensor ops
 (``where(rank < threshold, finish, start)``) on the input's device and fed to the model in
-chunks of ``min(batch_size, B * (n_steps + 1))`` inputs (the last chunk padded to that size)
+equal chunks of at most ``batch_size`` inputs (``ceil(N / ceil(N / batch_size))`` with
+``N = B * (n_steps + 1)``, the last chunk padded to that size)
 under ``torch.inference_mode``, so memory is bounded by one chunk. Option ``autocast``
 (``bf16`` | ``fp16``) runs the forward passes under ``torch.autocast`` (docs/benchmarks.md
 records its effect on the scores).
@@ -253,9 +254,10 @@ def perturbation_curves(
         values = torch.empty(curve_of.numel(), device=x.device, dtype=torch.float32)
         # every forward pass gets exactly `rows` inputs (the last chunk padded by repeating its
         # last input): CPU GEMM kernels round a sample differently at different batch sizes, and
-        # a fixed size that does not depend on the number of maps makes the packed curves equal
-        # the per-map ones bit for bit
-        rows = min(batch_size, num_images * (steps + 1))
+        # a size that does not depend on the number of maps makes the packed curves equal the
+        # per-map ones bit for bit; balanced over one map's inputs, so padding stays small
+        per_map = num_images * (steps + 1)
+        rows = math.ceil(per_map / math.ceil(per_map / batch_size))
         with _autocast_scope(x.device, autocast):
             for begin in range(0, values.numel(), rows):
                 curves_here = curve_of[begin : begin + rows]
