@@ -76,3 +76,18 @@ def test_timing_rows_land_in_scores(compose_config, tmp_path):
     assert run["device"]["device_name"] and run["device"]["shared_passes"] is True
     table = pd.read_parquet(tmp_path / "job" / "timing-gradcam-timing.parquet")
     assert set(table["shared_with"]) == {"gradcam,saliency"} and (table["explain_seconds"] > 0).all()
+
+
+def test_channels_last_job_matches_default(compose_config, tmp_path):
+    from salbench.runner import run_job
+
+    base = ["debug=fast", "dataset.limit=4", "metric=[cam_paper]", "method=[gradcam]", "model.pretrained=false",
+            "device=cpu"]
+    default = run_job(compose_config(base), tmp_path / "default")
+    nhwc = run_job(compose_config([*base, "channels_last=true"]), tmp_path / "nhwc")
+    assert json.loads((tmp_path / "nhwc" / "run.json").read_text())["device"]["channels_last"] is True
+    key = ["metric", "score", "image_index"]
+    a, b = default.sort_values(key).reset_index(drop=True), nhwc.sort_values(key).reset_index(drop=True)
+    assert a[key].equals(b[key])
+    # NHWC kernels may round differently; box IoUs agree closely
+    assert (a["value"].fillna(-1) - b["value"].fillna(-1)).abs().max() < 1e-3
