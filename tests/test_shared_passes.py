@@ -30,20 +30,29 @@ def resnet():
     return torchvision.models.resnet18(num_classes=10).eval()
 
 
-def test_every_combination_equals_one_at_a_time_resnet18(resnet):
+def _check_combinations(resnet, combos):
     x = torch.randn(2, 3, 32, 32)
     target = torch.tensor([1, 7])
     explainers = _explainers(resnet, layer="layer3")
     alone = _alone(explainers, x, target)
-    combos = 0
-    for size in range(2, len(SHAREABLE) + 1):
-        for combo in itertools.combinations(SHAREABLE, size):
-            heatmaps, costs = explain_all({n: explainers[n] for n in combo}, x, target)
-            for name in combo:
-                assert torch.equal(heatmaps[name], alone[name]), (combo, name)
-                assert costs[name]["shared_with"] == list(combo)
-            combos += 1
-    assert combos == 2 ** len(SHAREABLE) - len(SHAREABLE) - 1
+    for combo in combos:
+        heatmaps, costs = explain_all({n: explainers[n] for n in combo}, x, target)
+        for name in combo:
+            assert torch.equal(heatmaps[name], alone[name]), (combo, name)
+            assert costs[name]["shared_with"] == list(combo)
+
+
+def test_all_leave_one_out_and_guided_pairs_equal_one_at_a_time_resnet18(resnet):
+    combos = [tuple(SHAREABLE), *(tuple(n for n in SHAREABLE if n != m) for m in SHAREABLE)]
+    combos += [("guided_gradcam", n) for n in SHAREABLE if n != "guided_gradcam"]
+    _check_combinations(resnet, combos)
+
+
+@pytest.mark.slow
+def test_every_combination_equals_one_at_a_time_resnet18(resnet):
+    combos = [c for size in range(2, len(SHAREABLE) + 1) for c in itertools.combinations(SHAREABLE, size)]
+    assert len(combos) == 2 ** len(SHAREABLE) - len(SHAREABLE) - 1
+    _check_combinations(resnet, combos)
 
 
 def test_synthetic_cnn_all_and_leave_one_out():
@@ -105,9 +114,9 @@ def test_shared_deletion_batches_equal_per_method(resnet, batch_size):
     from salbench.metrics.deletion import make_substrate, perturbation_curve, perturbation_curves
 
     torch.manual_seed(2)
-    x = torch.randn(3, 3, 32, 32)
+    x = torch.randn(3, 3, 16, 16)
     target = torch.tensor([1, 2, 3])
-    maps = {name: torch.rand(3, 32, 32) for name in ("a", "b", "c")}
+    maps = {name: torch.rand(3, 16, 16) for name in ("a", "b", "c")}
     maps["c"][1, 0, 0] = float("nan")
     substrate = make_substrate(x, "blur")
     for mode in ("deletion", "insertion"):
