@@ -19,7 +19,10 @@ FAST = ["debug=fast", "dataset.limit=10", "gallery_images=0"]
 
 
 def needs_plugin(module: str):
-    installed = importlib.util.find_spec(module) is not None
+    try:
+        installed = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent namespace (hydra_plugins) is absent too
+        installed = False
     return pytest.mark.skipif(not installed, reason=f"{module} not installed (pip install 'salbench[launchers]')")
 
 
