@@ -7,6 +7,7 @@ rows with ``scope == "dataset"``), any extra metric tables (``<name>.parquet``),
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -304,17 +305,19 @@ def _metric_order(by_metric: Dict[str, Any]) -> List[str]:
     return sorted(by_metric, key=lambda k: bool(getattr(by_metric[k], "wants_timing", False)))
 
 
-def _update_metrics(cfg, explained: Dict[str, ExplainedBatch], metrics, device) -> Dict[str, Dict[str, Any]]:
-    """Every metric of every method on one batch: ``{method: {metric: {score: [B]}}}``, and each
-    update's seconds in ``explained[method].timing["metric_seconds"]``. Metrics of several methods
-    that can share forward batches (same deletion/insertion choices) run together when
+def _update_metrics(cfg, views: Dict[str, Dict[str, ExplainedBatch]], metrics, device) -> Dict[str, Dict[str, Any]]:
+    """Every metric of every method on one batch: ``{method: {metric: {score: [B]}}}``.
+    ``views[metric][method]`` is what that metric scores (maps of its ``map_target``); each
+    update's seconds go to the method's shared ``timing["metric_seconds"]``. Metrics of several
+    methods that can share forward batches (same deletion/insertion choices) run together when
     ``shared_passes``; metrics that want timing run last."""
     from salbench.metrics.deletion import DeletionInsertion, update_many
 
-    keys = list(explained)
+    keys = list(next(iter(views.values()), {}))
     results: Dict[str, Dict[str, Any]] = {key: {} for key in keys}
     order = _metric_order(metrics[keys[0]]) if keys else []
     for mkey in order:
+        explained = views[mkey]
         if getattr(metrics[keys[0]][mkey], "wants_timing", False):
             for key in keys:
                 results[key][mkey] = metrics[key][mkey].update(explained[key])
@@ -335,6 +338,28 @@ def _update_metrics(cfg, explained: Dict[str, ExplainedBatch], metrics, device) 
                 results[key][mkey] = metrics[key][mkey].update(explained[key])
             explained[key].timing["metric_seconds"][mkey] = watch.seconds
     return results
+
+
+def _explain_for(cfg, wanted: str, batch, predicted, explained, flags, explainers):
+    """Maps of class ``wanted`` ("label" | "predicted") for a metric whose protocol needs them:
+    images where that class equals the job's target reuse the job's maps; the others are
+    explained again (their cost is not charged to the timing metric)."""
+    base = next(iter(explained.values()))
+    wanted_targets = batch.labels if wanted == "label" else predicted
+    differ = torch.nonzero(wanted_targets != base.targets).flatten()
+    views: Dict[str, ExplainedBatch] = {}
+    view_flags: Dict[str, List[str]] = {}
+    if len(differ):
+        extra, _ = explain_all(explainers, base.inputs[differ], wanted_targets[differ],
+                               shared=cfg.get("shared_passes", True))
+    for key, job in explained.items():
+        heatmaps = job.heatmaps
+        if len(differ):
+            heatmaps = heatmaps.clone()
+            heatmaps[differ] = extra[key].to(heatmaps.dtype)
+        views[key] = dataclasses.replace(job, heatmaps=heatmaps, targets=wanted_targets)
+        view_flags[key] = map_flags(heatmaps) if len(differ) else flags[key]
+    return views, view_flags
 
 
 def _evaluate_batch(cfg, batch, bundle, explainers, metrics, gallery, state, rows: ScoreRows) -> None:
@@ -374,19 +399,29 @@ def _evaluate_batch(cfg, batch, bundle, explainers, metrics, gallery, state, row
                   "device": device_name(device), "clock": "cuda_events" if device.type == "cuda" else "perf_counter"}
         explained[key] = ExplainedBatch(batch, inputs, heatmaps[key], targets, logits, bundle, explainer, key,
                                         timing=timing)
-    results = _update_metrics(cfg, explained, metrics, device)
+    by_target = {cfg.target: (explained, flags)}
+    first = next(iter(metrics.values()), {})
+    for mkey, metric in first.items():
+        wanted = getattr(metric, "map_target", None)
+        if wanted and wanted not in by_target:
+            by_target[wanted] = _explain_for(cfg, wanted, batch, predicted, explained, flags, explainers)
+    views = {mkey: by_target[getattr(metric, "map_target", None) or cfg.target] for mkey, metric in first.items()}
+    results = _update_metrics(cfg, {mkey: view[0] for mkey, view in views.items()}, metrics, device)
     for key, explainer in explainers.items():
-        invalid = torch.tensor([bool(f) for f in flags[key]])
         method_options = json.dumps(explainer.options(), default=str)
         for mkey, metric in metrics[key].items():
+            view, view_flags = views[mkey]
+            invalid = torch.tensor([bool(f) for f in view_flags[key]])
             protocol = json.dumps(metric.protocol(), default=str)
             for score, values in results[key][mkey].items():
                 values = values.detach().float().cpu()
                 values = torch.where(invalid, torch.full_like(values, float("nan")), values)
                 info = metric.score_info(score)
-                rows.add({**common, "method": key, "metric": mkey, "score": score,
+                rows.add({**common, "target_rule": metric.map_target or cfg.target,
+                          "target": view[key].targets.cpu().numpy(),
+                          "method": key, "metric": mkey, "score": score,
                           "value": values.numpy().astype(np.float64),
                           "category": info.category if info else metric.category,
                           "higher_is_better": info.higher_is_better if info else None,
-                          "scope": "image", "flag": flags[key], "preset": metric.preset,
+                          "scope": "image", "flag": view_flags[key], "preset": metric.preset,
                           "protocol": protocol, "method_options": method_options})

@@ -58,6 +58,9 @@ class Metric:
     category: str = ""
     preset: str = "custom"
     scores: Tuple[ScoreInfo, ...] = ()
+    # The class the maps this metric scores must explain: None (the job's ``target``),
+    # "label" or "predicted". The runner explains the images whose class differs again.
+    map_target: Optional[str] = None
 
     def protocol(self) -> Dict[str, Any]:
         """Every choice that shapes the scores (recorded with each value)."""

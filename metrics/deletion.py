@@ -389,6 +389,12 @@ class DeletionInsertion(Metric):
     def merge(self, other: "DeletionInsertion") -> None:
         self._records.extend(other._records)
 
+    @property
+    def map_target(self) -> Optional[str]:
+        """The tracked class is also the class the maps must explain (RISE explains the
+        prediction); ``target: explained`` scores the job's maps as they are."""
+        return self.target if self.target in ("predicted", "label") else None
+
     def tracked_class(self, explained: ExplainedBatch) -> Tensor:
         if self.target == "predicted":
             return explained.logits.argmax(dim=1)

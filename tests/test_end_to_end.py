@@ -79,3 +79,25 @@ def test_report_command_writes_tables_and_plot(tmp_path, synthetic_bundle):
 def test_report_on_a_non_results_directory_is_a_clear_error(tmp_path):
     result = subprocess.run([SALBENCH, "report", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "not a salbench results directory" in result.stderr
+
+
+def test_metric_map_target_explains_the_predicted_class_like_a_predicted_job(tmp_path, compose_config):
+    """RISE scores maps of the predicted class; in a target=label job the runner explains the
+    images whose prediction differs again, giving the rows of a target=predicted job."""
+    import numpy as np
+
+    from salbench.runner import run_job
+
+    common = ["debug=fast", "model.pretrained=false", "method=[gradcam,saliency]", "metric=[cam_paper,rise]",
+              "metric.rise.n_steps=6", "dataset.limit=12"]
+    by_label = run_job(compose_config(common + ["target=label"]), tmp_path / "label")
+    by_prediction = run_job(compose_config(common + ["target=predicted"]), tmp_path / "predicted")
+    key = ["method", "score", "image_index"]
+    rise_label = by_label[by_label["metric"] == "rise"].sort_values(key).reset_index(drop=True)
+    rise_pred = by_prediction[by_prediction["metric"] == "rise"].sort_values(key).reset_index(drop=True)
+    assert (rise_label["label"] != rise_label["predicted"]).sum() > 0  # the re-explaining path ran
+    assert (rise_label["target_rule"] == "predicted").all()
+    assert (rise_label["target"] == rise_label["predicted"]).all()
+    np.testing.assert_allclose(rise_label["value"], rise_pred["value"], rtol=0, atol=1e-6)
+    loc = by_label[by_label["metric"] == "cam_paper"]
+    assert (loc["target"] == loc["label"]).all() and (loc["target_rule"] == "label").all()
