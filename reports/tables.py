@@ -182,6 +182,17 @@ def to_markdown(table: Table, digits: int = 3, confidence: float = 0.95, resampl
     return f"### {table.title}\n\n" + "\n".join(lines) + "\n\n" + notes + "\n"
 
 
+def metric_spans(table: Table) -> List[Tuple[str, int]]:
+    """(metric, number of adjacent score columns) for the two-row headers of LaTeX and HTML."""
+    spans: List[Tuple[str, int]] = []
+    for metric, _ in table.columns:
+        if spans and spans[-1][0] == metric:
+            spans[-1] = (metric, spans[-1][1] + 1)
+        else:
+            spans.append((metric, 1))
+    return spans
+
+
 # --------------------------------------------------------------------------- LaTeX
 def latex_escape(text: str) -> str:
     return "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(text))
@@ -197,14 +208,8 @@ def to_latex(table: Table, digits: int = 3, confidence: float = 0.95, resamples:
     ``\\cmidrule``) above a score row with arrows; baselines below a ``\\midrule``."""
     k = len(table.columns)
     spec = "l" + "r" * k + "rr"
-    groups: List[Tuple[str, int]] = []
-    for metric, _ in table.columns:
-        if groups and groups[-1][0] == metric:
-            groups[-1] = (metric, groups[-1][1] + 1)
-        else:
-            groups.append((metric, 1))
     metric_cells, rules, start = [""], [], 2
-    for metric, span in groups:
+    for metric, span in metric_spans(table):
         metric_cells.append(rf"\multicolumn{{{span}}}{{c}}{{{latex_escape(metric)}}}")
         rules.append(rf"\cmidrule(lr){{{start}-{start + span - 1}}}")
         start += span
@@ -255,13 +260,7 @@ def to_latex(table: Table, digits: int = 3, confidence: float = 0.95, resamples:
 def to_html(table: Table, digits: int = 3, confidence: float = 0.95, resamples: int = 1000) -> str:
     esc = html.escape
     head_metric = ['<th rowspan="2">method</th>']
-    groups: List[Tuple[str, int]] = []
-    for metric, _ in table.columns:
-        if groups and groups[-1][0] == metric:
-            groups[-1] = (metric, groups[-1][1] + 1)
-        else:
-            groups.append((metric, 1))
-    head_metric += [f'<th colspan="{span}">{esc(metric)}</th>' for metric, span in groups]
+    head_metric += [f'<th colspan="{span}">{esc(metric)}</th>' for metric, span in metric_spans(table)]
     head_metric += ['<th rowspan="2">n</th>', '<th rowspan="2">flagged</th>']
     head_score = [f"<th>{esc(s)} {arrow(d)}</th>" for (_, s), d in zip(table.columns, table.directions)]
     body = []
