@@ -126,34 +126,59 @@ def class_scores(logits: Tensor, target: Tensor) -> Tensor:
     return logits.gather(1, target[:, None])[:, 0]
 
 
-def default_target_layer(model: nn.Module, x: Tensor) -> str:
-    """The last module (in forward-completion order) whose output is a spatial map [B, C, h, w]
-    with h * w > 1, that is not a pooling layer and runs once per pass: the feature map that feeds the global pooling
-    (``layer4`` of a ResNet, ``features`` of VGG/DenseNet/MobileNet)."""
-    pooling = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
-    order: List[str] = []
-    calls: Dict[str, int] = {}
+@dataclass
+class ForwardTrace:
+    """One traced forward pass: ``started`` names modules in the order their forward first ran;
+    ``finished`` lists ``(name, output shape or None)`` in completion order (a module called
+    twice appears twice); ``calls`` counts the calls of each module."""
+
+    started: List[str]
+    finished: List[Tuple[str, Optional[Tuple[int, ...]]]]
+    calls: Dict[str, int]
+
+
+def trace_forward(model: nn.Module, x: Tensor) -> ForwardTrace:
+    """Run ``model(x[:1])`` without gradients, hooks on every named submodule for this call only."""
+    trace = ForwardTrace(started=[], finished=[], calls={})
     handles = []
     for name, module in model.named_modules():
-        if not name or isinstance(module, pooling):
+        if not name:
             continue
 
-        def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
-            calls[name] = calls.get(name, 0) + 1
-            if isinstance(out, Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1:
-                order.append(name)
+        def before(_m: nn.Module, _i: Any, name: str = name) -> None:
+            if name not in trace.calls:
+                trace.started.append(name)
+            trace.calls[name] = trace.calls.get(name, 0) + 1
 
-        handles.append(module.register_forward_hook(hook))
+        def after(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
+            trace.finished.append((name, tuple(out.shape) if isinstance(out, Tensor) else None))
+
+        handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
     try:
         with torch.no_grad():
             model(x[:1])
     finally:
         for handle in handles:
             handle.remove()
-    order = [name for name in order if calls[name] == 1]  # shared modules cannot be captured
-    if not order:
+    return trace
+
+
+def default_target_layer(model: nn.Module, x: Tensor) -> str:
+    """The last module (in forward-completion order) whose output is a spatial map [B, C, h, w]
+    with h * w > 1, that is not a pooling layer and runs once per pass: the feature map that
+    feeds the global pooling (``layer4`` of a ResNet, ``features`` of VGG/DenseNet/MobileNet)."""
+    pooling = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
+    modules = dict(model.named_modules())
+    trace = trace_forward(model, x)
+    candidates = [
+        name for name, shape in trace.finished
+        if shape is not None and len(shape) == 4 and shape[-1] * shape[-2] > 1
+        and not isinstance(modules[name], pooling)
+        and trace.calls[name] == 1  # shared modules cannot be captured
+    ]
+    if not candidates:
         raise ValueError("found no layer with a spatial output [B, C, h, w]; pass layer=... explicitly")
-    return order[-1]
+    return candidates[-1]
 
 
 # --------------------------------------------------------------------------- post-processing

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from salbench.methods.base import trace_forward
 from salbench.metrics.base import ExplainedBatch, Metric, ScoreInfo
 
 MODES = ("cascading", "independent")
@@ -108,21 +109,7 @@ def map_similarity(original: Tensor, randomized: Tensor) -> Dict[str, Tensor]:
 # --------------------------------------------------------------------------- layers
 def forward_order(model: nn.Module, x: Tensor) -> List[str]:
     """Names of the modules in the order their forward first ran on ``x[:1]``."""
-    order: List[str] = []
-    handles = []
-    for name, module in model.named_modules():
-        def hook(_module: nn.Module, _inputs: Any, name: str = name) -> None:
-            if name not in order:
-                order.append(name)
-
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
-    return order
+    return trace_forward(model, x).started
 
 
 def default_layer_groups(model: nn.Module, x: Optional[Tensor] = None) -> List[List[str]]:
