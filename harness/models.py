@@ -352,13 +352,7 @@ def torchvision_model(
         module.load_state_dict(state_dict, strict=True)
         info["weights"] = str(path)
     crop = preprocess.crop_size[0]
-    if target_layer is None:
-        target_layer = _family_target_layer(arch)
-    if target_layer is None:
-        from salbench.methods.base import default_target_layer
-
-        module.eval()
-        target_layer = default_target_layer(module, torch.zeros(1, 3, crop, crop))
+    target_layer = target_layer or _family_target_layer(arch) or _traced_target_layer(module, (crop, crop))
     return ModelBundle(
         name=f"torchvision.{arch}",
         module=module,
@@ -369,6 +363,14 @@ def torchvision_model(
         target_layer=target_layer,
         info={**info, "resize_size": list(preprocess.resize_size)},
     )
+
+
+def _traced_target_layer(module: nn.Module, size: Tuple[int, int]) -> str:
+    """The feature map feeding the global pooling, found by one traced forward at ``size``."""
+    from salbench.methods.base import default_target_layer
+
+    module.eval()
+    return default_target_layer(module, torch.zeros(1, 3, *size))
 
 
 @MODELS.register("timm")
@@ -406,11 +408,7 @@ def timm_model(
     config = timm.data.resolve_data_config({}, model=module)
     _, height, width = config["input_size"]
     num_classes = getattr(module, "num_classes", 1000)
-    if target_layer is None:
-        from salbench.methods.base import default_target_layer
-
-        module.eval()
-        target_layer = default_target_layer(module, torch.zeros(1, 3, height, width))
+    target_layer = target_layer or _traced_target_layer(module, (height, width))
     return ModelBundle(
         name=f"timm.{arch}",
         module=module,
