@@ -107,24 +107,24 @@ def _runs_table(runs: List[Path]) -> str:
     return f'<table class="runs"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+def _pretty_json(text: object) -> str:
+    try:
+        return json.dumps(json.loads(text), indent=1)
+    except (TypeError, ValueError):
+        return str(text)
+
+
 def _protocols(scores: pd.DataFrame) -> str:
     parts = []
     for metric, part in scores.groupby("metric", sort=False):
         for (preset, protocol), _ in part.groupby(["preset", "protocol"], sort=False, dropna=False):
-            try:
-                text = json.dumps(json.loads(protocol), indent=1)
-            except (TypeError, ValueError):
-                text = str(protocol)
             parts.append(f"<details><summary>metric <code>{html.escape(str(metric))}</code>, preset "
-                         f"<code>{html.escape(str(preset))}</code></summary><pre>{html.escape(text)}</pre></details>")
+                         f"<code>{html.escape(str(preset))}</code></summary>"
+                         f"<pre>{html.escape(_pretty_json(protocol))}</pre></details>")
     for method, part in scores.groupby("method", sort=False):
         for options in part["method_options"].dropna().unique():
-            try:
-                text = json.dumps(json.loads(options), indent=1)
-            except (TypeError, ValueError):
-                text = str(options)
             parts.append(f"<details><summary>method <code>{html.escape(str(method))}</code></summary>"
-                         f"<pre>{html.escape(text)}</pre></details>")
+                         f"<pre>{html.escape(_pretty_json(options))}</pre></details>")
     return "\n".join(parts)
 
 
