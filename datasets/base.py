@@ -81,6 +81,27 @@ class Batch:
 
         return Batch(**{name: move(getattr(self, name)) for name in self.__dataclass_fields__})
 
+    def select(self, rows: Sequence[int]) -> "Batch":
+        """The batch of samples ``rows`` (positions in this batch, repeats allowed), e.g. one row
+        per (image, class) pair. Per-sample extras are selected too; ``extras["skipped"]`` stays
+        with the original batch (the selection is empty there)."""
+        rows = [int(r) for r in rows]
+        index = torch.tensor(rows, dtype=torch.long, device=self.images.device)
+
+        def pick(value: Any) -> Any:
+            if isinstance(value, Tensor):
+                return value.index_select(0, index.to(value.device))
+            if isinstance(value, list):
+                return [value[r] for r in rows]
+            return value
+
+        extras = {key: (pick(value) if key != "skipped" and isinstance(value, (list, Tensor))
+                        and len(value) == len(self) else value)
+                  for key, value in self.extras.items()}
+        extras["skipped"] = []
+        fields = {name: pick(getattr(self, name)) for name in self.__dataclass_fields__ if name != "extras"}
+        return Batch(**fields, extras=extras)
+
 
 def _stack_optional(samples: Sequence[Dict[str, Any]], key: str) -> Optional[Tensor]:
     if all(s.get(key) is None for s in samples):

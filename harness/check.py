@@ -61,7 +61,8 @@ def aggregate(scores: pd.DataFrame) -> pd.DataFrame:
     rows: List[Dict[str, Any]] = []
     per_image = scores[scores["scope"] == "image"]
     if len(per_image):
-        repeated = per_image.duplicated(KEY + ["image_id"])
+        # one row per image, or per (image, class) pair for metrics scoring every class present
+        repeated = per_image.duplicated(KEY + ["image_id"] + (["target"] if "target" in per_image else []))
         if repeated.any():
             first = per_image[repeated].iloc[0]
             raise ValueError(

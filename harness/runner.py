@@ -340,26 +340,56 @@ def _update_metrics(cfg, views: Dict[str, Dict[str, ExplainedBatch]], metrics, d
     return results
 
 
-def _explain_for(cfg, wanted: str, batch, predicted, explained, flags, explainers):
-    """Maps of class ``wanted`` ("label" | "predicted") for a metric whose protocol needs them:
-    images where that class equals the job's target reuse the job's maps; the others are
-    explained again (their cost is not charged to the timing metric)."""
+def _view_key(metric, batch, job_target: str):
+    """Metrics with equal keys score the same maps: the job's target, ``"label"``,
+    ``"predicted"``, or ``("present", pairs)``."""
+    wanted = getattr(metric, "map_target", None) or job_target
+    if wanted == "present":
+        return wanted, tuple(tuple(classes) for classes in metric.present_classes(batch))
+    return wanted
+
+
+def _explain_for(cfg, metric, batch, predicted, explained, flags, explainers):
+    """What a metric whose protocol fixes the explained class (``metric.map_target``) scores:
+    ``(views, view_flags, rows)`` with ``rows`` [N] the batch position of each scored row.
+
+    ``"label"`` / ``"predicted"``: one row per image, explaining that class; ``"present"``: one
+    row per (image, class) pair of ``metric.present_classes(batch)``. Rows whose class equals
+    the job's target reuse the job's maps; the others are explained again (their cost is not
+    charged to the timing metric)."""
     base = next(iter(explained.values()))
-    wanted_targets = batch.labels if wanted == "label" else predicted
-    differ = torch.nonzero(wanted_targets != base.targets).flatten()
+    wanted = metric.map_target
+    if wanted == "present":
+        pairs = [(i, c) for i, classes in enumerate(metric.present_classes(batch)) for c in classes]
+        rows = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=base.targets.device)
+        classes = torch.tensor([c for _, c in pairs], dtype=torch.long, device=base.targets.device)
+    elif wanted in ("label", "predicted"):
+        rows = torch.arange(len(batch), device=base.targets.device)
+        classes = (batch.labels if wanted == "label" else predicted).to(base.targets.device)
+    else:
+        raise ValueError(f"metric {metric.name!r} asks for maps of {wanted!r}; valid: label, predicted, present")
+    same_rows = len(rows) == len(batch) and bool((rows == torch.arange(len(batch), device=rows.device)).all())
+    view_batch = batch if same_rows else batch.select(rows.tolist())
+    differ = torch.nonzero(classes != base.targets[rows]).flatten()
+    if len(differ):
+        extra, _ = explain_all(explainers, base.inputs[rows[differ]], classes[differ],
+                               shared=cfg.get("shared_passes", True))
     views: Dict[str, ExplainedBatch] = {}
     view_flags: Dict[str, List[str]] = {}
-    if len(differ):
-        extra, _ = explain_all(explainers, base.inputs[differ], wanted_targets[differ],
-                               shared=cfg.get("shared_passes", True))
     for key, job in explained.items():
-        heatmaps = job.heatmaps
+        heatmaps = job.heatmaps if same_rows else job.heatmaps[rows]
         if len(differ):
             heatmaps = heatmaps.clone()
             heatmaps[differ] = extra[key].to(heatmaps.dtype)
-        views[key] = dataclasses.replace(job, heatmaps=heatmaps, targets=wanted_targets)
-        view_flags[key] = map_flags(heatmaps) if len(differ) else flags[key]
-    return views, view_flags
+        views[key] = dataclasses.replace(
+            job, batch=view_batch, heatmaps=heatmaps, targets=classes,
+            inputs=job.inputs if same_rows else job.inputs[rows],
+            logits=job.logits if same_rows else job.logits[rows])
+        if len(differ):
+            view_flags[key] = map_flags(heatmaps)
+        else:
+            view_flags[key] = [flags[key][i] for i in rows.tolist()]
+    return views, view_flags, rows
 
 
 def _evaluate_batch(cfg, batch, bundle, explainers, metrics, gallery, state, rows: ScoreRows) -> None:
@@ -399,25 +429,30 @@ def _evaluate_batch(cfg, batch, bundle, explainers, metrics, gallery, state, row
                   "device": device_name(device), "clock": "cuda_events" if device.type == "cuda" else "perf_counter"}
         explained[key] = ExplainedBatch(batch, inputs, heatmaps[key], targets, logits, bundle, explainer, key,
                                         timing=timing)
-    by_target = {cfg.target: (explained, flags)}
+    all_rows = torch.arange(len(batch))
+    by_target = {cfg.target: (explained, flags, all_rows)}
     first = next(iter(metrics.values()), {})
+    view_keys = {mkey: _view_key(metric, batch, cfg.target) for mkey, metric in first.items()}
     for mkey, metric in first.items():
-        wanted = getattr(metric, "map_target", None)
-        if wanted and wanted not in by_target:
-            by_target[wanted] = _explain_for(cfg, wanted, batch, predicted, explained, flags, explainers)
-    views = {mkey: by_target[getattr(metric, "map_target", None) or cfg.target] for mkey, metric in first.items()}
+        if view_keys[mkey] not in by_target:
+            by_target[view_keys[mkey]] = _explain_for(cfg, metric, batch, predicted, explained, flags, explainers)
+    views = {mkey: by_target[view_keys[mkey]] for mkey in first}
     results = _update_metrics(cfg, {mkey: view[0] for mkey, view in views.items()}, metrics, device)
     for key, explainer in explainers.items():
         method_options = json.dumps(explainer.options(), default=str)
         for mkey, metric in metrics[key].items():
-            view, view_flags = views[mkey]
+            view, view_flags, view_rows = views[mkey]
+            view_rows = view_rows.cpu().numpy()
+            view_common = common if len(view_rows) == len(batch) and (view_rows == np.arange(len(batch))).all() \
+                else {name: ([value[i] for i in view_rows] if isinstance(value, list) else value[view_rows])
+                      if not isinstance(value, str) else value for name, value in common.items()}
             invalid = torch.tensor([bool(f) for f in view_flags[key]])
             protocol = json.dumps(metric.protocol(), default=str)
             for score, values in results[key][mkey].items():
                 values = values.detach().float().cpu()
                 values = torch.where(invalid, torch.full_like(values, float("nan")), values)
                 info = metric.score_info(score)
-                rows.add({**common, "target_rule": metric.map_target or cfg.target,
+                rows.add({**view_common, "target_rule": metric.map_target or cfg.target,
                           "target": view[key].targets.cpu().numpy(),
                           "method": key, "metric": mkey, "score": score,
                           "value": values.numpy().astype(np.float64),

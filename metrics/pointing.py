@@ -10,6 +10,10 @@ Pointing game, preset ``pointing_game`` (TorchRay ``torchray.benchmark.pointing_
   row-major order; ``ties="any"`` accepts any maximal pixel, Quantus' rule);
 * hit when a ground-truth pixel lies strictly within ``tolerance`` (15) pixels of the point
   (squared distance < tolerance**2; tolerance 0 means the point's own pixel);
+* one score per (image, class present) (``classes="present"``, the protocol): the runner
+  explains every class annotated in the image (the distinct box labels; with
+  ``ground_truth="mask"`` the mask's class, the image label), reusing the job's map where the
+  class is the job's target; ``classes="explained"`` scores only the job's explained class;
 * ground truth per (image, class): the union of the class's boxes (inclusive pixels) or the
   mask; a (image, class) pair whose boxes are all PASCAL "difficult" is skipped, an empty
   ground truth is skipped (NaN) -- never a hit (Quantus 0.6 returns a hit there);
@@ -38,6 +42,7 @@ from salbench.metrics.localization import FRAMES, RESIZE_MODES, resize_maps
 GROUND_TRUTHS = ("boxes", "mask")
 TIES = ("first", "any")
 EMPTY_CLASS = ("skip", "zero")
+CLASSES = ("present", "explained")
 
 
 def boxes_to_mask(boxes: Tensor, size: Tuple[int, int]) -> Tensor:
@@ -145,11 +150,12 @@ def difficult_by_rule(mask: Tensor, image_area: int, other_class_present: bool) 
 class PointingGame(Metric):
     """Pointing game with TorchRay's rules (preset ``pointing_game``).
 
-    Per image (the explained class ``target``): ``pointing_hit`` 1/0, NaN when the target class
-    is absent, its ground truth is empty or all its boxes are difficult; ``pointing_hit_difficult``
-    the same on the difficult subset (NaN elsewhere). Dataset: ``pointing_acc`` and
-    ``pointing_acc_difficult`` = mean over classes of hits / (hits + misses), in [0, 1].
-    Multi-label images score one (image, class) pair per explained target.
+    Per (image, class) pair -- every class present with ``classes="present"`` (the runner
+    explains each, see :attr:`map_target`), the explained class with ``"explained"``:
+    ``pointing_hit`` 1/0, NaN when the class is absent, its ground truth is empty or all its
+    boxes are difficult; ``pointing_hit_difficult`` the same on the difficult subset (NaN
+    elsewhere). Dataset: ``pointing_acc`` and ``pointing_acc_difficult`` = mean over classes of
+    hits / (hits + misses), in [0, 1].
     """
 
     name = "pointing_game"
@@ -171,9 +177,11 @@ class PointingGame(Metric):
         resize_mode: str = "bilinear",
         skip_all_difficult: bool = True,
         empty_class: str = "skip",
+        classes: str = "present",
         preset: str = "pointing_game",
     ):
-        for value, valid, what in ((ties, TIES, "ties"), (ground_truth, GROUND_TRUTHS, "ground_truth"),
+        for value, valid, what in ((classes, CLASSES, "classes"), (ties, TIES, "ties"),
+                                   (ground_truth, GROUND_TRUTHS, "ground_truth"),
                                    (frame, FRAMES, "frame"), (resize_mode, RESIZE_MODES, "resize_mode"),
                                    (empty_class, EMPTY_CLASS, "empty_class")):
             if value not in valid:
@@ -182,8 +190,31 @@ class PointingGame(Metric):
             raise ValueError(f"tolerance must be >= 0; got {tolerance}")
         self.tolerance, self.ties, self.ground_truth, self.frame = int(tolerance), ties, ground_truth, frame
         self.resize_mode, self.skip_all_difficult, self.empty_class = resize_mode, skip_all_difficult, empty_class
-        self.preset = preset
+        self.classes, self.preset = classes, preset
         self.reset()
+
+    @property
+    def map_target(self) -> Optional[str]:
+        """``"present"``: the runner scores one row per (image, class of :meth:`present_classes`)."""
+        return "present" if self.classes == "present" else None
+
+    def present_classes(self, batch: Any) -> List[List[int]]:
+        """Per image, the classes to explain and score: the distinct box labels (without the
+        classes whose boxes are all difficult, which are skipped anyway), or the image label
+        with ``ground_truth="mask"`` or when the image has no boxes."""
+        classes: List[List[int]] = []
+        for i, label in enumerate(batch.labels.tolist()):
+            labels = batch.box_labels[i]
+            if self.ground_truth == "mask" or len(labels) == 0:
+                classes.append([int(label)])
+                continue
+            keep = torch.ones(len(labels), dtype=torch.bool)
+            if self.skip_all_difficult and len(batch.difficult[i]) == len(labels):
+                keep = ~batch.difficult[i].cpu().bool()
+            present = sorted(set(labels.cpu().tolist()))
+            kept = set(labels.cpu()[keep].tolist())
+            classes.append([c for c in present if c in kept] or present)
+        return classes
 
     def reset(self) -> None:
         self.hits: Dict[str, Dict[int, int]] = {"all": {}, "difficult": {}}
@@ -191,7 +222,7 @@ class PointingGame(Metric):
 
     def protocol(self) -> Dict[str, Any]:
         return {
-            "map_class": "explained_target",
+            "map_class": "each_class_present" if self.classes == "present" else "explained_target",
             "frame": self.frame,
             "resize_mode": self.resize_mode if self.frame == "original" else None,
             "point": "argmax_first_row_major" if self.ties == "first" else "any_maximum",

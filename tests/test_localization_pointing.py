@@ -169,3 +169,67 @@ def test_energy_pointing_game_metric():
     maps[0, 5, 5] = 4.0
     ex = explained(maps, [[[0, 0, 1, 1]]])
     assert create_metric("energy_pointing_game").update(ex)["energy"].item() == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- every class present
+def test_present_classes_lists_each_box_class_once_without_all_difficult_ones():
+    ex = make_batch()
+    ex.batch.box_labels[0] = torch.tensor([1, 0])
+    ex.batch.difficult[2] = torch.tensor([True])
+    metric = create_metric("pointing_game", frame="input")
+    assert metric.map_target == "present"
+    # image 2's only class is all-difficult: it stays (scored NaN) so the image keeps a row
+    assert metric.present_classes(ex.batch) == [[0, 1], [1], [0]]
+    assert create_metric("pointing_game", frame="input", ground_truth="mask").present_classes(ex.batch) == [[0], [1], [0]]
+    explained_only = create_metric("pointing_game", classes="explained")
+    assert explained_only.map_target is None and explained_only.protocol()["map_class"] == "explained_target"
+    with pytest.raises(ValueError, match="classes must be one of"):
+        create_metric("pointing_game", classes="all")
+
+
+def test_batch_select_repeats_rows_and_per_sample_extras():
+    ex = make_batch()
+    ex.batch.extras["frames"] = ["a", "b", "c"]
+    ex.batch.extras["skipped"] = [{"image_id": "x", "index": 9, "reason": "corrupt"}]
+    picked = ex.batch.select([0, 0, 2])
+    assert picked.image_ids == [ex.batch.image_ids[i] for i in (0, 0, 2)]
+    assert torch.equal(picked.images, ex.batch.images[[0, 0, 2]])
+    assert torch.equal(picked.box_labels[1], ex.batch.box_labels[0]) and len(picked.boxes) == 3
+    assert picked.extras["frames"] == ["a", "a", "c"] and picked.extras["skipped"] == []
+
+
+@pytest.mark.usefixtures("synthetic_bundle")
+def test_job_scores_every_class_present_like_explaining_each_class_by_hand(tmp_path, compose_config, synthetic_bundle):
+    """Multi-label 2x2 grids of synthetic shapes: the job writes one pointing row per (image,
+    class present); each hit equals Grad-CAM of that class tested by hand against the union of
+    that class's boxes, and pointing_acc is the mean over classes of the hand-made hit rates."""
+    from salbench.datasets import create_dataset
+    from salbench.methods import create_method
+    from salbench.runner import run_job
+
+    grid = {"source": "synthetic", "source_options": {"num_images": 40}, "per_cell": False, "num_grids": 3,
+            "threshold": 0.3}
+    overrides = ["debug=fast", "dataset=grid", "dataset.source=synthetic", "+dataset.source_options.num_images=40",
+                 "dataset.per_cell=false", "dataset.num_grids=3", "dataset.threshold=0.3", "dataset.limit=null",
+                 "method=[gradcam]", "metric=[pointing_game]", "metric.pointing_game.tolerance=4", "target=predicted"]
+    scores = run_job(compose_config(overrides), tmp_path / "job")
+    hits = scores[(scores["metric"] == "pointing_game") & (scores["score"] == "pointing_hit")]
+    dataset = create_dataset("grid", model=synthetic_bundle, image_size=synthetic_bundle.input_size, **grid)
+    assert len(hits) == 3 * 4  # every grid holds 4 distinct classes
+    assert (hits["target_rule"] == "present").all()
+    gradcam = create_method("gradcam", synthetic_bundle)
+    expected_rows = []
+    for _, row in hits.iterrows():
+        sample = dataset[int(row["image_index"])]
+        present = sample["box_labels"] == int(row["target"])
+        assert present.any()
+        heatmap = gradcam(synthetic_bundle.normalize(sample["image"][None]), torch.tensor([int(row["target"])]))
+        mask = boxes_to_mask(sample["boxes"][present], tuple(heatmap.shape[-2:]))
+        expected = pointing_hits(heatmap, mask[None], tolerance=4).item()
+        assert row["value"] == expected
+        expected_rows.append((int(row["target"]), expected))
+    per_class = {}
+    for cls, hit in expected_rows:
+        per_class.setdefault(cls, []).append(hit)
+    accuracy = scores[(scores["metric"] == "pointing_game") & (scores["score"] == "pointing_acc")]["value"].item()
+    assert accuracy == pytest.approx(np.mean([np.mean(v) for v in per_class.values()]))
