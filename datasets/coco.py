@@ -9,8 +9,7 @@
 Classes are the categories sorted by id (label = position). ``label`` is the class of the
 image's largest non-crowd annotation; ``boxes``/``box_labels`` hold every annotation (crowd
 ones flagged ``difficult``). ``mask`` is the union of the polygon masks of the annotations of
-``label``'s class (uncompressed RLE too); compressed RLE strings are not decoded (no mask from
-them). Box ``x, y, w, h`` becomes the inclusive ``(x, y, x + w - 1, y + h - 1)``.
+``label``'s class (polygons, uncompressed RLE and compressed RLE strings). Box ``x, y, w, h`` becomes the inclusive ``(x, y, x + w - 1, y + h - 1)``.
 """
 from __future__ import annotations
 
@@ -46,20 +45,53 @@ def polygons_to_mask(polygons: List[List[float]], height: int, width: int) -> np
     return mask
 
 
-def rle_to_mask(rle: Dict[str, Any], height: int, width: int) -> Optional[np.ndarray]:
-    """Uncompressed COCO RLE (``counts`` list, column-major, starting with background) -> bool
-    mask [H, W]; compressed (string) counts -> None."""
+def rle_string_to_counts(text: str) -> List[int]:
+    """Decode COCO's compressed RLE string into run lengths. Each count is a little-endian
+    sequence of 5-bit groups stored as characters ``48 + group`` (bit 0x20: more groups follow;
+    bit 0x10 of the last group: negative, sign-extended); from the fourth count on, the stored
+    value is the difference to the count two places before."""
+    counts: List[int] = []
+    position = 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(text):
+                raise ValueError(f"truncated compressed RLE string at character {position}")
+            group = ord(text[position]) - 48
+            if not 0 <= group < 64:
+                raise ValueError(f"invalid character {text[position]!r} in a compressed RLE string")
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            position += 1
+            shift += 5
+            if not more and group & 0x10:
+                value -= 1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
+
+
+def rle_to_mask(rle: Dict[str, Any], height: int, width: int) -> np.ndarray:
+    """COCO RLE -> bool mask [H, W]. ``counts`` is a list of run lengths (uncompressed RLE) or
+    a compressed string (:func:`rle_string_to_counts`); runs are column-major and start with
+    background. Raises ``ValueError`` when the runs do not add up to ``H * W``."""
+    size = rle.get("size")
+    if size is not None and [int(v) for v in size] != [height, width]:
+        raise ValueError(f"RLE size {list(size)} differs from the image's {height} x {width}")
     counts = rle.get("counts")
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii")
+    if isinstance(counts, str):
+        counts = rle_string_to_counts(counts)
     if not isinstance(counts, list):
-        return None
-    flat = np.zeros(height * width, bool)
-    position, value = 0, False
-    for run in counts:
-        if value:
-            flat[position : position + int(run)] = True
-        position += int(run)
-        value = not value
-    return flat.reshape(width, height).T
+        raise ValueError(f"RLE counts must be a list or a string; got {type(counts).__name__}")
+    runs = np.asarray(counts, dtype=np.int64)
+    if (runs < 0).any() or int(runs.sum()) != height * width:
+        raise ValueError(f"RLE runs add up to {int(runs.sum())} pixels (negative: {bool((runs < 0).any())}); "
+                         f"the image has {height} x {width} = {height * width}")
+    values = np.arange(len(runs)) % 2 == 1
+    return np.repeat(values, runs).reshape(width, height).T
 
 
 class COCOInstances(ImageRecordDataset):
@@ -125,8 +157,10 @@ class COCOInstances(ImageRecordDataset):
                 segmentation = ann.get("segmentation")
                 if ann_label != label or not segmentation or not height or not width:
                     continue
-                part = polygons_to_mask(segmentation, height, width) if isinstance(segmentation, list) else rle_to_mask(segmentation, height, width)
-                if part is not None:
-                    parts.append(part)
+                try:
+                    parts.append(polygons_to_mask(segmentation, height, width) if isinstance(segmentation, list)
+                                 else rle_to_mask(segmentation, height, width))
+                except (ValueError, TypeError, AttributeError) as error:
+                    raise SkipSample(f"corrupt segmentation: image {info.get('id')} ({name}): {error}") from None
             mask = np.logical_or.reduce(parts) if parts else None
         return Record(image_id=str(info.get("id")), path=self.images_dir / name, label=label, boxes=boxes, box_labels=labels, difficult=crowd, mask=mask)

@@ -281,6 +281,59 @@ def test_coco(tmp_path):
     assert ds[2]["skip"].startswith("corrupt image")
 
 
+def test_compressed_rle_hand_example_and_errors():
+    from salbench.datasets.coco import rle_string_to_counts, rle_to_mask
+
+    # counts 2, 3, 4, then 1 stored as 1 - 3 = -2: one group 30 (sign bit set) = chr(48 + 30)
+    assert rle_string_to_counts("234N") == [2, 3, 4, 1]
+    mask = rle_to_mask({"size": [5, 2], "counts": "234N"}, 5, 2)  # column-major: runs down columns
+    assert mask.T.ravel().tolist() == [0, 0, 1, 1, 1, 0, 0, 0, 0, 1]
+    assert np.array_equal(rle_to_mask({"counts": [2, 3, 4, 1]}, 5, 2), mask)
+    with pytest.raises(ValueError, match="add up to 10 pixels"):
+        rle_to_mask({"counts": "234N"}, 4, 2)
+    with pytest.raises(ValueError, match="size"):
+        rle_to_mask({"size": [2, 5], "counts": "234N"}, 5, 2)
+    with pytest.raises(ValueError, match="truncated"):
+        rle_string_to_counts("2o")  # 'o' = 63: more groups announced, none follows
+
+
+def test_coco_compressed_rle_masks_and_corrupt_segmentation(tmp_path):
+    write_image(tmp_path / "images" / "1.jpg", 2, 5)
+    write_image(tmp_path / "images" / "2.jpg", 2, 5)
+    data = {
+        "images": [{"id": 1, "file_name": "1.jpg", "width": 2, "height": 5},
+                   {"id": 2, "file_name": "2.jpg", "width": 2, "height": 5}],
+        "categories": [{"id": 3, "name": "cat"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 3, "bbox": [0, 0, 2, 5], "iscrowd": 1,
+             "segmentation": {"size": [5, 2], "counts": "234N"}},
+            {"id": 2, "image_id": 2, "category_id": 3, "bbox": [0, 0, 2, 5], "iscrowd": 0,
+             "segmentation": {"size": [5, 2], "counts": "2o"}},
+        ],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    ds = create_dataset("coco", root=str(tmp_path), annotations="instances.json", images_dir="images", image_size=(5, 2))
+    assert ds[0]["mask"].T.flatten().tolist() == [0, 0, 1, 1, 1, 0, 0, 0, 0, 1]
+    assert ds[1]["skip"].startswith("corrupt segmentation") and "truncated" in ds[1]["skip"]
+
+
+def test_compressed_rle_matches_pycocotools_on_random_masks():
+    mask_api = pytest.importorskip("pycocotools.mask")
+    from salbench.datasets.coco import rle_to_mask
+
+    rng = np.random.default_rng(0)
+    for height, width, density in [(1, 1, 0.5), (7, 3, 0.5), (30, 40, 0.02), (64, 48, 0.97), (120, 90, 0.3)]:
+        for blobby in (False, True):
+            mask = rng.random((height, width)) < density
+            if blobby:  # long runs (multi-group counts) as in real object masks
+                mask = np.zeros((height, width), bool)
+                mask[height // 4 : 3 * height // 4 + 1, width // 3 : width - 1] = True
+            encoded = mask_api.encode(np.asfortranarray(mask.astype(np.uint8)))
+            assert isinstance(encoded["counts"], bytes)
+            decoded = rle_to_mask({"size": encoded["size"], "counts": encoded["counts"].decode()}, height, width)
+            assert np.array_equal(decoded, mask), (height, width, density, blobby)
+
+
 # --------------------------------------------------------------------------- folder + CSV
 def test_folder_csv(tmp_path):
     write_image(tmp_path / "imgs" / "a.png", 32, 32)
