@@ -12,7 +12,10 @@ A sample is a dict:
   in the original frame; ``image_id``: str.
 
 Optional keys: ``frame``: ``{"scale": (sx, sy), "offset": (ox, oy)}`` such that continuous input
-coordinates are ``orig * scale - offset`` (see :func:`transform_sample`); ``cells``: grid cells.
+coordinates are ``orig * scale - offset`` (see :func:`transform_sample`); ``cells``: grid cells;
+``class_masks``: BoolTensor [M, H, W] with ``class_mask_labels`` LongTensor [M], one mask per
+class present (multi-label datasets with segmentations, e.g. COCO; collated into
+``batch.extras["class_masks"]`` / ``["class_mask_labels"]``, None for samples without).
 
 Skips: a sample whose image or annotation is missing or corrupt makes ``load`` raise
 :class:`SkipSample`; ``__getitem__`` then returns a *skip record*
@@ -117,7 +120,8 @@ def collate(samples: Sequence[Dict[str, Any]]) -> Batch:
 
     Skip records are dropped and listed in ``extras["skipped"]`` as
     ``{"image_id", "index", "reason"}`` dicts; optional per-sample ``frame`` and ``cells`` go to
-    ``extras["frames"]`` / ``extras["cells"]``. An all-skipped batch has ``len(batch) == 0``.
+    ``extras["frames"]`` / ``extras["cells"]`` and ``class_masks`` / ``class_mask_labels`` to
+    the extras of the same names. An all-skipped batch has ``len(batch) == 0``.
     """
     skipped = [
         {"image_id": str(s.get("image_id", "")), "index": int(s.get("index", -1)), "reason": str(s["skip"])}
@@ -132,7 +136,8 @@ def collate(samples: Sequence[Dict[str, Any]]) -> Batch:
             ignore=None, orig_sizes=[], orig_boxes=[], image_ids=[], indices=empty, extras={"skipped": skipped},
         )
     extras: Dict[str, Any] = {"skipped": skipped}
-    for key, name in (("frame", "frames"), ("cells", "cells")):
+    for key, name in (("frame", "frames"), ("cells", "cells"), ("class_masks", "class_masks"),
+                      ("class_mask_labels", "class_mask_labels")):
         if any(key in s for s in samples):
             extras[name] = [s.get(key) for s in samples]
     empty_boxes = torch.zeros(0, 4)
@@ -286,6 +291,7 @@ def transform_sample(
     crop_fraction: Optional[float] = None,
     mask: Optional[np.ndarray] = None,
     ignore: Optional[np.ndarray] = None,
+    class_masks: Optional[Sequence[np.ndarray]] = None,
 ) -> Dict[str, Any]:
     """Resize an RGB image (and its boxes and masks) to the input ``size = (H, W)``.
 
@@ -295,7 +301,8 @@ def transform_sample(
     Images use bilinear interpolation, masks nearest neighbour.
 
     Returns ``image`` [3, H, W] float in [0, 1], ``boxes`` [M, 4], ``keep`` [N] bool (boxes
-    inside the crop), ``mask`` / ``ignore`` bool [H, W] or None and the ``frame`` dict.
+    inside the crop), ``mask`` / ``ignore`` bool [H, W] or None, ``class_masks`` bool
+    [M, H, W] (when given: M masks in the original frame) and the ``frame`` dict.
     """
     height, width = size
     orig_w, orig_h = image.size
@@ -312,17 +319,20 @@ def transform_sample(
         picture = picture.resize((resized_w, resized_h), resample)
         return picture.crop((ox, oy, ox + width, oy + height)) if crop_fraction is not None else picture
 
+    def fit_mask(key: str, value: np.ndarray) -> Tensor:
+        if value.shape != (orig_h, orig_w):
+            raise SkipSample(f"corrupt annotation: {key} of shape {value.shape} for a {orig_w}x{orig_h} image")
+        picture = fit(Image.fromarray(value.astype(np.uint8) * 255), Image.NEAREST)
+        return torch.from_numpy(np.asarray(picture) > 127)
+
     pixels = np.asarray(fit(image, Image.BILINEAR), dtype=np.float32) / 255.0
     out: Dict[str, Any] = {"image": torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()}
     out["boxes"], out["keep"] = transform_boxes(torch.as_tensor(boxes, dtype=torch.float32), scale, (ox, oy), size)
     for key, value in (("mask", mask), ("ignore", ignore)):
-        if value is None:
-            out[key] = None
-            continue
-        if value.shape != (orig_h, orig_w):
-            raise SkipSample(f"corrupt annotation: {key} of shape {value.shape} for a {orig_w}x{orig_h} image")
-        picture = fit(Image.fromarray(value.astype(np.uint8) * 255), Image.NEAREST)
-        out[key] = torch.from_numpy(np.asarray(picture) > 127)
+        out[key] = None if value is None else fit_mask(key, value)
+    if class_masks is not None:
+        out["class_masks"] = torch.stack([fit_mask("class mask", np.asarray(m, bool)) for m in class_masks]) \
+            if len(class_masks) else torch.zeros(0, height, width, dtype=torch.bool)
     out["frame"] = {"scale": scale, "offset": (ox, oy)}
     return out
 
@@ -333,6 +343,7 @@ class Record:
 
     ``boxes`` [N, 4] inclusive pixel coordinates; ``box_labels`` [N]; ``difficult`` [N];
     ``mask`` / ``ignore``: a mask file path, a list of paths (union), a bool array [H, W], or None.
+    ``class_masks``: optional ``{class: bool array [H, W]}``, one mask per class present.
     """
 
     image_id: str
@@ -343,6 +354,7 @@ class Record:
     difficult: Optional[np.ndarray] = None
     mask: Any = None
     ignore: Any = None
+    class_masks: Optional[Dict[int, np.ndarray]] = None
 
 
 class ImageRecordDataset(LocalizationDataset):
@@ -394,8 +406,12 @@ class ImageRecordDataset(LocalizationDataset):
         ignore = self._read_masks(rec.ignore, height, width)
         if mask is not None and ignore is not None:
             ignore = ignore & ~mask  # object pixels are never ignored
-        out = transform_sample(image, boxes, self.size, self.crop_fraction, mask, ignore)
+        classes = sorted(rec.class_masks) if rec.class_masks is not None else None
+        out = transform_sample(image, boxes, self.size, self.crop_fraction, mask, ignore,
+                               class_masks=None if classes is None else [rec.class_masks[c] for c in classes])
         keep = out.pop("keep")
+        if classes is not None:
+            out["class_mask_labels"] = torch.tensor(classes, dtype=torch.long)
         return {
             **out,
             "label": int(rec.label),

@@ -8,8 +8,9 @@
 
 Classes are the categories sorted by id (label = position). ``label`` is the class of the
 image's largest non-crowd annotation; ``boxes``/``box_labels`` hold every annotation (crowd
-ones flagged ``difficult``). ``mask`` is the union of the polygon masks of the annotations of
-``label``'s class (polygons, uncompressed RLE and compressed RLE strings). Box ``x, y, w, h`` becomes the inclusive ``(x, y, x + w - 1, y + h - 1)``.
+ones flagged ``difficult``). ``class_masks`` hold, per class present, the union of its
+annotations' segmentations (polygons, uncompressed RLE and compressed RLE strings, crowd ones
+included); ``mask`` is ``label``'s. Box ``x, y, w, h`` becomes the inclusive ``(x, y, x + w - 1, y + h - 1)``.
 """
 from __future__ import annotations
 
@@ -149,18 +150,21 @@ class COCOInstances(ImageRecordDataset):
         order = np.where(~crowd)[0] if (~crowd).any() else np.arange(len(anns))
         label = int(labels[order[np.argmax(area[order])]])
         boxes[:, 2:] = boxes[:, :2] + boxes[:, 2:] - 1
-        mask = None
+        mask, class_masks = None, None
         if self.with_masks:
             height, width = int(info.get("height", 0)), int(info.get("width", 0))
-            parts = []
+            class_masks = {}
             for ann, ann_label in zip(anns, labels):
                 segmentation = ann.get("segmentation")
-                if ann_label != label or not segmentation or not height or not width:
+                if not segmentation or not height or not width:
                     continue
                 try:
-                    parts.append(polygons_to_mask(segmentation, height, width) if isinstance(segmentation, list)
-                                 else rle_to_mask(segmentation, height, width))
+                    part = (polygons_to_mask(segmentation, height, width) if isinstance(segmentation, list)
+                            else rle_to_mask(segmentation, height, width))
                 except (ValueError, TypeError, AttributeError) as error:
                     raise SkipSample(f"corrupt segmentation: image {info.get('id')} ({name}): {error}") from None
-            mask = np.logical_or.reduce(parts) if parts else None
-        return Record(image_id=str(info.get("id")), path=self.images_dir / name, label=label, boxes=boxes, box_labels=labels, difficult=crowd, mask=mask)
+                cls = int(ann_label)
+                class_masks[cls] = class_masks[cls] | part if cls in class_masks else part
+            mask = class_masks.get(label)
+        return Record(image_id=str(info.get("id")), path=self.images_dir / name, label=label, boxes=boxes,
+                      box_labels=labels, difficult=crowd, mask=mask, class_masks=class_masks)

@@ -12,10 +12,11 @@ Pointing game, preset ``pointing_game`` (TorchRay ``torchray.benchmark.pointing_
   (squared distance < tolerance**2; tolerance 0 means the point's own pixel);
 * one score per (image, class present) (``classes="present"``, the protocol): the runner
   explains every class annotated in the image (the distinct box labels; with
-  ``ground_truth="mask"`` the mask's class, the image label), reusing the job's map where the
+  ``ground_truth="mask"`` the classes that have a mask), reusing the job's map where the
   class is the job's target; ``classes="explained"`` scores only the job's explained class;
-* ground truth per (image, class): the union of the class's boxes (inclusive pixels) or the
-  mask; a (image, class) pair whose boxes are all PASCAL "difficult" is skipped, an empty
+* ground truth per (image, class): the union of the class's boxes (inclusive pixels) or its
+  mask (``batch.extras["class_masks"]`` where the dataset has per-class masks, e.g. COCO; else
+  the image mask, which belongs to the label's class); a (image, class) pair whose boxes are all PASCAL "difficult" is skipped, an empty
   ground truth is skipped (NaN) -- never a hit (Quantus 0.6 returns a hit there);
 * accuracy = mean over classes of hits / (hits + misses); classes never evaluated are left out
   (``empty_class="skip"``) or count 0 (``"zero"``, TorchRay's ``clamp(min=1)``; identical on
@@ -200,11 +201,16 @@ class PointingGame(Metric):
 
     def present_classes(self, batch: Any) -> List[List[int]]:
         """Per image, the classes to explain and score: the distinct box labels (without the
-        classes whose boxes are all difficult, which are skipped anyway), or the image label
-        with ``ground_truth="mask"`` or when the image has no boxes."""
+        classes whose boxes are all difficult, which are skipped anyway); with
+        ``ground_truth="mask"`` the classes of the image's ``class_masks`` (else its label);
+        the image label when the image has no boxes."""
         classes: List[List[int]] = []
+        per_class = (batch.extras or {}).get("class_mask_labels")
         for i, label in enumerate(batch.labels.tolist()):
             labels = batch.box_labels[i]
+            if self.ground_truth == "mask" and per_class is not None and per_class[i] is not None and len(per_class[i]):
+                classes.append(sorted(set(per_class[i].tolist())))
+                continue
             if self.ground_truth == "mask" or len(labels) == 0:
                 classes.append([int(label)])
                 continue
@@ -253,9 +259,7 @@ class PointingGame(Metric):
                 if ok and self.skip_all_difficult and len(batch.difficult[i]):
                     ok = not bool(batch.difficult[i].to(labels.device)[present].all())
             else:
-                if batch.masks is None:
-                    raise ValueError("ground_truth='mask' needs a dataset with masks")
-                mask = batch.masks[i]
+                mask = self._class_mask(batch, i, cls)
                 if tuple(mask.shape) != tuple(size):
                     mask = F.interpolate(mask[None, None].float(), size=tuple(size), mode="nearest")[0, 0] > 0.5
                 ok = True
@@ -270,6 +274,20 @@ class PointingGame(Metric):
             evaluated.append(ok)
             difficult.append(ok and hard)
         return masks, evaluated, difficult
+
+    @staticmethod
+    def _class_mask(batch: Any, i: int, cls: int) -> Tensor:
+        """Image ``i``'s mask [H, W] of class ``cls`` (input frame): the union of its
+        ``class_masks`` of that class when the dataset has them, else the image ``mask`` when
+        ``cls`` is the image label; an empty mask (not evaluated) otherwise."""
+        per_class = (batch.extras or {}).get("class_masks")
+        if per_class is not None and per_class[i] is not None:
+            labels = batch.extras["class_mask_labels"][i]
+            return per_class[i][labels.to(per_class[i].device) == cls].any(0)
+        if batch.masks is None:
+            raise ValueError("ground_truth='mask' needs a dataset with masks")
+        mask = batch.masks[i]
+        return mask if cls == int(batch.labels[i]) else torch.zeros_like(mask)
 
     def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
         batch = explained.batch

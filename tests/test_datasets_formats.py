@@ -277,8 +277,27 @@ def test_coco(tmp_path):
     expected[10:26, 10:30] = True  # the dog polygon (pixel corners 10..30 x 10..26) ...
     expected[:, 0] = True  # ... united with the crowd RLE (first column: 30 pixels)
     assert np.array_equal(s["mask"].numpy(), expected)
+    person = np.zeros((30, 40), bool)
+    person[3:8, 2:6] = True
+    assert s["class_mask_labels"].tolist() == [0, 1]
+    assert np.array_equal(s["class_masks"][0].numpy(), person) and np.array_equal(s["class_masks"][1].numpy(), expected)
     assert ds[1]["skip"].startswith("corrupt annotation")
     assert ds[2]["skip"].startswith("corrupt image")
+
+    # pointing game with mask ground truth: every class with a mask is scored against its own mask
+    from salbench.metrics import create_metric
+    from salbench.metrics.base import ExplainedBatch
+
+    batch = collate([s])
+    metric = create_metric("pointing_game", ground_truth="mask", frame="input", tolerance=0)
+    assert metric.present_classes(batch) == [[0, 1]]
+    pairs = batch.select([0, 0, 0, 0])
+    maps = torch.zeros(4, 30, 40)
+    maps[0, 5, 3] = maps[1, 5, 3] = 1.0  # a person pixel
+    maps[2, 20, 20] = maps[3, 20, 20] = 1.0  # a dog pixel
+    view = ExplainedBatch(pairs, pairs.images, maps, torch.tensor([0, 1, 0, 1]), torch.zeros(4, 2), None, None, "m")
+    assert metric.update(view)["pointing_hit"].tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert metric.compute()["pointing_acc"] == 0.5
 
 
 def test_compressed_rle_hand_example_and_errors():
