@@ -1,10 +1,11 @@
 """Training of the synthetic-shapes CNN (CPU, about a minute on 2 cores), cached on disk."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Tuple
+from typing import Iterator, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +35,37 @@ def evaluate_accuracy(bundle, images: Tensor, labels: Tensor, batch_size: int = 
     return correct / len(images)
 
 
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the block, so that
+    concurrent jobs on one machine (joblib / submitit-local sweeps) train a model once: the
+    others wait, then find the weights. Without ``fcntl`` (Windows) it does not lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def train_synthetic_cnn(recipe, path: Path) -> float:
     """Train ``SyntheticCNN`` with ``recipe`` (a :class:`salbench.models.SyntheticTraining`), save
-    ``{"state_dict", "val_accuracy", "recipe"}`` atomically to ``path``; return val accuracy."""
+    ``{"state_dict", "val_accuracy", "recipe"}`` atomically to ``path``; return val accuracy.
+    Concurrent calls for one ``path`` train once: the others wait and read the saved file."""
+    path = Path(path)
+    with exclusive(path.with_name(path.name + ".lock")):
+        if path.exists():  # trained by a concurrent job while this one waited
+            return float(torch.load(path, map_location="cpu", weights_only=True).get("val_accuracy", float("nan")))
+        return _train_and_save(recipe, path)
+
+
+def _train_and_save(recipe, path: Path) -> float:
     from salbench.datasets.synthetic import CLASS_NAMES
     from salbench.models import ModelBundle, SyntheticCNN
 
