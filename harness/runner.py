@@ -240,7 +240,7 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.Data
     rows = ScoreRows()
     flush_every = max(int(cfg.get("flush_every", 256)), 1)
     done, since_flush = checkpoint.done, 0
-    progress = tqdm(total=len(dataset), initial=done, desc=f"{cfg.model.name}/{cfg.dataset.name}", unit="img",
+    progress = tqdm(total=len(dataset), initial=done, desc=f"{bundle.name}/{cfg.dataset.name}", unit="img",
                     disable=not cfg.progress, mininterval=1.0)
     for batch in loader:
         state["skipped"] += batch.extras.get("skipped", [])
@@ -260,7 +260,7 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.Data
         for mkey, metric in by_metric.items():
             for score, value in metric.compute().items():
                 info = metric.score_info(score)
-                rows.add({"image_id": [None], "image_index": [-1], "method": key, "model": cfg.model.name,
+                rows.add({"image_id": [None], "image_index": [-1], "method": key, "model": bundle.name,
                           "dataset": cfg.dataset.name, "target_rule": cfg.target, "target": [-1], "label": [-1],
                           "predicted": [-1], "metric": mkey, "score": score, "value": [float(value)],
                           "category": info.category if info else metric.category,
@@ -282,7 +282,7 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.Data
     note = f"Mean over {evaluated} images (target: {cfg.target})."
     if skipped:
         note += f" {len(skipped)} images skipped (see run.json)."
-    store.write_text(output_dir / "summary.md", f"# {cfg.model.name} on {cfg.dataset.name}\n\n{note}\n\n"
+    store.write_text(output_dir / "summary.md", f"# {bundle.name} on {cfg.dataset.name}\n\n{note}\n\n"
                      + store.markdown_table(table))
     if gallery["images"]:
         from salbench.reports.gallery import save_gallery
@@ -292,7 +292,7 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.Data
                           "rows": len(scores)}
     run_info["skipped"] = skipped
     run_info["outputs"] = sorted(p.name for p in output_dir.iterdir() if not p.name.startswith("."))
-    print(f"\n{cfg.model.name} on {cfg.dataset.name} ({evaluated} images), mean per method:\n")
+    print(f"\n{bundle.name} on {cfg.dataset.name} ({evaluated} images), mean per method:\n")
     print(store.markdown_table(table))
     if skipped:
         print(f"{len(skipped)} images skipped; reasons in run.json")
@@ -409,7 +409,7 @@ def _evaluate_batch(cfg, batch, bundle, explainers, metrics, gallery, state, row
         gallery["labels"] += batch.labels[:need].tolist()
     common = {
         "image_id": batch.image_ids, "image_index": batch.indices.cpu().numpy(),
-        "model": cfg.model.name, "dataset": cfg.dataset.name, "target_rule": cfg.target,
+        "model": bundle.name, "dataset": cfg.dataset.name, "target_rule": cfg.target,
         "target": targets.cpu().numpy(), "label": batch.labels.cpu().numpy(),
         "predicted": predicted.cpu().numpy(),
     }

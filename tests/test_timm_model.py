@@ -165,7 +165,7 @@ def test_a_job_runs_on_a_timm_model(tmp_path, compose_config):
     cfg = compose_config(["debug=fast", "model=timm", f"model.arch={ARCH}", "model.pretrained=false",
                           "dataset.limit=4", "dataset.image_size=64", "gallery_images=0"])
     scores = run_job(cfg, tmp_path / "job")
-    assert set(scores["model"]) == {"timm"} and set(scores["method"]) == {"gradcam", "random", "center"}
+    assert set(scores["model"]) == {"timm.resnet18"} and set(scores["method"]) == {"gradcam", "random", "center"}
     per_image = scores[scores["scope"] == "image"]
     assert len(per_image) == 4 * 3 * 4 and per_image["image_id"].nunique() == 4
     assert per_image["value"].dropna().between(0, 1).all()  # NaN: an all-zero map has no box
