@@ -237,6 +237,8 @@ class Postprocess:
                 maps = reduce_channels(maps, self.channel_reduction)
         if self.relu:
             maps = maps.clamp_min(0)
+        if maps.dtype in (torch.float16, torch.bfloat16):  # half-precision models: upsample in float32
+            maps = maps.float()
         return upsample(maps, size, self.upsample, self.align_corners).float()
 
 

@@ -33,10 +33,12 @@ class RandomMap(Explainer):
         height, width = x.shape[-2:]
         side = (height, width) if self.resolution is None else (self.resolution, self.resolution)
         maps = []
-        for image in x.detach():
-            key = zlib.crc32(image.to("cpu", torch.float32).numpy().tobytes())
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + key)
-            maps.append(torch.rand(side, generator=generator))
+        # one device-to-host copy per batch (not per image); the CPU generator makes the map
+        # the same on every device
+        for image in x.detach().to("cpu", torch.float32):
+            key = zlib.crc32(image.numpy().tobytes())
+            generator = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + key)
+            maps.append(torch.rand(side, generator=generator, device="cpu"))
         maps = torch.stack(maps).to(x.device)
         if self.resolution is not None:
             maps = F.interpolate(maps[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]

@@ -13,7 +13,10 @@ rectifier rule**: the true-gradient pass gives d y / d x and every d y / d A at 
 backprop and deconvnet each add one backward over the same graph. So CAM + Grad-CAM +
 counterfactual Grad-CAM + saliency cost 1 forward + 1 backward, and adding guided backprop and
 Guided Grad-CAM (which reuses the guided gradients and the Grad-CAM layer gradients) costs one
-more backward. The heatmaps equal the one-method-at-a-time results exactly (tests/test_shared_passes.py).
+more backward. On the CPU the heatmaps equal the one-method-at-a-time results exactly
+(tests/test_shared_passes.py); on CUDA they agree to float rounding only, since cuDNN may pick
+other convolution algorithms per call and some CUDA backward kernels accumulate with atomics in
+a varying order (tests/test_devices.py compares with a tolerance).
 
 :func:`explain_all` is what the runner calls: it groups the shareable explainers of one model,
 runs the pass once, finishes each explainer, and calls the others one by one.
