@@ -68,12 +68,12 @@ def rise_gaussian_kernel(size: int = 11, sigma: float = 5.0) -> Tensor:
     if size < 1 or sigma <= 0:
         raise ValueError(f"blur kernel needs size >= 1 and sigma > 0; got {size}, {sigma}")
     radius = int(4.0 * sigma + 0.5)
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device="cpu")
     weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
     weights = weights / weights.sum()
     centre = size // 2
-    kernel = torch.zeros(size, dtype=torch.float64)
-    positions = torch.arange(size)
+    kernel = torch.zeros(size, dtype=torch.float64, device="cpu")
+    positions = torch.arange(size, device="cpu")
     for offset, weight in zip(range(-radius, radius + 1), weights):
         # output[i] += w[k] * ext[i - k]; ext is the delta reflected with period 2 * size
         source = (positions - offset) % (2 * size)
@@ -103,8 +103,8 @@ def make_substrate(
 
     ``zero``: 0 in normalized space (the dataset mean colour); ``mean``: each image's own
     per-channel mean; ``blur``: :func:`gaussian_blur`; ``noise``: N(0, ``noise_std``) in
-    normalized space, image ``b`` drawn from a generator seeded with ``seeds[b]`` (default
-    ``0..B-1``), so it does not depend on the batch it lands in.
+    normalized space, image ``b`` drawn from a CPU generator seeded with ``seeds[b]`` (default
+    ``0..B-1``), so it depends neither on the batch it lands in nor on the device.
     """
     _check_choice("substrate", kind, SUBSTRATES)
     if kind == "zero":
@@ -113,12 +113,13 @@ def make_substrate(
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x).clone()
     if kind == "blur":
         return gaussian_blur(x, blur_kernel_size, blur_sigma)
-    seeds = torch.arange(x.shape[0]) if seeds is None else torch.as_tensor(seeds)
-    noise = torch.empty_like(x)
-    for b, seed in enumerate(seeds.tolist()):  # one generator per image (B calls, not pixels)
-        generator = torch.Generator(device=x.device).manual_seed(int(seed))
-        noise[b] = torch.randn(x.shape[1:], generator=generator, device=x.device, dtype=x.dtype)
-    return noise * noise_std
+    seeds = list(range(x.shape[0])) if seeds is None else torch.as_tensor(seeds, device="cpu").tolist()
+    # drawn on the CPU (CUDA generators give other numbers for a seed), one copy to x's device
+    noise = torch.empty(x.shape, dtype=x.dtype, device="cpu")
+    for b, seed in enumerate(seeds):  # one generator per image (B calls, not pixels)
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        noise[b] = torch.randn(x.shape[1:], generator=generator, device="cpu", dtype=x.dtype)
+    return noise.to(x.device) * noise_std
 
 
 # --------------------------------------------------------------------------- order and steps
@@ -427,7 +428,7 @@ class DeletionInsertion(Metric):
         for record in self._records:
             values = record["values"]
             num_images, points = values.shape
-            steps = torch.arange(points).repeat(num_images)
+            steps = torch.arange(points, device="cpu").repeat(num_images)
             frames.append(pd.DataFrame({
                 "image_id": [i for i in record["image_id"] for _ in range(points)],
                 "method": record["method"],
@@ -464,7 +465,7 @@ def update_many(metrics: Dict[str, DeletionInsertion], explained: Dict[str, Expl
             if not torch.equal(first_metric.tracked_class(explained[key]), target):
                 raise ValueError("target='explained' with different explained classes: update the methods separately")
     indices = getattr(first.batch, "indices", None)
-    indices = torch.arange(x.shape[0]) if indices is None else torch.as_tensor(indices).cpu()
+    indices = torch.arange(x.shape[0], device="cpu") if indices is None else torch.as_tensor(indices, device="cpu")
     seeds = first_metric.seed * 1_000_003 + indices
     out: Dict[str, Dict[str, Tensor]] = {key: {} for key in keys}
     m = first_metric
