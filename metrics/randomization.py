@@ -137,36 +137,57 @@ def _as_groups(layers: Sequence[LayerSpec]) -> List[List[str]]:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+def _seeded(seed: int) -> Iterator[None]:
+    """The CPU generator seeded with ``seed`` inside the block, its state restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
         yield
+
+
+def _cpu_copy(module: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` whose own parameters and buffers are CPU copies (children shared)."""
+    proxy = copy.copy(module)
+    proxy._parameters = {k: None if v is None else nn.Parameter(v.detach().to("cpu", copy=True), v.requires_grad)
+                         for k, v in module._parameters.items()}
+    proxy._buffers = {k: None if v is None else v.to("cpu", copy=True) for k, v in module._buffers.items()}
+    return proxy
+
+
+def _reinitialize(module: nn.Module, init: str, init_std: float) -> None:
+    """Re-initialize ``module``'s own parameters (and running statistics) from the CPU generator:
+    a module on another device is initialized as a CPU copy and copied back, so the randomized
+    weights are the same on every device (CUDA generators give other numbers for a seed)."""
+    tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+    target = module if all(t.device.type == "cpu" for t in tensors) else _cpu_copy(module)
+    if init == "reset" and hasattr(module, "reset_parameters"):
+        target.reset_parameters()
+        if hasattr(module, "reset_running_stats"):
+            target.reset_running_stats()
+    else:
+        for param in target.parameters(recurse=False):
+            param.normal_(0.0, init_std)
+    if target is not module:
+        for store, source in ((module._parameters, target._parameters), (module._buffers, target._buffers)):
+            for name, value in source.items():
+                if value is not None:
+                    store[name].copy_(value)
 
 
 def randomize_layers(model: nn.Module, group: Sequence[str], seed: int, init: str = "reset", init_std: float = 0.01) -> None:
     """Re-initialize every parameter of the modules named in ``group`` **in place** (call it on
     a copy). ``reset``: the module's ``reset_parameters()``; ``normal``: N(0, ``init_std``).
-    Seeded by ``seed``; the global RNG state is left as it was."""
+    Seeded by ``seed`` and drawn from the CPU generator (the same weights on every device);
+    the global RNG state is left as it was."""
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
     modules = dict(model.named_modules())
-    device = next(model.parameters()).device
-    with _seeded(seed, device), torch.no_grad():
+    with _seeded(seed), torch.no_grad():
         for name in group:
             if name not in modules:
                 raise ValueError(f"model has no module {name!r}")
             for module in modules[name].modules():
-                own = list(module.parameters(recurse=False))
-                if not own:
-                    continue
-                if init == "reset" and hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-                    if hasattr(module, "reset_running_stats"):
-                        module.reset_running_stats()
-                else:
-                    for param in own:
-                        param.normal_(0.0, init_std)
+                if any(True for _ in module.parameters(recurse=False)):
+                    _reinitialize(module, init, init_std)
 
 
 # --------------------------------------------------------------------------- the check
@@ -329,7 +350,7 @@ class ModelRandomization(Metric):
             for similarity in SIMILARITIES:
                 values = nan.clone()
                 rows = last[last["similarity"] == similarity]
-                values[torch.tensor(rows["image"].tolist(), dtype=torch.long)] = torch.tensor(
+                values[torch.tensor(rows["image"].tolist(), dtype=torch.long, device=values.device)] = torch.tensor(
                     rows["value"].tolist(), dtype=values.dtype, device=values.device
                 )
                 out[f"cascade_{similarity}"] = values
