@@ -255,7 +255,7 @@ def best_box_iou(boxes: Sequence[Tensor], gt_boxes: Sequence[Tensor], inclusive:
             out.append(torch.tensor(float("nan"), device=pred.device))
         else:
             out.append(pairwise_box_iou(pred.float(), gt.to(pred.device).float(), inclusive).max())
-    return torch.stack(out) if out else torch.zeros(0)
+    return torch.stack(out) if out else torch.zeros(0, device="cpu")
 
 
 # --------------------------------------------------------------------------- cam_paper
@@ -347,7 +347,7 @@ class CamPaperLocalization(Metric):
         iou = box_iou(boxes, gt, inclusive=self.inclusive_iou)
         correct = (iou >= self.iou_threshold).float()
         correct = torch.where(torch.isnan(iou), iou, correct)
-        labels = explained.batch.labels
+        labels = explained.batch.labels.to(explained.logits.device)
         top5 = explained.logits.topk(min(5, explained.logits.shape[1]), dim=1).indices
         top1_right = (top5[:, 0] == labels).float()
         top5_right = (top5 == labels[:, None]).any(1).float()

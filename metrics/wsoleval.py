@@ -167,14 +167,14 @@ class MaxBoxAccumulator:
         self.reset()
 
     def reset(self) -> None:
-        self.correct = torch.zeros(len(self.iou_thresholds), len(self.taus), dtype=torch.int64)
+        self.correct = torch.zeros(len(self.iou_thresholds), len(self.taus), dtype=torch.int64, device="cpu")
         self.count = 0
 
     def update(self, best_iou: Tensor) -> None:
         best_iou = best_iou.detach().double().cpu()
         valid = ~torch.isnan(best_iou).any(1)
         best_iou = best_iou[valid]
-        thresholds = torch.tensor(self.iou_thresholds, dtype=torch.float64)
+        thresholds = torch.tensor(self.iou_thresholds, dtype=torch.float64, device="cpu")
         self.correct += (best_iou[None] >= thresholds[:, None, None]).sum(1)
         self.count += int(valid.sum())
 
@@ -363,9 +363,12 @@ def pxap_histograms(scoremaps: Tensor, masks: Tensor, ignore: Optional[Tensor], 
         background &= ~(ignore.bool() & ~masks)
     batch = scoremaps.shape[0]
     key = (index.clamp(0, n_bins - 1) + torch.arange(batch, device=values.device)[:, None, None] * n_bins).flatten()
-    fg = torch.bincount(key, weights=(masks & inside).flatten().double(), minlength=batch * n_bins)
-    bg = torch.bincount(key, weights=(background & inside).flatten().double(), minlength=batch * n_bins)
-    return fg.view(batch, n_bins), bg.view(batch, n_bins)
+    # integer counts (pixels left out go to one extra bin): exact, and allowed under
+    # torch.use_deterministic_algorithms on CUDA, which rejects bincount with weights
+    spare = batch * n_bins
+    fg = torch.bincount(torch.where((masks & inside).flatten(), key, spare), minlength=spare + 1)[:spare]
+    bg = torch.bincount(torch.where((background & inside).flatten(), key, spare), minlength=spare + 1)[:spare]
+    return fg.double().view(batch, n_bins), bg.double().view(batch, n_bins)
 
 
 def pxap_from_histograms(fg: np.ndarray, bg: np.ndarray) -> float:
