@@ -20,9 +20,11 @@ def _is_cuda(device: Any) -> bool:
 
 
 class Stopwatch:
-    """Context manager measuring one block on ``device``: CUDA events recorded on the current
-    stream around the block and synchronized at its end (so queued kernels are counted), or
-    wall clock (``perf_counter``) on CPU. ``seconds`` holds the elapsed time after the block."""
+    """Context manager measuring one block on ``device``: CUDA events recorded on ``device``'s
+    current stream around the block (the device synchronized first, so earlier work is not
+    counted, and the end event waited for, so queued kernels are), or wall clock
+    (``perf_counter``) on CPU. ``seconds`` holds the elapsed time after the block (NaN when the
+    block raised: nothing is measured, so a CUDA error is not raised a second time)."""
 
     def __init__(self, device: Any = "cpu"):
         self.cuda = _is_cuda(device) and torch.cuda.is_available()
@@ -32,16 +34,20 @@ class Stopwatch:
     def __enter__(self) -> "Stopwatch":
         if self.cuda:
             torch.cuda.synchronize(self.device)
+            # the stream of the timed device, not of the current device (they differ for cuda:N)
+            self._stream = torch.cuda.current_stream(self.device)
             self._start = torch.cuda.Event(enable_timing=True)
             self._end = torch.cuda.Event(enable_timing=True)
-            self._start.record()
+            self._start.record(self._stream)
         else:
             self._clock = time.perf_counter()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is not None:
+            return
         if self.cuda:
-            self._end.record()
+            self._end.record(self._stream)
             self._end.synchronize()
             self.seconds = self._start.elapsed_time(self._end) / 1000.0
         else:
