@@ -29,7 +29,10 @@ def measure(device: str = "cpu", images: int = 32, n_steps: int = 56) -> List[Di
     explained = ExplainedBatch(batch, inputs, heatmaps, batch.labels, logits, bundle, None, "gradcam")
     reference = create_metric("rise", n_steps=n_steps).update(explained)
     rows = []
-    precisions = ["bf16"] + (["fp16"] if device.startswith("cuda") or _cpu_fp16_ok() else [])
+    cuda = torch.device(device).type == "cuda"
+    # torch.autocast refuses bf16 on a GPU without (emulated) bf16 support
+    precisions = (["bf16"] if not cuda or torch.cuda.is_bf16_supported() else []) \
+        + (["fp16"] if cuda or _cpu_fp16_ok() else [])
     for precision in precisions:
         scores = create_metric("rise", n_steps=n_steps, autocast=precision).update(explained)
         for score, values in scores.items():

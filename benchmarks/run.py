@@ -56,6 +56,25 @@ class Timings:
         return {name: statistics.median(values) for name, values in times.items()}
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 natively (CUDA: compute capability 8.0+; older GPUs
+    emulate it or refuse a bf16 autocast region, so its time would mean nothing)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def float32_settings(device: torch.device) -> str:
+    """The float32 settings that change CUDA timings (cuDNN TF32 convolutions are on by
+    default, cuBLAS TF32 matmuls off); empty on CPU."""
+    if torch.device(device).type != "cuda":
+        return ""
+    return (f"cuDNN TF32 convolutions {'on' if torch.backends.cudnn.allow_tf32 else 'off'}, "
+            f"float32 matmul precision {torch.get_float32_matmul_precision()}, "
+            f"cudnn.benchmark {'on' if torch.backends.cudnn.benchmark else 'off'}")
+
+
 def build_model(name: str, device: torch.device) -> Tuple[nn.Module, str, str]:
     """(eval-mode random-init model, Grad-CAM layer name, a short description)."""
     torch.manual_seed(0)
@@ -168,7 +187,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     window, stride = args.window, args.stride
     chunk = args.chunk
     results: Dict[str, Any] = {"model": described, "size": size, "batch": batch, "repeats": repeats,
-                               "device": device_name(device), "window": window, "stride": stride, "chunk": chunk}
+                               "device": device_name(device), "float32": float32_settings(device),
+                               "window": window, "stride": stride, "chunk": chunk}
     timings = Timings(device, repeats)
 
     def infer(inputs: torch.Tensor) -> torch.Tensor:
@@ -225,16 +245,17 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     substrate = make_substrate(x, "zero")
     timings.add("salbench_deletion", lambda: perturbation_curve(model, x, maps, target, mode="deletion", substrate=substrate,
                                                               step=step, batch_size=chunk))
-    timings.add("salbench_deletion_bf16", lambda: perturbation_curve(
-        model, x, maps, target, mode="deletion", substrate=substrate, step=step, batch_size=chunk, autocast="bf16"))
+    if bf16_supported(device):
+        timings.add("salbench_deletion_bf16", lambda: perturbation_curve(
+            model, x, maps, target, mode="deletion", substrate=substrate, step=step, batch_size=chunk, autocast="bf16"))
     timings.add("quantus_pixel_flipping", lambda: quantus_deletion(model, x, maps, target, steps))
     results["deletion_inputs"] = batch * (steps + 1)
     results["n_steps"] = steps
     results["occlusion_inputs"] = batch * (1 + explainers["occlusion"].window_masks(size, size, device).shape[0])
 
-    # MaxBoxAccV2
+    # MaxBoxAccV2 (maps on the device, as the runner hands them over: the host copy is timed too)
     rng = np.random.default_rng(0)
-    boxmaps = torch.nn.functional.avg_pool2d(torch.rand(args.box_images, 1, size, size), 9, 1, 4)[:, 0]
+    boxmaps = torch.nn.functional.avg_pool2d(torch.rand(args.box_images, 1, size, size), 9, 1, 4)[:, 0].to(device)
     gt = [torch.tensor([[rng.integers(0, size // 2), rng.integers(0, size // 2), rng.integers(size // 2, size),
                          rng.integers(size // 2, size)]]) for _ in range(args.box_images)]
     taus = tau_grid(args.tau_step)
@@ -246,7 +267,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         accumulator.update(every)
         accumulator.compute()
 
-    scoremaps_np = wsol_scoremaps(boxmaps).numpy()
+    scoremaps_np = wsol_scoremaps(boxmaps).cpu().numpy()
     gt_np = [g.numpy() for g in gt]
     timings.add("salbench_maxboxacc_v2", salbench_boxacc)
     timings.add("loop_maxboxacc_v2", lambda: loop_maxboxacc_v2(scoremaps_np, gt_np, taus), 1)
@@ -283,7 +304,8 @@ def ratios(r: Dict[str, Any]) -> List[Tuple[str, float, str, str]]:
          t["captum_occlusion"] / t["salbench_occlusion"] >= 5),
         ("Quantus PixelFlipping / salbench deletion curve", t["quantus_pixel_flipping"] / t["salbench_deletion"], ">= 10",
          t["quantus_pixel_flipping"] / t["salbench_deletion"] >= 10),
-        ("deletion fp32 / deletion bf16 autocast", t["salbench_deletion"] / t["salbench_deletion_bf16"], "(option)", ""),
+        *([("deletion fp32 / deletion bf16 autocast", t["salbench_deletion"] / t["salbench_deletion_bf16"], "(option)", "")]
+          if "salbench_deletion_bf16" in t else []),
         ("per-threshold loop / salbench MaxBoxAccV2", t["loop_maxboxacc_v2"] / t["salbench_maxboxacc_v2"], "(speed-up)", ""),
     ]
     return rows
@@ -317,7 +339,8 @@ def markdown(r: Dict[str, Any], rows: List[Tuple[str, float, str, str]], command
     lines = [
         "# Benchmarks",
         "",
-        f"Measured by `{command}` on **{r['device']}**, model {r['model']}, input {r['size']}x{r['size']}, "
+        f"Measured by `{command}` on **{r['device']}**{' (' + r['float32'] + ')' if r.get('float32') else ''}, "
+        f"model {r['model']}, input {r['size']}x{r['size']}, "
         f"batch {r['batch']}, medians over {r['repeats']} timed calls (round-robin) after one warm-up call each (CUDA events on CUDA, "
         "perf_counter on CPU). Occlusion: window "
         f"{r['window']}, stride {r['stride']} ({r['occlusion_inputs']} forward inputs); deletion curve: "
