@@ -1,0 +1,326 @@
+"""Device hygiene of every registered method and metric.
+
+CPU (always run): each method and metric runs with torch's default device set to ``meta``
+(``with torch.device("meta")``), so a tensor created without ``device=`` lands on ``meta`` and
+the first op that mixes it with the input's CPU tensors raises -- the bug that on a GPU mixes
+CPU and CUDA tensors. (The check is stricter than CUDA, which accepts 0-dim CPU tensors: code
+that means the CPU says ``device="cpu"``.) Outputs must be on the input's device and equal to
+a plain run; channels_last models and inputs must give the contiguous results.
+
+CUDA (skipped without a GPU): every registered method, the shared passes and every metric
+preset run on CUDA and match their CPU results. Tolerances: heatmaps rtol 1e-3 and atol 1e-4 x
+the map's largest value (float32 kernels differ in rounding; TF32 convolutions are switched off
+for the comparison); metrics get the same heatmaps on both devices, so the localization scores
+are exact, RISE AUCs agree to 1e-4 (model forwards on either device) and the randomization
+similarities to 1e-3 (the randomized weights are drawn on the CPU, the maps on each device).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from typing import Any, Dict
+
+import pytest
+import torch
+from torch import nn
+
+from salbench.methods import create_method, list_methods
+from salbench.methods.shared import explain_all
+from salbench.metrics import ExplainedBatch, create_metric, list_metrics
+from salbench.timing import Stopwatch
+
+SIZE = 32
+METHOD_OPTIONS: Dict[str, Dict[str, Any]] = {"occlusion": {"window": 8, "stride": 4, "batch_size": 16}}
+# small settings of the costly metrics; every other option is the registered preset's
+METRIC_OPTIONS: Dict[str, Dict[str, Any]] = {
+    "rise": {"n_steps": 8, "batch_size": 24},
+    "randomization": {"max_images": 2},
+}
+
+
+def small_cnn(num_classes: int = 5) -> nn.Module:
+    """conv-BN-ReLU-maxpool-conv-BN-ReLU(in place)-GAP-linear (CAM applies), eval mode, seeded."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes),
+        )
+    for bn in (model[1], model[5]):  # non-trivial running statistics
+        bn.running_mean.copy_(torch.randn(bn.num_features, generator=generator) * 0.1)
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=generator) + 0.5)
+    return model.eval()
+
+
+def inputs(batch: int = 3):
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(batch, 3, SIZE, SIZE, generator=generator), torch.tensor([0, 3, 1, 4, 2][:batch])
+
+
+def explained_batch(model: nn.Module, method: str = "saliency", images: int = 3) -> ExplainedBatch:
+    """Synthetic images (boxes and masks), heatmaps of ``method`` and ``timing`` like the runner's."""
+    from salbench.datasets import collate, create_dataset
+
+    dataset = create_dataset("synthetic", limit=images, image_size=SIZE)
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    x = (batch.images - 0.5) / 0.25
+    explainer = create_method(method, model, **METHOD_OPTIONS.get(method, {}))
+    with torch.no_grad():
+        logits = model(x)
+    heatmaps = explainer(x, batch.labels)
+    timing = {"seconds": 0.25, "metric_seconds": {"rise": 0.5}, "peak_memory_bytes": 2.0**20, "shared_with": [method],
+              "device": "test", "clock": "perf_counter"}
+    return ExplainedBatch(batch, x, heatmaps, batch.labels, logits, model, explainer, method, timing=timing)
+
+
+def score(explained: ExplainedBatch, name: str):
+    """(per-image scores, dataset scores, tables) of a fresh metric ``name`` on one batch."""
+    metric = create_metric(name, **METRIC_OPTIONS.get(name, {}))
+    per_image = metric.update(explained)
+    return per_image, metric.compute(), metric.tables()
+
+
+def assert_same_dataset_scores(got: Dict[str, float], expected: Dict[str, float], tol: float = 0.0) -> None:
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert (math.isnan(value) and math.isnan(got[key])) or abs(got[key] - value) <= tol, key
+
+
+# --------------------------------------------------------------------------- CPU: no tensor off the input's device
+@pytest.mark.parametrize("name", list_methods())
+def test_method_creates_no_tensor_off_the_input_device(name):
+    model, (x, target) = small_cnn(), inputs()
+    reference = create_method(name, model, **METHOD_OPTIONS.get(name, {}))(x, target)
+    with torch.device("meta"):  # a factory call without device= now makes a meta tensor
+        explainer = create_method(name, model, **METHOD_OPTIONS.get(name, {}))
+        attribution = explainer.attribute(x, target)
+        heatmaps = explainer(x, target)
+    assert attribution.device == x.device and heatmaps.device == x.device
+    assert heatmaps.dtype == torch.float32 and heatmaps.shape == (x.shape[0], SIZE, SIZE)
+    assert torch.equal(heatmaps, reference)
+
+
+def test_shared_passes_create_no_tensor_off_the_input_device():
+    model, (x, target) = small_cnn(), inputs()
+    names = [n for n in list_methods() if n != "occlusion"]
+    reference, _ = explain_all({n: create_method(n, model) for n in names}, x, target)
+    with torch.device("meta"):
+        heatmaps, costs = explain_all({n: create_method(n, model) for n in names}, x, target,
+                                      stopwatch=lambda: Stopwatch("cpu"))
+    for name in names:
+        assert heatmaps[name].device == x.device
+        assert torch.equal(heatmaps[name], reference[name]), name
+        assert math.isfinite(costs[name]["seconds"])
+
+
+@pytest.mark.parametrize("name", list_metrics())
+def test_metric_creates_no_tensor_off_the_input_device(name):
+    model = small_cnn()
+    explained = explained_batch(model)
+    reference = score(explained, name)
+    with torch.device("meta"):
+        per_image, dataset, tables = score(explained, name)
+    assert set(per_image) == set(reference[0])
+    for key, values in per_image.items():
+        assert values.device == explained.heatmaps.device, key
+        assert values.shape == (len(explained.batch),), key
+        torch.testing.assert_close(values, reference[0][key], rtol=0, atol=0, equal_nan=True)
+    assert_same_dataset_scores(dataset, reference[1])
+    assert set(tables) == set(reference[2])
+    for key, table in tables.items():
+        assert table.equals(reference[2][key]), key
+
+
+def test_meta_default_device_catches_a_tensor_made_without_device():
+    """The check above can fail: a metric that builds its per-image tensor without device=."""
+    x = torch.randn(2, 3)
+    with torch.device("meta"), pytest.raises(RuntimeError, match="device"):
+        torch.where(x > 0, x, torch.zeros(2, 3))
+
+
+# --------------------------------------------------------------------------- CPU: channels_last
+@pytest.mark.parametrize("name", list_methods())
+def test_method_channels_last_matches_contiguous(name):
+    model, (x, target) = small_cnn(), inputs()
+    options = METHOD_OPTIONS.get(name, {})
+    contiguous = create_method(name, model, **options)(x, target)
+    nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    heatmaps = create_method(name, nhwc, **options)(x.contiguous(memory_format=torch.channels_last), target)
+    scale = contiguous.abs().max().item()
+    torch.testing.assert_close(heatmaps, contiguous, rtol=1e-4, atol=1e-5 * max(scale, 1e-12))
+
+
+def test_metrics_channels_last_match_contiguous():
+    model = small_cnn()
+    explained = explained_batch(model)
+    nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    channels_last = copy.copy(explained)
+    channels_last.inputs = explained.inputs.contiguous(memory_format=torch.channels_last)
+    channels_last.model = nhwc
+    channels_last.explainer = create_method("saliency", nhwc)
+    for name in ("rise", "randomization"):
+        got, expected = score(channels_last, name)[0], score(explained, name)[0]
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-3, equal_nan=True)
+
+
+# --------------------------------------------------------------------------- CUDA
+@contextlib.contextmanager
+def full_precision_cuda():
+    """cuDNN without TF32 and with deterministic algorithms for the block (restored afterwards)."""
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+        yield
+
+
+def assert_maps_close(gpu: torch.Tensor, cpu: torch.Tensor, name: str) -> None:
+    assert gpu.device.type == "cuda", name
+    assert gpu.dtype == cpu.dtype and gpu.shape == cpu.shape, name
+    scale = max(cpu.abs().max().item(), 1e-12)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-4 * scale, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list_methods())
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_method_on_cuda_matches_cpu(name, memory_format):
+    model, (x, target) = small_cnn(), inputs()
+    options = METHOD_OPTIONS.get(name, {})
+    cpu = create_method(name, model, **options)(x, target)
+    gpu_model = copy.deepcopy(model).cuda().to(memory_format=memory_format)
+    x_gpu = x.cuda().contiguous(memory_format=memory_format)
+    with full_precision_cuda():
+        explainer = create_method(name, gpu_model, **options)
+        attribution = explainer.attribute(x_gpu, target.cuda())
+        gpu = explainer(x_gpu, target)  # a CPU target is moved to x's device
+    assert attribution.device.type == "cuda"
+    if name in ("random", "center"):  # drawn on the CPU / closed form: identical on every device
+        assert torch.equal(gpu.cpu(), cpu)
+    else:
+        assert_maps_close(gpu, cpu, name)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_shared_passes_on_cuda_match_cpu_and_one_at_a_time():
+    model, (x, target) = small_cnn(), inputs()
+    names = [n for n in list_methods() if n != "occlusion"]
+    cpu, _ = explain_all({n: create_method(n, model) for n in names}, x, target)
+    gpu_model = copy.deepcopy(model).cuda()
+    explainers = {n: create_method(n, gpu_model) for n in names}
+    with full_precision_cuda():
+        shared, costs = explain_all(explainers, x.cuda(), target.cuda(),
+                                    stopwatch=lambda: Stopwatch(torch.device("cuda")))
+        alone, _ = explain_all(explainers, x.cuda(), target.cuda(), shared=False)
+    for name in names:
+        assert_maps_close(shared[name], cpu[name], name)
+        # cuDNN may pick other kernels per call: equal to rounding, not bit for bit (methods/shared.py)
+        assert_maps_close(shared[name], alone[name].cpu(), name)
+        assert costs[name]["seconds"] > 0
+
+
+def _to_cuda(explained: ExplainedBatch, model: nn.Module) -> ExplainedBatch:
+    device = torch.device("cuda")
+    return ExplainedBatch(explained.batch.to(device), explained.inputs.to(device), explained.heatmaps.to(device),
+                          explained.targets.to(device), explained.logits.to(device), model,
+                          create_method(explained.method, model), explained.method, timing=explained.timing)
+
+
+METRIC_TOLERANCE = {"rise": 1e-4, "randomization": 1e-3}  # others exact: same heatmaps on both devices
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list_metrics())
+def test_metric_on_cuda_matches_cpu(name):
+    model = small_cnn()
+    explained = explained_batch(model)
+    cpu = score(explained, name)
+    with full_precision_cuda():
+        gpu = score(_to_cuda(explained, copy.deepcopy(model).cuda()), name)
+    tol = METRIC_TOLERANCE.get(name, 0.0)
+    assert set(gpu[0]) == set(cpu[0])
+    for key, values in gpu[0].items():
+        assert values.device.type == "cuda", key
+        torch.testing.assert_close(values.cpu(), cpu[0][key], rtol=0, atol=tol, equal_nan=True)
+    assert_same_dataset_scores(gpu[1], cpu[1], tol)
+    assert set(gpu[2]) == set(cpu[2])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_rise_autocast_on_cuda_is_close_to_float32(precision):
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bfloat16")
+    model = copy.deepcopy(small_cnn()).cuda()
+    explained = _to_cuda(explained_batch(small_cnn()), model)
+    reference = create_metric("rise", n_steps=8).update(explained)
+    scores = create_metric("rise", n_steps=8, autocast=precision).update(explained)
+    for key, values in scores.items():
+        assert values.dtype == torch.float32 and values.device.type == "cuda"
+        torch.testing.assert_close(values, reference[key], rtol=0, atol=0.05)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_stopwatch_and_peak_memory_on_a_named_cuda_device():
+    import time
+
+    from salbench.timing import device_name, peak_memory_bytes, reset_peak_memory
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.synchronize(device)
+    clock = time.perf_counter()
+    with Stopwatch(device) as watch:
+        torch.cuda._sleep(50_000_000)  # queued on the GPU: only a synchronized clock sees it
+    wall = time.perf_counter() - clock
+    assert 0 < watch.seconds <= wall * 1.05 + 1e-3
+    assert watch.seconds >= 0.5 * wall  # the kernel's time, not the launch's
+    reset_peak_memory(device)
+    block = torch.empty(64 * 2**20, dtype=torch.uint8, device=device)
+    assert peak_memory_bytes(device) >= block.numel()
+    del block
+    assert device_name(device) == torch.cuda.get_device_name(device)
+    with pytest.raises(ValueError), Stopwatch(device) as failed:
+        raise ValueError("inside the block")
+    assert math.isnan(failed.seconds)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("channels_last", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["nchw", "nhwc"])
+def test_cuda_job_matches_cpu_job(compose_config, tmp_path, channels_last):
+    """The user's path: a job with device=cuda (every metric but randomization's long check on
+    a random-init model) gives the CPU job's rows; per-image scores agree to 1e-3 on at least
+    95% of the rows (a pixel at a threshold may flip between devices and move one box)."""
+    import json
+
+    import numpy as np
+
+    from salbench.runner import run_job
+
+    base = ["debug=fast", "dataset.limit=4", "model.pretrained=false",
+            "method=[cam,gradcam,guided_gradcam,saliency,occlusion,random,center]",
+            "metric=[cam_paper,wsoleval,pxap,energy_pointing_game,pointing_game,rise,timing]",
+            "metric.rise.n_steps=8", "metric.timing.warmup_batches=0"]
+    with full_precision_cuda():
+        cpu = run_job(compose_config([*base, "device=cpu"]), tmp_path / "cpu")
+        gpu = run_job(compose_config([*base, "device=cuda", f"channels_last={str(channels_last).lower()}"]),
+                      tmp_path / "cuda")
+    key = ["method", "metric", "score", "image_index", "target"]
+    cpu = cpu.sort_values(key).reset_index(drop=True)
+    gpu = gpu.sort_values(key).reset_index(drop=True)
+    assert cpu[key].equals(gpu[key])
+    per_image = (cpu["scope"] == "image") & (cpu["category"] != "cost")
+    a, b = cpu.loc[per_image, "value"].to_numpy(), gpu.loc[per_image, "value"].to_numpy()
+    assert np.array_equal(np.isnan(a), np.isnan(b))
+    assert np.mean(np.isclose(a, b, rtol=0, atol=1e-3, equal_nan=True)) >= 0.95
+    cost = gpu[(gpu["metric"] == "timing") & gpu["score"].isin(["ms_per_image", "images_per_second", "peak_memory_mb"])]
+    assert len(cost) and np.isfinite(cost["value"]).all() and (cost["value"] > 0).all()
+    assert json.loads(gpu.loc[gpu["metric"] == "timing", "protocol"].iloc[0])["clock"] == "cuda_events"
+    run = json.loads((tmp_path / "cuda" / "run.json").read_text())
+    assert run["device"]["device_name"] == torch.cuda.get_device_name(0)
