@@ -114,7 +114,9 @@ def _label_torch(masks: Tensor, connectivity: int) -> Tensor:
     the flat index + 1 of its component's first pixel in row-major order."""
     batch, height, width = masks.shape
     count = height * width
-    index = torch.arange(1, count + 1, device=masks.device, dtype=torch.float32).view(1, height, width)
+    # labels are float for max_pool2d: float32 holds every index up to 2**24 pixels exactly
+    dtype = torch.float32 if count + 1 <= 2**24 else torch.float64
+    index = torch.arange(1, count + 1, device=masks.device, dtype=dtype).view(1, height, width)
     background = float(count + 1)
     labels = torch.where(masks, index.expand_as(masks), torch.full_like(index, background).expand_as(masks))
     while True:

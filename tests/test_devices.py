@@ -324,3 +324,15 @@ def test_cuda_job_matches_cpu_job(compose_config, tmp_path, channels_last):
     assert json.loads(gpu.loc[gpu["metric"] == "timing", "protocol"].iloc[0])["clock"] == "cuda_events"
     run = json.loads((tmp_path / "cuda" / "run.json").read_text())
     assert run["device"]["device_name"] == torch.cuda.get_device_name(0)
+
+
+@pytest.mark.slow
+def test_torch_components_beyond_2_pow_24_pixels_match_scipy():
+    """The torch labelling (the default on CUDA) on a map with more pixels than float32 counts
+    exactly (an image on disk of 4100 x 4100): labels past 2**24 stay exact (~20 s, 2 GB)."""
+    from salbench.metrics.localization import label_components
+
+    masks = torch.zeros(1, 4100, 4100, dtype=torch.bool)
+    masks[0, 4095:4100, 4000:4100] = True  # first pixel's flat index + 1 > 2**24
+    masks[0, 4096:4099, 10:20] = True
+    assert torch.equal(label_components(masks, 8, "torch"), label_components(masks, 8, "scipy"))
