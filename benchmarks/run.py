@@ -414,7 +414,8 @@ wrote this page, so those numbers are **not measured here**; run
 `python -m benchmarks.run --device cuda --model resnet50 --size 224 --batch 16` on a GPU
 machine to produce them (the page is rewritten with the device named at the top). On CUDA the
 timings use CUDA events with synchronization, and the `rise` metric's `autocast: bf16|fp16` and
-the job's `channels_last: true` are the options meant for such runs.
+the job's `channels_last: true` (and `tf32: true`, off by default so that scores stay full fp32)
+are the options meant for such runs.
 """
 
 

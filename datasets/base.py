@@ -75,14 +75,25 @@ class Batch:
         return self.images.shape[0]
 
     def to(self, device: torch.device) -> "Batch":
-        def move(value: Any) -> Any:
+        """The batch on ``device``; host-to-GPU copies are asynchronous (a copy to the CPU never
+        is: its data could be read before it arrived)."""
+        asynchronous = torch.device(device).type == "cuda"
+        return self._map(lambda t: t.to(device, non_blocking=asynchronous))
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked memory (the DataLoader calls this with ``pin_memory=True``),
+        so that :meth:`to` overlaps the copy to the GPU with work already queued."""
+        return self._map(lambda t: t.pin_memory())
+
+    def _map(self, fn: Any) -> "Batch":
+        def apply(value: Any) -> Any:
             if isinstance(value, Tensor):
-                return value.to(device, non_blocking=True)
+                return fn(value)
             if isinstance(value, list) and value and isinstance(value[0], Tensor):
-                return [v.to(device, non_blocking=True) for v in value]
+                return [fn(v) for v in value]
             return value
 
-        return Batch(**{name: move(getattr(self, name)) for name in self.__dataclass_fields__})
+        return Batch(**{name: apply(getattr(self, name)) for name in self.__dataclass_fields__})
 
     def select(self, rows: Sequence[int]) -> "Batch":
         """The batch of samples ``rows`` (positions in this batch, repeats allowed), e.g. one row

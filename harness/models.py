@@ -388,7 +388,9 @@ def _traced_target_layer(module: nn.Module, size: Tuple[int, int]) -> str:
     from salbench.methods.base import default_target_layer
 
     module.eval()
-    return default_target_layer(module, torch.zeros(1, 3, *size))
+    parameter = next(module.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    return default_target_layer(module, torch.zeros(1, 3, *size, device=device))
 
 
 def _timm_pretrained_cfg(timm: Any, arch: str) -> Any:

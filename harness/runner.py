@@ -7,6 +7,7 @@ rows with ``scope == "dataset"``), any extra metric tables (``<name>.parquet``),
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -17,7 +18,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -146,7 +147,8 @@ def run_job(cfg: DictConfig, output_dir: Path) -> pd.DataFrame:
     store.write_json(output_dir / "run.json", run_info)
     clock = time.perf_counter()
     try:
-        scores = _run(cfg, output_dir, run_info)
+        with cuda_numerics(tf32=bool(cfg.get("tf32", False))):
+            scores = _run(cfg, output_dir, run_info)
     except BaseException as error:
         run_info.update(status="failed", error=f"{type(error).__name__}: {error}",
                         traceback=traceback.format_exc(), ended=datetime.now(timezone.utc).isoformat())
@@ -208,6 +210,18 @@ class Checkpoint:
         return [pd.read_parquet(self.output_dir / PARTS / name) for name in self.parts]
 
 
+@contextlib.contextmanager
+def cuda_numerics(tf32: bool) -> Iterator[None]:
+    """TF32 for CUDA matmuls and cuDNN convolutions on (``tf32``) or off for the block; torch's
+    previous settings come back afterwards (they are process-wide)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.DataFrame:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -236,7 +250,7 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.Data
         print(f"salbench: resuming job {identity} after {checkpoint.done} of {len(dataset)} images")
     remaining = Subset(dataset, range(checkpoint.done, len(dataset)))
     loader = DataLoader(remaining, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
-                        collate_fn=collate)
+                        collate_fn=collate, pin_memory=device.type == "cuda")
     rows = ScoreRows()
     flush_every = max(int(cfg.get("flush_every", 256)), 1)
     done, since_flush = checkpoint.done, 0

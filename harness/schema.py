@@ -43,6 +43,7 @@ class SalbenchConfig:
     resume: bool = True
     shared_passes: bool = True
     channels_last: bool = False
+    tf32: bool = False
 
 
 _PLAIN = (int, float, bool, str)

@@ -87,7 +87,11 @@ def device_info(device: Any) -> Dict[str, Any]:
 
     info: Dict[str, Any] = {"device": str(device), "cuda_available": torch.cuda.is_available(),
                             "torch_cuda": torch.version.cuda, "cpu": platform.processor() or platform.machine(),
-                            "num_threads": torch.get_num_threads()}
+                            "num_threads": torch.get_num_threads(),
+                            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                            "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+                            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                            "cudnn_deterministic": torch.backends.cudnn.deterministic}
     if str(device).startswith("cuda"):
         info["device_name"] = torch.cuda.get_device_name(device)
     return info

@@ -336,3 +336,40 @@ def test_torch_components_beyond_2_pow_24_pixels_match_scipy():
     masks[0, 4095:4100, 4000:4100] = True  # first pixel's flat index + 1 > 2**24
     masks[0, 4096:4099, 10:20] = True
     assert torch.equal(label_components(masks, 8, "torch"), label_components(masks, 8, "scipy"))
+
+
+def test_tf32_is_a_job_setting_recorded_in_run_json_and_restored(compose_config, tmp_path):
+    """``tf32`` sets TF32 for CUDA matmuls and cuDNN convolutions during the job only (the flags
+    are process-wide), and run.json records the numerics the job ran with."""
+    import json
+
+    from salbench.runner import run_job
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
+    try:
+        for tf32 in (True, False):
+            out = tmp_path / str(tf32)
+            run_job(compose_config(["debug=fast", "dataset.limit=2", "model.pretrained=false", "method=[random]",
+                                    "metric=[cam_paper]", f"tf32={str(tf32).lower()}"]), out)
+            device = json.loads((out / "run.json").read_text())["device"]
+            assert device["tf32_matmul"] is tf32 and device["tf32_cudnn"] is tf32
+            assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pinned_batches_reach_the_gpu_unchanged():
+    from salbench.datasets import collate, create_dataset
+
+    dataset = create_dataset("synthetic", num_images=3)
+    batch = collate([dataset[i] for i in range(3)])
+    pinned = batch.pin_memory()
+    assert pinned.images.is_pinned() and all(b.is_pinned() for b in pinned.boxes)
+    moved = pinned.to(torch.device("cuda"))
+    torch.cuda.synchronize()
+    assert moved.images.is_cuda and torch.equal(moved.images.cpu(), batch.images)
+    back = moved.to(torch.device("cpu"))
+    assert torch.equal(back.images, batch.images) and torch.equal(back.boxes[0], batch.boxes[0])
