@@ -34,7 +34,7 @@ from salbench.methods.shared import explain_all
 from salbench.metrics import ExplainedBatch, create_metric
 from salbench.models import ModelBundle, create_model
 from salbench.schema import options_of, validate_config
-from salbench.timing import Stopwatch, device_name, peak_memory_bytes, reset_peak_memory
+from salbench.timing import Stopwatch, device_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -428,10 +428,8 @@ def _evaluate_batch(cfg, batch, bundle, explainers, metrics, gallery, state, row
         "predicted": predicted.cpu().numpy(),
     }
     device = inputs.device
-    reset_peak_memory(device)
     heatmaps, costs = explain_all(explainers, inputs, targets, shared=cfg.get("shared_passes", True),
-                                  stopwatch=functools.partial(Stopwatch, device))
-    peak = peak_memory_bytes(device)
+                                  stopwatch=functools.partial(Stopwatch, device, memory=True))
     explained: Dict[str, ExplainedBatch] = {}
     flags: Dict[str, List[str]] = {}
     for key, explainer in explainers.items():
@@ -439,7 +437,7 @@ def _evaluate_batch(cfg, batch, bundle, explainers, metrics, gallery, state, row
         state["flagged"] += sum(bool(f) for f in flags[key])
         if need:
             gallery[key] += list(heatmaps[key][:need].cpu())
-        timing = {**costs[key], "metric_seconds": {}, "peak_memory_bytes": peak,
+        timing = {**costs[key], "metric_seconds": {},
                   "device": device_name(device), "clock": "cuda_events" if device.type == "cuda" else "perf_counter"}
         explained[key] = ExplainedBatch(batch, inputs, heatmaps[key], targets, logits, bundle, explainer, key,
                                         timing=timing)

@@ -24,16 +24,24 @@ class Stopwatch:
     current stream around the block (the device synchronized first, so earlier work is not
     counted, and the end event waited for, so queued kernels are), or wall clock
     (``perf_counter``) on CPU. ``seconds`` holds the elapsed time after the block (NaN when the
-    block raised: nothing is measured, so a CUDA error is not raised a second time)."""
+    block raised: nothing is measured, so a CUDA error is not raised a second time).
 
-    def __init__(self, device: Any = "cpu"):
+    ``memory=True``: ``peak_bytes`` holds the block's peak (:func:`peak_memory_bytes`; on CUDA
+    the allocator peak is reset on entry, so it is the block's own peak, the memory already held
+    included; on CPU the process's high-water mark)."""
+
+    def __init__(self, device: Any = "cpu", memory: bool = False):
         self.cuda = _is_cuda(device) and torch.cuda.is_available()
         self.device = torch.device(device)
+        self.memory = memory
         self.seconds: float = float("nan")
+        self.peak_bytes: float = float("nan")
 
     def __enter__(self) -> "Stopwatch":
         if self.cuda:
             torch.cuda.synchronize(self.device)
+            if self.memory:
+                reset_peak_memory(self.device)
             # the stream of the timed device, not of the current device (they differ for cuda:N)
             self._stream = torch.cuda.current_stream(self.device)
             self._start = torch.cuda.Event(enable_timing=True)
@@ -52,6 +60,8 @@ class Stopwatch:
             self.seconds = self._start.elapsed_time(self._end) / 1000.0
         else:
             self.seconds = time.perf_counter() - self._clock
+        if self.memory:
+            self.peak_bytes = peak_memory_bytes(self.device)
 
 
 def reset_peak_memory(device: Any) -> None:

@@ -154,8 +154,10 @@ def explain_all(
     ``functools.partial(salbench.timing.Stopwatch, device)``) to time each call.
 
     Returns (heatmaps by key, cost by key). A cost holds ``seconds`` (the explainer's own time;
-    for a shared pass, its finishing step plus an equal share of the pass) and ``shared_with``
-    (the keys that shared its pass, itself included)."""
+    for a shared pass, its finishing step plus an equal share of the pass), ``shared_with``
+    (the keys that shared its pass, itself included) and, when the stopwatch measures memory
+    (``peak_bytes``), ``peak_memory_bytes``: the peak of its own call, or of the shared pass
+    and its finishing step."""
     target = check_inputs(x, target)
     size = tuple(x.shape[-2:])
     timer = stopwatch or _NoClock
@@ -167,7 +169,7 @@ def explain_all(
             key = group[0]
             with timer() as watch:
                 heatmaps[key] = explainers[key](x.clone(), target).detach()
-            costs[key] = {"seconds": watch.seconds, "shared_with": [key]}
+            costs[key] = {"seconds": watch.seconds, "shared_with": [key], **_peak(watch)}
             continue
         request = PassRequest()
         for key in group:
@@ -179,8 +181,15 @@ def explain_all(
             explainer = explainers[key]
             with timer() as own:
                 heatmaps[key] = explainer.postprocess(explainer.from_pass(result), size).detach()
-            costs[key] = {"seconds": own.seconds + share, "shared_with": list(group)}
+            costs[key] = {"seconds": own.seconds + share, "shared_with": list(group), **_peak(watch, own)}
     return {key: heatmaps[key] for key in explainers}, {key: costs[key] for key in explainers}
+
+
+def _peak(*watches: Any) -> Dict[str, float]:
+    """``{"peak_memory_bytes": max over the watches}`` when they measure memory, else ``{}``."""
+    peaks = [getattr(w, "peak_bytes", float("nan")) for w in watches]
+    finite = [p for p in peaks if p == p]
+    return {"peak_memory_bytes": max(finite)} if finite else {}
 
 
 class _NoClock:

@@ -14,11 +14,11 @@ Warm-up: the first ``warmup_batches`` batches of a job (per method) pay one-off 
 context and kernel selection, allocator growth, lazy imports); their per-image values are NaN
 and they are reported separately as ``warmup_ms_per_image``.
 
-Peak memory: CUDA, ``torch.cuda.max_memory_allocated`` of the run's device over the batch's
-explainer calls (the allocator peak is reset before them; every method of the batch gets that
-peak, which includes the model and the batch already in memory); CPU, the process's
-resident-set high-water mark (VmHWM via ``getrusage``), which covers the whole process since
-start and never decreases.
+Peak memory: CUDA, ``torch.cuda.max_memory_allocated`` of the run's device over the method's
+own call (the allocator peak is reset before it; a method computed from a shared pass gets the
+peak of that pass and of its finishing step); the memory already held (model, batch) is
+included. CPU: the process's resident-set high-water mark (VmHWM via ``getrusage``), which
+covers the whole process since start and never decreases.
 """
 from __future__ import annotations
 

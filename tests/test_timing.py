@@ -29,6 +29,33 @@ def test_stopwatch_cuda_events():
     assert peak_memory_bytes("cuda") > 0
 
 
+def test_explain_all_reports_each_methods_peak_memory(synthetic_bundle):
+    import functools
+
+    from salbench.methods import create_method
+    from salbench.methods.shared import explain_all
+
+    explainers = {name: create_method(name, synthetic_bundle) for name in ("gradcam", "saliency", "occlusion")}
+    x = torch.randn(2, 3, 64, 64)
+    _, costs = explain_all(explainers, x, torch.tensor([0, 1]), stopwatch=functools.partial(Stopwatch, "cpu", memory=True))
+    assert all(math.isfinite(cost["peak_memory_bytes"]) and cost["peak_memory_bytes"] > 0 for cost in costs.values())
+    _, untimed = explain_all(explainers, x, torch.tensor([0, 1]))
+    assert all("peak_memory_bytes" not in cost for cost in untimed.values())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_stopwatch_memory_is_the_blocks_own_cuda_peak():
+    held = torch.empty(2**26, dtype=torch.uint8, device="cuda")  # 64 MiB held before both blocks
+    with Stopwatch("cuda", memory=True) as big:
+        block = torch.empty(2**27, dtype=torch.uint8, device="cuda")  # 128 MiB inside
+        del block
+    with Stopwatch("cuda", memory=True) as small:
+        torch.empty(16, device="cuda")
+    assert big.peak_bytes >= held.numel() + 2**27
+    assert held.numel() <= small.peak_bytes < big.peak_bytes - 2**26
+
+
 def test_timing_metric_needs_the_runner_timing():
     from salbench.metrics import create_metric
     from salbench.metrics.base import ExplainedBatch
