@@ -412,10 +412,25 @@ def _evaluate_batch(cfg, batch, bundle, explainers, metrics, gallery, state, row
     inputs = bundle.normalize(batch.images)
     if cfg.get("channels_last", False):
         inputs = inputs.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        logits = bundle.module(inputs)
-    predicted = logits.argmax(1)
-    targets = batch.labels if cfg.target == "label" else predicted
+    device = inputs.device
+    explain = functools.partial(explain_all, explainers, inputs, shared=cfg.get("shared_passes", True),
+                                stopwatch=functools.partial(Stopwatch, device, memory=True))
+    if cfg.target == "label":
+        # the targets are known: the shared pass's forward gives the clean logits (bit-identical
+        # to an inference forward), the separate forward runs only when no pass was shared
+        targets, pass_logits = batch.labels, []
+        heatmaps, costs = explain(targets, clean_logits=pass_logits)
+        if pass_logits:
+            logits = pass_logits[0]
+        else:
+            with torch.inference_mode():
+                logits = bundle.module(inputs)
+        predicted = logits.argmax(1)
+    else:
+        with torch.inference_mode():
+            logits = bundle.module(inputs)
+        predicted = targets = logits.argmax(1)
+        heatmaps, costs = explain(targets)
     need = max(0, cfg.gallery_images - len(gallery["images"]))
     if need:
         gallery["images"] += list(batch.images[:need].cpu())
@@ -427,9 +442,6 @@ def _evaluate_batch(cfg, batch, bundle, explainers, metrics, gallery, state, row
         "target": targets.cpu().numpy(), "label": batch.labels.cpu().numpy(),
         "predicted": predicted.cpu().numpy(),
     }
-    device = inputs.device
-    heatmaps, costs = explain_all(explainers, inputs, targets, shared=cfg.get("shared_passes", True),
-                                  stopwatch=functools.partial(Stopwatch, device, memory=True))
     explained: Dict[str, ExplainedBatch] = {}
     flags: Dict[str, List[str]] = {}
     for key, explainer in explainers.items():

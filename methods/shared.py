@@ -146,12 +146,15 @@ def explain_all(
     *,
     shared: bool = True,
     stopwatch: Optional[Any] = None,
+    clean_logits: Optional[List[Tensor]] = None,
 ) -> Tuple[Dict[str, Tensor], Dict[str, Dict[str, Any]]]:
     """Heatmaps [B, H, W] of every explainer for ``x`` [B, C, H, W] and ``target`` [B].
 
     ``shared``: compute the shareable ones from one :func:`shared_pass` per model (else each
     explainer alone). ``stopwatch``: a factory ``() -> context manager with .seconds`` (e.g.
     ``functools.partial(salbench.timing.Stopwatch, device)``) to time each call.
+    ``clean_logits``: a list that receives the logits [B, K] of the first shared pass's forward
+    (detached; the caller can skip its own forward), left empty when no pass was shared.
 
     Returns (heatmaps by key, cost by key). A cost holds ``seconds`` (the explainer's own time;
     for a shared pass, its finishing step plus an equal share of the pass), ``shared_with``
@@ -176,6 +179,8 @@ def explain_all(
             request = request | requests[key]
         with timer() as watch:
             result = shared_pass(explainers[group[0]].model, x.clone(), target, request)
+        if clean_logits is not None and not clean_logits:
+            clean_logits.append(result.logits.detach())
         share = watch.seconds / len(group)
         for key in group:
             explainer = explainers[key]

@@ -181,3 +181,35 @@ def test_shared_pass_cuda(resnet):
     alone = _alone(explainers, x, target)
     for name in explainers:
         torch.testing.assert_close(heatmaps[name], alone[name])  # cuDNN may pick other kernels per call
+
+
+def test_clean_logits_of_the_shared_pass_equal_an_inference_forward(resnet):
+    x = torch.randn(3, 3, 32, 32)
+    captured = []
+    explain_all(_explainers(resnet, layer="layer4"), x, torch.tensor([1, 2, 3]), clean_logits=captured)
+    with torch.inference_mode():
+        assert len(captured) == 1 and torch.equal(captured[0], resnet(x))
+    none_shared = []  # occlusion alone shares no pass: the caller must run its own forward
+    explain_all({"occlusion": create_method("occlusion", resnet, window=16, stride=16)}, x, torch.tensor([1, 2, 3]),
+                clean_logits=none_shared)
+    assert none_shared == []
+
+
+@pytest.mark.parametrize("target,forwards", [("label", 1), ("predicted", 2)])
+def test_a_label_job_reuses_the_shared_pass_forward(compose_config, tmp_path, monkeypatch, target, forwards):
+    """target=label: the batch costs one forward (the shared pass), not a separate one for logits."""
+    import salbench.runner as runner
+
+    calls = []
+    original = runner.create_model
+
+    def counting(*args, **kwargs):
+        bundle = original(*args, **kwargs)
+        bundle.module.register_forward_pre_hook(lambda module, inputs: calls.append(inputs[0].shape[0]))
+        return bundle
+
+    monkeypatch.setattr(runner, "create_model", counting)
+    runner.run_job(compose_config(["debug=fast", "dataset.limit=4", "model.pretrained=false", "metric=[cam_paper]",
+                                   "method=[gradcam,saliency]", f"target={target}", "gallery_images=0"]),
+                   tmp_path / target)
+    assert calls == [4] * forwards
