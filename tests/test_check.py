@@ -49,6 +49,18 @@ def test_aggregate_refuses_the_same_image_scored_twice():
         check.aggregate(scores)
 
 
+def test_aggregate_takes_one_row_per_image_and_class_for_every_class_scores():
+    """Pointing game rows of every class present: one image, two classes, no ambiguity."""
+    scores = tidy([("gradcam", "hit", "image", "a", 1.0, True), ("gradcam", "hit", "image", "a", 0.0, True),
+                   ("gradcam", "hit", "image", "b", 1.0, True)])
+    scores["target"] = [3, 7, 3]
+    row = check.aggregate(scores).set_index("score").loc["hit"]
+    assert row["value"] == pytest.approx(2 / 3) and row["images"] == 3
+    scores["target"] = [3, 3, 3]
+    with pytest.raises(ValueError, match="scored more than once"):
+        check.aggregate(scores)
+
+
 def entry(score, value, tolerance, direction=None, method="gradcam"):
     return {"model": "m", "dataset": "d", "method": method, "metric": "loc", "score": score,
             "value": value, "tolerance": tolerance, "direction": direction}
