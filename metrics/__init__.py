@@ -16,6 +16,7 @@ for _name, _target in {
     "energy_pointing_game": "salbench.metrics.pointing:EnergyPointingGame",
     "grid_pointing_game": "salbench.metrics.pointing:GridPointingGame",
     "rise": "salbench.metrics.deletion:DeletionInsertion",
+    "road": "salbench.metrics.road:RemoveAndDebias",
     "randomization": "salbench.metrics.randomization:ModelRandomization",
     "timing": "salbench.metrics.timing:Timing",
 }.items():
