@@ -1,0 +1,382 @@
+"""ROAD (metrics/road.py): noisy linear imputation against hand-solved toys and a dense loop
+reference, the noise's properties, an analytic model, the metric's plumbing, a job, option errors."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from salbench.metrics import create_metric
+from salbench.metrics.base import ExplainedBatch
+from salbench.metrics.road import (
+    RemoveAndDebias,
+    linear_imputation,
+    noisy_linear_imputation,
+    removed_counts,
+    road_curves,
+)
+
+D, G = 1.0 / 6.0, 1.0 / 12.0  # direct and diagonal neighbour weights
+
+
+# --------------------------------------------------------------------------- references
+def dense_reference(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """Independent loop reference: for each removed pixel i, x_i - sum_j (w_ij / W_i) x_j = 0
+    over the in-image neighbours j (W_i: their total weight), solved densely per channel."""
+    channels, height, width = image.shape
+    unknown = [(r, c) for r in range(height) for c in range(width) if removed[r, c]]
+    index = {p: k for k, p in enumerate(unknown)}
+    out = image.copy()
+    if not unknown:
+        return out
+    for ch in range(channels):
+        a = np.zeros((len(unknown), len(unknown)))
+        b = np.zeros(len(unknown))
+        for k, (r, c) in enumerate(unknown):
+            neighbours = []
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    if (dr, dc) == (0, 0):
+                        continue
+                    rr, cc = r + dr, c + dc
+                    if 0 <= rr < height and 0 <= cc < width:
+                        neighbours.append(((rr, cc), D if dr == 0 or dc == 0 else G))
+            total = sum(w for _, w in neighbours)
+            a[k, k] = 1.0
+            for (rr, cc), w in neighbours:
+                if removed[rr, cc]:
+                    a[k, index[(rr, cc)]] -= w / total
+                else:
+                    b[k] += w / total * image[ch, rr, cc]
+        solution = np.linalg.solve(a, b)
+        for k, (r, c) in enumerate(unknown):
+            out[ch, r, c] = solution[k]
+    return out
+
+
+class BlobEvidenceModel(nn.Module):
+    """logits = [mean of x over a fixed blob (all channels), 0]: the blob is the only evidence."""
+
+    def __init__(self, blob: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", blob.float() / blob.sum())
+
+    def forward(self, x):
+        score = (x * self.weight).sum(dim=(1, 2, 3)) / x.shape[1]
+        return torch.stack([score, torch.zeros_like(score)], dim=1)
+
+
+def tiny_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    )
+    with torch.no_grad():
+        net[-1].weight.mul_(8.0)
+    return net.eval()
+
+
+def explained_batch(model, x, maps, labels=None, indices=None):
+    logits = model(x).detach()
+    indices = list(indices if indices is not None else range(x.shape[0]))
+    batch = SimpleNamespace(labels=labels if labels is not None else logits.argmax(1),
+                            image_ids=[f"img{i}" for i in indices], indices=torch.as_tensor(indices))
+    return ExplainedBatch(batch=batch, inputs=x, heatmaps=maps, targets=logits.argmax(1), logits=logits,
+                          model=SimpleNamespace(module=model), explainer=None, method="m")
+
+
+# --------------------------------------------------------------------------- 1. hand toys
+def test_interior_pixel_is_the_weighted_mean_of_its_eight_neighbours():
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((2, 3, 3))
+    removed = np.zeros((3, 3), dtype=bool)
+    removed[1, 1] = True
+    out = linear_imputation(image, removed)
+    for ch in range(2):
+        x = image[ch]
+        direct = x[0, 1] + x[2, 1] + x[1, 0] + x[1, 2]
+        diagonal = x[0, 0] + x[0, 2] + x[2, 0] + x[2, 2]
+        assert out[ch, 1, 1] == pytest.approx(D * direct + G * diagonal, abs=1e-14)  # weights sum to 1
+    keep = ~removed
+    assert np.array_equal(out[:, keep], image[:, keep])
+
+
+def test_corner_pixel_renormalizes_the_weights_of_its_three_neighbours():
+    image = np.arange(12, dtype=np.float64).reshape(1, 3, 4) ** 1.5
+    for (r, c), direct, diagonal in [
+        ((0, 0), [(0, 1), (1, 0)], [(1, 1)]),
+        ((2, 3), [(2, 2), (1, 3)], [(1, 2)]),
+    ]:
+        removed = np.zeros((3, 4), dtype=bool)
+        removed[r, c] = True
+        x = image[0]
+        # 1/6, 1/6, 1/12 over a total of 5/12: 2/5, 2/5, 1/5
+        expected = 0.4 * sum(x[p] for p in direct) + 0.2 * sum(x[p] for p in diagonal)
+        assert linear_imputation(image, removed)[0, r, c] == pytest.approx(expected, abs=1e-13)
+
+
+def test_edge_pixel_renormalizes_over_five_neighbours():
+    image = np.random.default_rng(1).standard_normal((1, 3, 3))
+    removed = np.zeros((3, 3), dtype=bool)
+    removed[0, 1] = True  # top edge: direct (0,0), (0,2), (1,1); diagonal (1,0), (1,2); total 2/3
+    x = image[0]
+    expected = (D * (x[0, 0] + x[0, 2] + x[1, 1]) + G * (x[1, 0] + x[1, 2])) / (3 * D + 2 * G)
+    assert linear_imputation(image, removed)[0, 0, 1] == pytest.approx(expected, abs=1e-14)
+
+
+def test_two_adjacent_removed_pixels_solve_the_two_by_two_system():
+    rng = np.random.default_rng(2)
+    image = rng.standard_normal((1, 4, 4))
+    x = image[0]
+    removed = np.zeros((4, 4), dtype=bool)
+    removed[1, 1] = removed[1, 2] = True  # interior, horizontal neighbours: u = x[1,1], v = x[1,2]
+    # u = s_u + v / 6 and v = s_v + u / 6 (each has full weight 1), s = weighted known neighbours
+    s_u = D * (x[0, 1] + x[2, 1] + x[1, 0]) + G * (x[0, 0] + x[0, 2] + x[2, 0] + x[2, 2])
+    s_v = D * (x[0, 2] + x[2, 2] + x[1, 3]) + G * (x[0, 1] + x[0, 3] + x[2, 1] + x[2, 3])
+    u = (36 * s_u + 6 * s_v) / 35
+    v = (36 * s_v + 6 * s_u) / 35
+    out = linear_imputation(image, removed)
+    assert out[0, 1, 1] == pytest.approx(u, abs=1e-13) and out[0, 1, 2] == pytest.approx(v, abs=1e-13)
+
+
+def test_every_pixel_removed_is_a_clear_error_and_counts_keep_one_pixel():
+    with pytest.raises(ValueError, match="at least one kept pixel"):
+        linear_imputation(np.zeros((1, 2, 2)), np.ones((2, 2), dtype=bool))
+    assert removed_counts([0.1, 0.3, 0.5, 0.99], 10) == [1, 3, 5, 9]  # floor(f * HW + 0.5), at most HW - 1
+    assert removed_counts([0.3], 100) == [30]  # 0.3 * 100 = 30.000000000000004: no off-by-one
+
+
+# --------------------------------------------------------------------------- 2. dense reference
+def masks_9x11():
+    rng = np.random.default_rng(3)
+    masks = {f"random-{p}": rng.random((9, 11)) < p for p in (0.1, 0.5, 0.9)}
+    block = np.zeros((9, 11), dtype=bool)
+    block[1:8, 2:10] = True  # large connected interior region
+    masks["block"] = block
+    corner = np.zeros((9, 11), dtype=bool)
+    corner[:6, :7] = True  # connected region touching two borders
+    masks["corner-region"] = corner
+    one_kept = np.ones((9, 11), dtype=bool)
+    one_kept[8, 10] = False  # everything but one pixel
+    masks["one-kept"] = one_kept
+    return masks
+
+
+@pytest.mark.parametrize("name", list(masks_9x11()))
+def test_imputation_equals_dense_loop_reference(name):
+    removed = masks_9x11()[name]
+    image = np.random.default_rng(4).standard_normal((3, 9, 11))
+    expected = dense_reference(image, removed)
+    np.testing.assert_allclose(linear_imputation(image, removed), expected, rtol=0, atol=1e-10)
+    # the batched tensor path: float64 to 1e-10, float32 to 1e-5, noise off
+    x64 = torch.from_numpy(image)[None]
+    mask = torch.from_numpy(removed)[None]
+    got64 = noisy_linear_imputation(x64, mask, noise=0.0)
+    np.testing.assert_allclose(got64[0].numpy(), expected, rtol=0, atol=1e-10)
+    x32 = x64.float()
+    got32 = noisy_linear_imputation(x32, mask, noise=0.0)
+    assert got32.dtype == torch.float32
+    np.testing.assert_allclose(got32[0].double().numpy(), dense_reference(x32[0].double().numpy(), removed),
+                               rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- 3. noise
+def test_noise_has_the_std_on_imputed_pixels_only_and_is_seeded_per_image():
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 3, 48, 48, generator=generator)
+    removed = torch.rand(3, 48, 48, generator=generator) < 0.5
+    clean = noisy_linear_imputation(x, removed, noise=0.0, seeds=[10, 11, 12])
+    noisy = noisy_linear_imputation(x, removed, noise=0.01, seeds=[10, 11, 12])
+    keep = ~removed[:, None].expand_as(x)
+    assert torch.equal(noisy[keep], x[keep]) and torch.equal(clean[keep], x[keep])  # untouched, bit for bit
+    diff = (noisy - clean)[~keep].double()
+    assert diff.numel() > 6000
+    assert abs(diff.std().item() - 0.01) < 0.0005 and abs(diff.mean().item()) < 0.0005
+    assert torch.equal(noisy, noisy_linear_imputation(x, removed, noise=0.01, seeds=[10, 11, 12]))
+    other = noisy_linear_imputation(x, removed, noise=0.01, seeds=[10, 99, 12])
+    assert torch.equal(other[0], noisy[0]) and not torch.equal(other[1], noisy[1])
+    # image 1 alone, or first in another batch: the same numbers
+    alone = noisy_linear_imputation(x[1:2], removed[1:2], noise=0.01, seeds=[11])
+    assert torch.equal(alone[0], noisy[1])
+    shuffled = noisy_linear_imputation(x[[2, 1]], removed[[2, 1]], noise=0.01, seeds=[12, 11])
+    assert torch.equal(shuffled[1], noisy[1]) and torch.equal(shuffled[0], noisy[2])
+
+
+def test_metric_curves_do_not_depend_on_batch_composition():
+    net = tiny_net(1)
+    generator = torch.Generator().manual_seed(6)
+    x, maps = torch.randn(3, 3, 16, 16, generator=generator), torch.rand(3, 16, 16, generator=generator)
+    options = dict(fractions=[0.2, 0.5, 0.8], seed=3)
+
+    def curves(split: bool, seed: int = 3):
+        metric = create_metric("road", **{**options, "seed": seed})
+        if split:
+            metric.update(explained_batch(net, x[2:], maps[2:], indices=[2]))
+            metric.update(explained_batch(net, x[:2], maps[:2], indices=[0, 1]))
+        else:
+            metric.update(explained_batch(net, x, maps))
+        return metric.tables()["curves"].sort_values(["curve", "image_id", "step"])["value"].to_numpy()
+
+    whole = curves(split=False)
+    np.testing.assert_array_equal(whole, curves(split=False))
+    np.testing.assert_allclose(curves(split=True), whole, rtol=0, atol=1e-6)
+    assert np.abs(curves(split=False, seed=4) - whole).max() > 1e-7  # the seed reaches the noise
+
+
+# --------------------------------------------------------------------------- 4. analytic model
+def test_evidence_map_removes_the_evidence_under_morf_and_keeps_it_under_lerf():
+    size = 24
+    blob = torch.zeros(size, size)
+    blob[6:14, 9:17] = 1.0
+    model = BlobEvidenceModel(blob[None, None])
+    generator = torch.Generator().manual_seed(7)
+    x = 0.1 * torch.randn(2, 3, size, size, generator=generator) + 2.0 * blob  # evidence: the bright blob
+    target = torch.zeros(2, dtype=torch.long)
+    kwargs = dict(fractions=[0.1, 0.3, 0.5, 0.7, 0.9], score="logit", seeds=[0, 1])
+    ideal = road_curves(model, x, blob.expand(2, size, size), target, **kwargs)
+    inverse = road_curves(model, x, -blob.expand(2, size, size), target, **kwargs)
+    clean = model(x)[:, 0]
+    # MoRF removes the blob (10% = 58 of its 64 pixels first): the evidence is gone from 20% on
+    assert bool((ideal["morf"][:, 1:].abs() < 0.05).all())
+    # LeRF removes the background first; the kept blob is the imputation's boundary: unchanged
+    torch.testing.assert_close(ideal["lerf"], clean[:, None].expand(2, 5), atol=0.05, rtol=0)
+    ideal_gap = ideal["lerf"].mean(1) - ideal["morf"].mean(1)
+    inverse_gap = inverse["lerf"].mean(1) - inverse["morf"].mean(1)
+    assert bool((ideal_gap > 1.5).all()) and bool((inverse_gap < -1.0).all())
+    for seed in range(4):
+        random_map = torch.rand(2, size, size, generator=torch.Generator().manual_seed(100 + seed))
+        other = road_curves(model, x, random_map, target, **kwargs)
+        gap = other["lerf"].mean(1) - other["morf"].mean(1)
+        assert bool((ideal["morf"].mean(1) < other["morf"].mean(1) - 0.5).all())
+        assert bool((ideal_gap > gap + 1.0).all()) and bool((inverse_gap < gap).all())
+
+
+# --------------------------------------------------------------------------- 5. metric and job
+def test_metric_equals_its_definition_built_from_the_pieces():
+    """Scores from create_metric('road') equal imputations built here (stable numpy ranking, the
+    count rule, the metric's seeds) fed to the model one image at a time."""
+    net = tiny_net(2)
+    generator = torch.Generator().manual_seed(8)
+    x, maps = torch.randn(2, 3, 12, 12, generator=generator), torch.rand(2, 12, 12, generator=generator)
+    fractions = [0.3, 0.5, 0.7]  # 43.2, 72, 100.8 of 144 pixels: 43, 72, 101 removed
+    metric = create_metric("road", fractions=fractions, seed=5, batch_size=4)
+    out = metric.update(explained_batch(net, x, maps, indices=[7, 9]))
+    predicted = net(x).argmax(1)
+    for b, index in enumerate([7, 9]):
+        for order, sign in (("morf", -1.0), ("lerf", 1.0)):
+            ranking = np.argsort(sign * maps[b].flatten().numpy(), kind="stable")
+            values = []
+            for f in fractions:
+                removed = np.zeros(144, dtype=bool)
+                removed[ranking[: int(np.floor(f * 144 + 0.5))]] = True
+                imputed = noisy_linear_imputation(x[b : b + 1], torch.from_numpy(removed.reshape(1, 12, 12)),
+                                                  noise=0.01, seeds=[5 * 1_000_003 + index])
+                with torch.no_grad():
+                    values.append(float(net(imputed).softmax(1)[0, predicted[b]]))
+            assert float(out[f"road_{order}_auc"][b]) == pytest.approx(np.mean(values), abs=1e-6)
+    torch.testing.assert_close(out["road_gap"], out["road_lerf_auc"] - out["road_morf_auc"])
+
+
+def test_metric_layout_protocol_scores_and_tables():
+    net = tiny_net(3)
+    generator = torch.Generator().manual_seed(9)
+    x, maps = torch.randn(3, 3, 10, 10, generator=generator), torch.rand(3, 10, 10, generator=generator)
+    maps[2, 4, 4] = float("nan")
+    metric = create_metric("road", fractions=[0.2, 0.6], score="correct", target="label",
+                           batch_size=5)
+    labels = torch.tensor([0, 1, 2])
+    out = metric.update(explained_batch(net, x, maps, labels=labels))
+    assert set(out) == {"road_morf_auc", "road_lerf_auc", "road_gap"}
+    assert all(v.shape == (3,) for v in out.values())
+    assert torch.isnan(out["road_gap"][2]) and not torch.isnan(out["road_gap"][:2]).any()
+    assert set(out["road_morf_auc"][:2].tolist()) <= {0.0, 0.5, 1.0}  # correct: 0/1 per fraction
+    info = {s.name: s for s in metric.scores}
+    assert not info["road_morf_auc"].higher_is_better and info["road_lerf_auc"].higher_is_better
+    assert info["road_gap"].higher_is_better and info["road_morf_accuracy_20"].scope == "dataset"
+    table = metric.tables()["curves"]
+    assert list(table.columns) == ["image_id", "method", "metric", "curve", "step", "fraction", "value"]
+    assert len(table) == 3 * 2 * 2 and set(table.curve) == {"morf", "lerf"} and set(table.fraction) == {0.2, 0.6}
+    dataset = metric.compute()
+    assert set(dataset) == {f"road_{o}_accuracy_{p}" for o in ("morf", "lerf") for p in ("20", "60")}
+    finite = table[table.image_id != "img2"]
+    for (order, fraction), group in finite.groupby(["curve", "fraction"]):
+        assert dataset[f"road_{order}_accuracy_{round(fraction * 100)}"] == pytest.approx(group.value.mean())
+    protocol = metric.protocol()
+    assert protocol["fractions"] == [0.2, 0.6] and protocol["noise"] == 0.01 and protocol["score"] == "correct"
+    assert "mean" in protocol["auc"] and metric.preset == "custom" and metric.map_target == "label"
+    json.dumps(protocol)
+    default = RemoveAndDebias()
+    assert default.preset == "road" and default.map_target == "predicted"
+    assert [s.name for s in default.scores] == ["road_morf_auc", "road_lerf_auc", "road_gap"]
+    assert RemoveAndDebias(target="explained").map_target is None
+    only = create_metric("road", orders=["lerf"], fractions=[0.5])
+    assert set(only.update(explained_batch(net, x[:1], maps[:1]))) == {"road_lerf_auc"}
+    other = create_metric("road", fractions=[0.2, 0.6], score="correct", target="label")
+    other.update(explained_batch(net, x[:1], maps[:1], labels=labels[:1]))
+    metric.merge(other)
+    assert len(metric.tables()["curves"]) == 4 * 2 * 2
+
+
+def test_metric_makes_no_tensor_off_the_input_device():
+    net = tiny_net(4)
+    generator = torch.Generator().manual_seed(10)
+    x, maps = torch.randn(2, 3, 8, 8, generator=generator), torch.rand(2, 8, 8, generator=generator)
+    explained = explained_batch(net, x, maps)
+    reference = create_metric("road", fractions=[0.5]).update(explained)
+    with torch.device("meta"):  # a factory call without device= would land on meta
+        got = create_metric("road", fractions=[0.5]).update(explained)
+    for key, value in reference.items():
+        assert got[key].device == x.device
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0)
+
+
+def test_job_through_the_runner_records_road(tmp_path, compose_config):
+    import pandas as pd
+
+    from salbench.runner import run_job
+
+    cfg = compose_config(["debug=fast", "model.pretrained=false", "method=[gradcam,random]", "metric=[road]",
+                          "metric.road.fractions=[0.25,0.75]", "dataset.limit=4", "gallery_images=0"])
+    out = tmp_path / "job"
+    scores = run_job(cfg, out)
+    road = scores[scores["metric"] == "road"]
+    assert len(road) == 4 * 2 * 3 and set(road["score"]) == {"road_morf_auc", "road_lerf_auc", "road_gap"}
+    assert (road["target_rule"] == "predicted").all() and (road["target"] == road["predicted"]).all()
+    protocol = json.loads(road["protocol"].iloc[0])
+    assert protocol["fractions"] == [0.25, 0.75] and protocol["noise"] == 0.01 and (road["preset"] == "custom").all()
+    gap = road[road.score == "road_gap"].set_index(["method", "image_index"])["value"]
+    morf = road[road.score == "road_morf_auc"].set_index(["method", "image_index"])["value"]
+    lerf = road[road.score == "road_lerf_auc"].set_index(["method", "image_index"])["value"]
+    np.testing.assert_allclose(gap, lerf - morf, atol=1e-6)
+    assert road["value"].notna().all()
+    curves = pd.read_parquet(out / "curves-gradcam-road.parquet")
+    assert len(curves) == 4 * 2 * 2 and set(curves.curve) == {"morf", "lerf"}
+
+
+# --------------------------------------------------------------------------- 6. option errors
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        pytest.param({"fractions": [0.0, 0.5]}, r"fraction 0\.0 outside \(0, 1\)", id="fraction-zero"),
+        pytest.param({"fractions": [0.5, 1.0]}, r"fraction 1\.0 outside \(0, 1\)", id="fraction-one"),
+        pytest.param({"fractions": [1.5]}, r"fraction 1\.5 outside \(0, 1\)", id="fraction-above"),
+        pytest.param({"fractions": []}, r"at least one removal fraction in \(0, 1\)", id="no-fraction"),
+        pytest.param({"fractions": [0.5, 0.3]}, r"strictly increasing; got \[0\.5, 0\.3\]", id="decreasing"),
+        pytest.param({"orders": ["morf", "middle"]}, r"unknown order 'middle'; valid: morf, lerf", id="order"),
+        pytest.param({"orders": []}, r"at least one of morf, lerf", id="no-order"),
+        pytest.param({"score": "prob"}, r"unknown score 'prob'; valid: softmax, logit, correct", id="score"),
+        pytest.param({"target": "foo"}, r"unknown target 'foo'; valid: predicted, label, explained", id="target"),
+        pytest.param({"tie_break": "middle"}, r"unknown tie_break 'middle'; valid: first, last", id="tie-break"),
+        pytest.param({"noise": -0.1}, r"noise must be a finite std >= 0; got -0\.1", id="noise"),
+        pytest.param({"autocast": "fp8"}, r"unknown autocast 'fp8'", id="autocast"),
+        pytest.param({"batch_size": 0}, r"batch_size must be >= 1; got 0", id="batch-size"),
+    ],
+)
+def test_bad_options_name_the_value_and_the_choices(options, message):
+    with pytest.raises(ValueError, match=message):
+        create_metric("road", **options)
