@@ -46,13 +46,15 @@ evidence fast when its top pixels go and slowly when its bottom pixels go).
 Cost: the imputation runs on the CPU (the input is copied to the host once per batch, every
 imputed image back to the input's device in forward chunks). One sparse LU per (image, fraction,
 order); its cost grows with the removed count (fill-in of a 2-D grid factorization: roughly
-n^1.5). Measured on 2 shared CPU cores: docs/faithfulness.md. The model's forward passes are
+n^1.5); ``workers`` threads impute in parallel (SuperLU releases the GIL). Measured on 2
+shared CPU cores: docs/faithfulness.md. The model's forward passes are
 batched (``batch_size`` imputed images per pass, equal chunks, the last padded) under
 ``torch.inference_mode``, optionally under ``torch.autocast``.
 """
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -218,6 +220,7 @@ def road_curves(
     tie_break: str = "first",
     batch_size: int = 256,
     autocast: Optional[str] = None,
+    workers: Optional[int] = None,
 ) -> Dict[str, Tensor]:
     """ROAD curves of each image: ``{order: [B, F]}`` float32 on x's device.
 
@@ -226,7 +229,9 @@ def road_curves(
     ``logit`` or ``correct``) of ``target[b]`` on image ``b`` with ``fractions[i]`` of its pixels
     removed in ``order`` and imputed (:func:`noisy_linear_imputation`, ``seeds`` as there). A
     map holding NaN gives NaN curves (its image is not imputed). Imputed images reach the model
-    in equal chunks of at most ``batch_size`` (order-major, then image, then fraction).
+    in equal chunks of at most ``batch_size`` (order-major, then image, then fraction). A
+    chunk's imputations run on ``workers`` threads (default ``torch.get_num_threads()``;
+    SuperLU releases the GIL); the results do not depend on it.
     """
     fractions = check_fractions(fractions)
     orders = tuple(orders)
@@ -236,6 +241,9 @@ def road_curves(
     _check_choice("tie_break", tie_break, TIE_BREAKS)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    workers = torch.get_num_threads() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1; got {workers}")
     if x.ndim != 4 or maps.shape != (x.shape[0], *x.shape[-2:]):
         raise ValueError(f"need x [B, C, H, W] and maps [B, H, W]; got {tuple(x.shape)}, {tuple(maps.shape)}")
     num_images, channels, height, width = x.shape
@@ -256,14 +264,16 @@ def road_curves(
     if jobs:
         # equal chunks (the last padded by repeating its last input), as the rise metric does
         rows = math.ceil(len(jobs) / math.ceil(len(jobs) / batch_size))
-        with torch.inference_mode(), _autocast_scope(x.device, autocast):
+        def impute(job: Tuple[int, int, int]) -> Tensor:
+            o, b, i = job
+            return _impute_one(images[b], (ranks[orders[o]][b] < counts[i]).reshape(height, width),
+                               None if fields is None else fields[b], noise, x.dtype)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool, torch.inference_mode(), \
+                _autocast_scope(x.device, autocast):
             for begin in range(0, len(jobs), rows):
                 chunk = jobs[begin : begin + rows]
-                inputs = torch.stack([
-                    _impute_one(images[b], (ranks[orders[o]][b] < counts[i]).reshape(height, width),
-                                None if fields is None else fields[b], noise, x.dtype)
-                    for o, b, i in chunk
-                ])
+                inputs = torch.stack(list(pool.map(impute, chunk)) if workers > 1 else [impute(j) for j in chunk])
                 if len(chunk) < rows:
                     inputs = torch.cat([inputs, inputs[-1:].expand(rows - len(chunk), -1, -1, -1)])
                 inputs = inputs.to(x.device, non_blocking=False)
@@ -316,7 +326,8 @@ class RemoveAndDebias(Metric):
     ``noise`` (std in normalized input space); ``seed`` (image ``i`` of the dataset draws its
     noise with seed ``seed * 1_000_003 + i``); ``tie_break`` (``first`` | ``last``, as ``rise``);
     ``batch_size`` (imputed images per forward pass); ``autocast`` (``null`` | ``bf16`` |
-    ``fp16``).
+    ``fp16``); ``workers`` (threads imputing in parallel; null: ``torch.get_num_threads()``;
+    the scores do not depend on it).
     """
 
     name = "road"
@@ -338,6 +349,7 @@ class RemoveAndDebias(Metric):
         tie_break: str = "first",
         batch_size: int = 256,
         autocast: Optional[str] = None,
+        workers: Optional[int] = None,
     ):
         self.fractions = check_fractions(fractions)
         orders = tuple(orders)
@@ -355,7 +367,10 @@ class RemoveAndDebias(Metric):
             raise ValueError(f"noise must be a finite std >= 0; got {noise!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be >= 1; got {workers}")
         self.orders = orders
+        self.workers = workers
         self.target, self.score, self.noise, self.seed = target, score, float(noise), int(seed)
         self.tie_break, self.batch_size, self.autocast = tie_break, batch_size, autocast
         infos = [s for s in type(self).scores if s.name.split("_")[1] in orders]
@@ -421,7 +436,7 @@ class RemoveAndDebias(Metric):
         curves = road_curves(
             model, x, explained.heatmaps.to(x.device), self.tracked_class(explained), fractions=self.fractions,
             orders=self.orders, score=self.score, noise=self.noise, seeds=seeds, tie_break=self.tie_break,
-            batch_size=self.batch_size, autocast=self.autocast,
+            batch_size=self.batch_size, autocast=self.autocast, workers=self.workers,
         )
         ids = getattr(explained.batch, "image_ids", None) or [str(i) for i in indices.tolist()]
         out: Dict[str, Tensor] = {}

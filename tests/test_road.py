@@ -224,6 +224,10 @@ def test_metric_curves_do_not_depend_on_batch_composition():
 
     whole = curves(split=False)
     np.testing.assert_array_equal(whole, curves(split=False))
+    threaded = road_curves(net, x, maps, torch.zeros(3, dtype=torch.long), fractions=[0.2, 0.5, 0.8], workers=3)
+    single = road_curves(net, x, maps, torch.zeros(3, dtype=torch.long), fractions=[0.2, 0.5, 0.8], workers=1)
+    for order in ("morf", "lerf"):
+        assert torch.equal(threaded[order], single[order])  # threads change the speed only
     np.testing.assert_allclose(curves(split=True), whole, rtol=0, atol=1e-6)
     assert np.abs(curves(split=False, seed=4) - whole).max() > 1e-7  # the seed reaches the noise
 
@@ -375,6 +379,7 @@ def test_job_through_the_runner_records_road(tmp_path, compose_config):
         pytest.param({"noise": -0.1}, r"noise must be a finite std >= 0; got -0\.1", id="noise"),
         pytest.param({"autocast": "fp8"}, r"unknown autocast 'fp8'", id="autocast"),
         pytest.param({"batch_size": 0}, r"batch_size must be >= 1; got 0", id="batch-size"),
+        pytest.param({"workers": 0}, r"workers must be >= 1; got 0", id="workers"),
     ],
 )
 def test_bad_options_name_the_value_and_the_choices(options, message):
