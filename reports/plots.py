@@ -127,29 +127,42 @@ def _auc(fraction: np.ndarray, values: np.ndarray) -> float:
     return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(fraction)))
 
 
+def _mean(fraction: np.ndarray, values: np.ndarray) -> float:
+    return float(np.mean(values))
+
+
+# curve name -> (lower is better, x-axis label, legend summary, the metric's own summary rule):
+# rise's AUC is the trapezoid over [0, 1]; ROAD's score is the mean of the curve values
+CURVE_KINDS = {
+    "deletion": (True, "fraction of pixels removed", "AUC", _auc),
+    "insertion": (False, "fraction of pixels inserted", "AUC", _auc),
+    "morf": (True, "fraction removed, most relevant first (imputed)", "mean", _mean),
+    "lerf": (False, "fraction removed, least relevant first (imputed)", "mean", _mean),
+}
+
+
 def plot_curves(bands: pd.DataFrame, stem: Path, confidence: float = 0.95) -> List[Path]:
     """bands: :func:`salbench.reports.stats.curve_bands` rows for one (model, dataset)."""
     if bands.empty:
         return []
     plt = _pyplot()
-    kinds = [k for k in ("deletion", "insertion") if k in set(bands["curve"])] + sorted(
-        set(bands["curve"]) - {"deletion", "insertion"})
+    kinds = [k for k in CURVE_KINDS if k in set(bands["curve"])] + sorted(set(bands["curve"]) - set(CURVE_KINDS))
     colours = method_colours(bands["method"])
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.6), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         part = bands[bands["curve"] == kind]
+        lower, xlabel, summary, rule = CURVE_KINDS.get(kind, (False, "fraction of pixels", "AUC", _auc))
         for method in method_order(part["method"]):
             line = part[part["method"] == method].sort_values("step")
             x = line["fraction"].to_numpy(dtype=float)
             mean = line["mean"].to_numpy(dtype=float)
-            label = f"{method} (AUC {_auc(x, mean):.3f}, n={int(line['n'].iloc[0])})"
+            label = f"{method} ({summary} {rule(x, mean):.3f}, n={int(line['n'].iloc[0])})"
             style = "--" if method in BASELINES else "-"
             ax.plot(x, mean, style, color=colours[method], label=label, lw=1.6)
             ax.fill_between(x, line["ci_low"].to_numpy(dtype=float), line["ci_high"].to_numpy(dtype=float),
                             color=colours[method], alpha=0.18, lw=0)
-        better = "lower AUC is better" if kind == "deletion" else "higher AUC is better"
-        ax.set_title(f"{kind} ({better})", fontsize=10)
-        ax.set_xlabel("fraction of pixels " + ("removed" if kind == "deletion" else "inserted"))
+        ax.set_title(f"{kind} ({'lower' if lower else 'higher'} {summary} is better)", fontsize=10)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("tracked class score")
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)

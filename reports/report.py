@@ -172,7 +172,7 @@ def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOption
             several = curves["metric"].nunique() > 1
             stem = out / ("curves-" + plots.slug(model, dataset, *([metric] if several else [])))
             made = plots.plot_curves(bands, stem, options.confidence)
-            _with_images(curve_html, made, f"{model} on {dataset} ({metric}): deletion / insertion curves, mean "
+            _with_images(curve_html, made, f"{model} on {dataset} ({metric}): perturbation curves, mean "
                          f"over images with a {options.confidence:.0%} pointwise bootstrap band.")
             written["figures"] += made
 

@@ -339,3 +339,27 @@ def test_cli_writes_the_report_and_rejects_a_non_results_dir(tmp_path, results, 
     assert (tmp_path / "rep" / "index.html").exists()
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
+
+
+def test_curve_plot_titles_and_legends_follow_each_curve_kind(tmp_path, monkeypatch):
+    """ROAD's MoRF is lower-is-better and summarized by its mean (the metric's own score), rise's
+    deletion by the trapezoid AUC over [0, 1]."""
+    from salbench.reports import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, stem: figures.append(fig) or [])
+    rows = []
+    for curve, fractions, values in [("deletion", [0.0, 0.5, 1.0], [0.9, 0.3, 0.1]),
+                                     ("morf", [0.1, 0.5, 0.9], [0.6, 0.2, 0.1]),
+                                     ("lerf", [0.1, 0.5, 0.9], [0.9, 0.8, 0.4])]:
+        for step, (fraction, value) in enumerate(zip(fractions, values)):
+            rows.append({"model": "m", "dataset": "d", "method": "gradcam", "curve": curve, "step": step,
+                         "fraction": fraction, "mean": value, "ci_low": value, "ci_high": value, "n": 4})
+    plots.plot_curves(pd.DataFrame(rows), tmp_path / "curves")
+    axes = figures[0].axes
+    titles = [ax.get_title() for ax in axes]
+    assert titles == ["deletion (lower AUC is better)", "morf (lower mean is better)", "lerf (higher mean is better)"]
+    legends = [ax.get_legend().get_texts()[0].get_text() for ax in axes]
+    assert legends[0] == "gradcam (AUC 0.400, n=4)"  # (0.9 + 0.3) / 4 + (0.3 + 0.1) / 4
+    assert legends[1] == "gradcam (mean 0.300, n=4)" and legends[2] == "gradcam (mean 0.700, n=4)"
+    assert "least relevant first" in axes[2].get_xlabel()
