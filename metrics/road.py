@@ -250,10 +250,9 @@ def _impute_cg(x: Tensor, removed: Tensor, fields: Optional[Tensor], noise: floa
     fields [N, C, H, W] float32 (or None) on x's device -> (imputed [N, C, H, W] in x's dtype,
     iterations [N] int64: the most any channel took). The noise is added in float64 as there."""
     filled, iterations = cg_linear_imputation(x, removed, tol, max_iter)
-    where = removed[:, None]
     if fields is not None and noise != 0:
-        filled = torch.where(where, filled + noise * fields.to(torch.float64), filled)
-    return torch.where(where, filled.to(x.dtype), x.detach()), iterations.amax(dim=1)
+        filled = filled + noise * fields.to(torch.float64)  # kept pixels are restored from x below
+    return torch.where(removed[:, None], filled.to(x.dtype), x.detach()), iterations.amax(dim=1)
 
 
 def noise_fields(shape: Sequence[int], seeds: Sequence[int]) -> Tensor:

@@ -13,7 +13,9 @@ from torch import nn
 from salbench.metrics import create_metric
 from salbench.metrics.base import ExplainedBatch
 from salbench.metrics.road import (
+    ImputationNotConverged,
     RemoveAndDebias,
+    cg_linear_imputation,
     linear_imputation,
     noisy_linear_imputation,
     removed_counts,
@@ -380,8 +382,227 @@ def test_job_through_the_runner_records_road(tmp_path, compose_config):
         pytest.param({"autocast": "fp8"}, r"unknown autocast 'fp8'", id="autocast"),
         pytest.param({"batch_size": 0}, r"batch_size must be >= 1; got 0", id="batch-size"),
         pytest.param({"workers": 0}, r"workers must be >= 1; got 0", id="workers"),
+        pytest.param({"solver": "lu"}, r"unknown solver 'lu'; valid: direct, cg", id="solver"),
+        pytest.param({"solver": "cg", "cg_tol": 0.0}, r"cg_tol must be .* in \(0, 1\).*; got 0\.0", id="cg-tol-zero"),
+        pytest.param({"cg_tol": -1e-6}, r"cg_tol must be .*; got -1e-06", id="cg-tol-negative"),
+        pytest.param({"cg_tol": 1.0}, r"cg_tol must be .*; got 1\.0", id="cg-tol-one"),
+        pytest.param({"cg_max_iter": 0}, r"cg_max_iter must be an integer >= 1.*; got 0", id="cg-max-iter-zero"),
+        pytest.param({"cg_max_iter": -5}, r"cg_max_iter must be an integer >= 1.*; got -5", id="cg-max-iter-negative"),
+        pytest.param({"cg_max_iter": 2.5}, r"cg_max_iter must be an integer >= 1.*; got 2\.5", id="cg-max-iter-float"),
+        pytest.param({"cg_batch_size": 0}, r"cg_batch_size must be an integer >= 1 or null; got 0", id="cg-batch-size"),
     ],
 )
 def test_bad_options_name_the_value_and_the_choices(options, message):
     with pytest.raises(ValueError, match=message):
         create_metric("road", **options)
+
+
+def test_bad_solver_options_of_the_functions():
+    x, removed = torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"unknown solver 'CG'; valid: direct, cg"):
+        noisy_linear_imputation(x, removed, solver="CG")
+    with pytest.raises(ValueError, match=r"cg_tol must be .*; got 0"):
+        cg_linear_imputation(x, removed, tol=0)
+    with pytest.raises(ValueError, match=r"cg_max_iter must be an integer >= 1.*; got 0"):
+        road_curves(tiny_net(), x.expand(1, 3, 4, 4), torch.rand(1, 4, 4), torch.zeros(1, dtype=torch.long),
+                    solver="cg", cg_max_iter=0)
+
+
+# --------------------------------------------------------------------------- 7. solver: cg
+# Measured (this file's cases): cg at the default cg_tol = 1e-7 differs from direct by at most
+# 2e-6 on the imputed pixels (normalized units); the tests allow 1e-4, the documented bound.
+CG_ATOL = 1e-4
+
+
+def smooth_map(height: int, width: int, seed: int) -> torch.Tensor:
+    """[H, W]: a bicubic upsampling of 5 x 5 uniform noise (MoRF removes large contiguous regions)."""
+    small = torch.rand(1, 1, 5, 5, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.interpolate(small, size=(height, width), mode="bicubic", align_corners=False)[0, 0]
+
+
+def cg_masks(height: int = 40, width: int = 48):
+    rng = np.random.default_rng(11)
+    masks = {f"random-{p}": rng.random((height, width)) < p for p in (0.1, 0.5, 0.9)}
+    ranking = torch.argsort(-smooth_map(height, width, 12).flatten(), stable=True).numpy()
+    for f in (0.1, 0.5, 0.9):  # MoRF of a smooth map: contiguous regions, the slowest for cg
+        removed = np.zeros(height * width, dtype=bool)
+        removed[ranking[: int(f * height * width)]] = True
+        masks[f"smooth-morf-{f}"] = removed.reshape(height, width)
+    border = np.zeros((height, width), dtype=bool)
+    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
+    masks["border-ring"] = border
+    masks["all-but-border"] = ~border
+    one_kept = np.ones((height, width), dtype=bool)
+    one_kept[0, 0] = False  # everything but one corner pixel: the worst-conditioned system
+    masks["one-kept-corner"] = one_kept
+    masks["nothing-removed"] = np.zeros((height, width), dtype=bool)
+    return masks
+
+
+def test_cg_equals_direct_on_masks_of_several_shapes_in_one_batch():
+    masks = cg_masks()
+    image = np.random.default_rng(13).standard_normal((3, 40, 48))
+    image[2] = 0.5  # a constant channel: the solution is that constant
+    x = torch.from_numpy(image)[None].expand(len(masks), -1, -1, -1)
+    removed = torch.from_numpy(np.stack(list(masks.values())))
+    got, iterations = cg_linear_imputation(x, removed)
+    assert got.dtype == torch.float64 and iterations.shape == (len(masks), 3)
+    for k, (name, mask) in enumerate(masks.items()):
+        expected = linear_imputation(image, mask)
+        difference = np.abs(got[k].numpy() - expected).max()
+        assert difference <= CG_ATOL, (name, difference)
+        assert np.array_equal(got[k].numpy()[:, ~mask], image[:, ~mask]), name  # kept pixels exactly
+    assert (iterations[-1] == 0).all()  # nothing removed: b = 0, nothing to iterate
+    names = list(masks)
+    # contiguous regions take more iterations than scattered pixels of the same count
+    assert iterations[names.index("smooth-morf-0.9")].max() > 2 * iterations[names.index("random-0.9")].max()
+
+
+@pytest.mark.parametrize("name", list(masks_9x11()))
+def test_cg_equals_the_dense_reference(name):
+    removed = masks_9x11()[name]
+    image = np.random.default_rng(4).standard_normal((3, 9, 11))
+    got, _ = cg_linear_imputation(torch.from_numpy(image)[None], torch.from_numpy(removed)[None])
+    np.testing.assert_allclose(got[0].numpy(), dense_reference(image, removed), rtol=0, atol=CG_ATOL)
+
+
+def test_cg_reproduces_the_hand_toys():
+    rng = np.random.default_rng(2)
+    image = rng.standard_normal((1, 4, 4))
+    x = image[0]
+    cases = []
+    interior = np.zeros((4, 4), dtype=bool)
+    interior[1, 1] = True
+    cases.append((interior, {(1, 1): D * (x[0, 1] + x[2, 1] + x[1, 0] + x[1, 2])
+                             + G * (x[0, 0] + x[0, 2] + x[2, 0] + x[2, 2])}))
+    corner = np.zeros((4, 4), dtype=bool)
+    corner[0, 0] = True
+    cases.append((corner, {(0, 0): 0.4 * (x[0, 1] + x[1, 0]) + 0.2 * x[1, 1]}))
+    edge = np.zeros((4, 4), dtype=bool)
+    edge[0, 1] = True
+    cases.append((edge, {(0, 1): (D * (x[0, 0] + x[0, 2] + x[1, 1]) + G * (x[1, 0] + x[1, 2])) / (3 * D + 2 * G)}))
+    pair = np.zeros((4, 4), dtype=bool)
+    pair[1, 1] = pair[1, 2] = True
+    s_u = D * (x[0, 1] + x[2, 1] + x[1, 0]) + G * (x[0, 0] + x[0, 2] + x[2, 0] + x[2, 2])
+    s_v = D * (x[0, 2] + x[2, 2] + x[1, 3]) + G * (x[0, 1] + x[0, 3] + x[2, 1] + x[2, 3])
+    cases.append((pair, {(1, 1): (36 * s_u + 6 * s_v) / 35, (1, 2): (36 * s_v + 6 * s_u) / 35}))
+    removed = torch.from_numpy(np.stack([mask for mask, _ in cases]))
+    got, iterations = cg_linear_imputation(torch.from_numpy(image)[None].expand(len(cases), -1, -1, -1), removed)
+    for k, (_, expected) in enumerate(cases):
+        for (r, c), value in expected.items():
+            assert float(got[k, 0, r, c]) == pytest.approx(value, abs=1e-12)
+    # one unknown: Jacobi-preconditioned CG is exact after one step; two: at most two
+    assert iterations[:3].max() == 1 and iterations[3].max() <= 2
+
+
+def test_cg_edge_cases_every_pixel_removed_and_empty_batch():
+    with pytest.raises(ValueError, match="at least one kept pixel"):
+        cg_linear_imputation(torch.zeros(2, 1, 3, 3), torch.tensor([[False] * 3] * 3 + [[True] * 3] * 3).view(2, 3, 3))
+    got, iterations = cg_linear_imputation(torch.zeros(0, 3, 4, 4), torch.zeros(0, 4, 4, dtype=torch.bool))
+    assert got.shape == (0, 3, 4, 4) and iterations.shape == (0, 3)
+
+
+def test_cg_noisy_imputation_matches_direct_with_the_same_noise():
+    generator = torch.Generator().manual_seed(14)
+    x = torch.randn(3, 3, 32, 32, generator=generator)
+    maps = torch.stack([smooth_map(32, 32, 15), torch.rand(32, 32, generator=generator), smooth_map(32, 32, 16)])
+    ranks = maps.flatten(1).argsort(dim=1, descending=True).argsort(dim=1)
+    removed = (ranks < torch.tensor([[102], [512], [922]])).view(3, 32, 32)
+    direct = noisy_linear_imputation(x, removed, noise=0.01, seeds=[3, 4, 5])
+    cg = noisy_linear_imputation(x, removed, noise=0.01, seeds=[3, 4, 5], solver="cg")
+    assert cg.dtype == x.dtype and cg.device == x.device
+    keep = ~removed[:, None].expand_as(x)
+    assert torch.equal(cg[keep], x[keep])
+    assert (cg - direct).abs().max().item() <= CG_ATOL
+    # the noise is the same field: cg's noise = direct's noise to float32 rounding
+    noise_cg = cg - noisy_linear_imputation(x, removed, noise=0.0, seeds=[3, 4, 5], solver="cg")
+    noise_direct = direct - noisy_linear_imputation(x, removed, noise=0.0, seeds=[3, 4, 5])
+    assert (noise_cg - noise_direct).abs().max().item() <= 1e-6 and noise_cg[~keep].std().item() > 0.009
+
+
+@pytest.mark.parametrize("score, atol", [pytest.param("softmax", 1e-5, id="softmax"),
+                                         pytest.param("logit", 1e-4, id="logit")])
+def test_metric_scores_with_cg_match_direct(score, atol):
+    net = tiny_net(5)
+    generator = torch.Generator().manual_seed(17)
+    x = torch.randn(3, 3, 24, 24, generator=generator)
+    maps = torch.stack([smooth_map(24, 24, 18), torch.rand(24, 24, generator=generator), smooth_map(24, 24, 19)])
+    maps[2, 3, 3] = float("nan")
+    explained = explained_batch(net, x, maps, indices=[4, 5, 6])
+    direct = create_metric("road", score=score, batch_size=16, seed=2)
+    cg = create_metric("road", score=score, batch_size=16, seed=2, solver="cg", cg_batch_size=5)
+    expected, got = direct.update(explained), cg.update(explained)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=atol, equal_nan=True)
+    assert torch.isnan(got["road_gap"][2])
+    # measured: the curves differ by at most 3e-7 (softmax) here
+    np.testing.assert_allclose(cg.tables()["curves"]["value"], direct.tables()["curves"]["value"], rtol=0, atol=atol)
+    table = cg.tables()["cg_iterations"]
+    assert list(table.columns) == ["image_id", "method", "metric", "curve", "step", "fraction", "iterations"]
+    assert len(table) == 3 * 2 * 9 and (table[table.image_id == "img6"].iterations == 0).all()
+    finite = table[table.image_id != "img6"]
+    assert (finite.iterations > 0).all() and cg.cg_iterations_max == finite.iterations.max()
+    assert "cg_iterations" not in direct.tables() and direct.cg_iterations_max is None
+    protocol, reference = cg.protocol(), direct.protocol()
+    assert protocol["solver"] == "cg" and protocol["cg_tol"] == 1e-7 and protocol["cg_max_iter"] == 5000
+    assert "conjugate gradient" in protocol["imputation"] and "sparse LU" in reference["imputation"]
+    assert reference["solver"] == "direct" and "cg_tol" not in reference
+    assert cg.preset == direct.preset  # the same protocol, solved another way
+    json.dumps(protocol)
+
+
+def test_cg_stops_with_a_clear_error_when_it_does_not_converge():
+    image = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(20))
+    removed = torch.zeros(2, 24, 24, dtype=torch.bool)
+    removed[0, 4:20, 4:20] = True  # 256 unknowns: not solved in 3 iterations
+    removed[1, 10, 10] = True  # 1 unknown: solved in 1
+    with pytest.raises(ImputationNotConverged, match=r"did not converge: 3 of 6 systems .* above cg_tol=1e-07 "
+                                                     r"after cg_max_iter=3 iterations .* solver: direct"):
+        cg_linear_imputation(image, removed, max_iter=3)
+    _, iterations = cg_linear_imputation(image[1:], removed[1:], max_iter=1)
+    assert iterations.tolist() == [[1, 1, 1]]
+    net = tiny_net(6)
+    metric = create_metric("road", fractions=[0.5], solver="cg", cg_max_iter=1)
+    with pytest.raises(ImputationNotConverged, match="cg_max_iter=1"):
+        metric.update(explained_batch(net, image, torch.rand(2, 24, 24)))
+    with pytest.raises(RuntimeError):  # a RuntimeError for callers that catch those
+        noisy_linear_imputation(image, removed, solver="cg", cg_max_iter=2)
+
+
+def test_cg_makes_no_tensor_off_the_input_device():
+    net = tiny_net(4)
+    generator = torch.Generator().manual_seed(10)
+    x, maps = torch.randn(2, 3, 8, 8, generator=generator), torch.rand(2, 8, 8, generator=generator)
+    explained = explained_batch(net, x, maps)
+    reference = create_metric("road", fractions=[0.5], solver="cg").update(explained)
+    with torch.device("meta"):
+        got = create_metric("road", fractions=[0.5], solver="cg").update(explained)
+    for key, value in reference.items():
+        assert got[key].device == x.device
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cg_on_cuda_matches_direct_on_cpu():
+    masks = cg_masks()
+    image = np.random.default_rng(21).standard_normal((3, 40, 48))
+    x = torch.from_numpy(image).float()[None].expand(len(masks), -1, -1, -1).contiguous()
+    removed = torch.from_numpy(np.stack(list(masks.values())))
+    seeds = list(range(len(masks)))
+    expected = noisy_linear_imputation(x, removed, noise=0.01, seeds=seeds)
+    got = noisy_linear_imputation(x.cuda(), removed.cuda(), noise=0.01, seeds=seeds, solver="cg")
+    assert got.device.type == "cuda"
+    assert (got.cpu() - expected).abs().max().item() <= CG_ATOL
+    net = tiny_net(7)
+    generator = torch.Generator().manual_seed(22)
+    x, maps = torch.randn(3, 3, 32, 32, generator=generator), torch.rand(3, 32, 32, generator=generator)
+    maps[0] = smooth_map(32, 32, 23)
+    reference = create_metric("road", batch_size=20).update(explained_batch(net, x, maps))
+    gpu_net = tiny_net(7).cuda()
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+        got = create_metric("road", batch_size=20, solver="cg").update(
+            explained_batch(gpu_net, x.cuda(), maps.cuda()))
+    for key, value in reference.items():
+        assert got[key].device.type == "cuda"
+        torch.testing.assert_close(got[key].cpu(), value, rtol=0, atol=1e-4)  # as test_devices' road tolerance
