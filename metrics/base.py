@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
+import torch
 from torch import Tensor
 
 
@@ -59,7 +60,8 @@ class Metric:
     preset: str = "custom"
     scores: Tuple[ScoreInfo, ...] = ()
     # The class the maps this metric scores must explain: None (the job's ``target``),
-    # "label" or "predicted". The runner explains the images whose class differs again.
+    # "label", "predicted" or "present" (one row per class present, see PointingGame). The
+    # runner explains the images whose class differs again.
     map_target: Optional[str] = None
 
     def protocol(self) -> Dict[str, Any]:
@@ -84,3 +86,46 @@ class Metric:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(preset={self.preset!r}, {self.protocol()})"
+
+
+TRACKED = ("predicted", "label", "explained")
+
+
+class TracksClass:
+    """For perturbation metrics with option ``target`` (one of :data:`TRACKED`): the class whose
+    score they track is also the class the maps must explain (RISE and ROAD explain the
+    prediction); ``target: explained`` scores the job's maps as they are."""
+
+    target: str = "predicted"
+
+    @property
+    def map_target(self) -> Optional[str]:
+        return self.target if self.target in ("predicted", "label") else None
+
+    def tracked_class(self, explained: ExplainedBatch) -> Tensor:
+        """[B] long on the inputs' device."""
+        if self.target == "predicted":
+            return explained.logits.argmax(dim=1)
+        if self.target == "label":
+            return explained.batch.labels.to(explained.inputs.device)
+        return explained.targets.to(explained.inputs.device)
+
+
+def image_positions(explained: ExplainedBatch) -> Tensor:
+    """[B] int64 on the CPU: each image's dataset position (its batch position when the batch
+    carries none)."""
+    indices = getattr(explained.batch, "indices", None)
+    if indices is None:
+        return torch.arange(explained.inputs.shape[0])
+    return torch.as_tensor(indices, device="cpu")
+
+
+def image_seeds(explained: ExplainedBatch, seed: int) -> Tensor:
+    """[B] int64 on the CPU: ``seed * 1_000_003 + position``, so seeded noise does not depend
+    on batching."""
+    return seed * 1_000_003 + image_positions(explained)
+
+
+def image_ids(explained: ExplainedBatch) -> list:
+    """The batch's image ids, or the dataset positions as strings."""
+    return list(getattr(explained.batch, "image_ids", None) or map(str, image_positions(explained).tolist()))

@@ -40,14 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salbench.metrics.base import ExplainedBatch, Metric, ScoreInfo
+from salbench.metrics.base import TRACKED, ExplainedBatch, Metric, ScoreInfo, TracksClass, image_ids, image_seeds
 
 CURVES = ("deletion", "insertion")
 SUBSTRATES = ("zero", "mean", "blur", "noise")
 SCORES = ("softmax", "logit")
 ORDERS = ("most_relevant_first", "least_relevant_first")
 TIE_BREAKS = ("first", "last")
-TRACKED = ("predicted", "label", "explained")
 RISE_STEPS = 224  # RISE: 224 pixels per step at 224 x 224, i.e. 224 steps
 
 
@@ -296,7 +295,7 @@ RISE_PRESET: Dict[str, Any] = {
 }
 
 
-class DeletionInsertion(Metric):
+class DeletionInsertion(TracksClass, Metric):
     """Per-image deletion AUC (lower is better) and insertion AUC (higher is better), with the
     full curves kept for :meth:`tables`. Registered as ``rise``; its defaults are the RISE
     preset (see the module docstring) and :attr:`preset` says ``rise`` only while every
@@ -390,19 +389,6 @@ class DeletionInsertion(Metric):
     def merge(self, other: "DeletionInsertion") -> None:
         self._records.extend(other._records)
 
-    @property
-    def map_target(self) -> Optional[str]:
-        """The tracked class is also the class the maps must explain (RISE explains the
-        prediction); ``target: explained`` scores the job's maps as they are."""
-        return self.target if self.target in ("predicted", "label") else None
-
-    def tracked_class(self, explained: ExplainedBatch) -> Tensor:
-        if self.target == "predicted":
-            return explained.logits.argmax(dim=1)
-        if self.target == "label":
-            return explained.batch.labels.to(explained.inputs.device)
-        return explained.targets.to(explained.inputs.device)
-
     def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
         return update_many({explained.method: self}, {explained.method: explained})[explained.method]
 
@@ -411,9 +397,9 @@ class DeletionInsertion(Metric):
         return isinstance(other, DeletionInsertion) and self.protocol() == other.protocol() \
             and self.batch_size == other.batch_size
 
-    def _record(self, explained: ExplainedBatch, curve: str, values: Tensor, indices: Tensor) -> None:
+    def _record(self, explained: ExplainedBatch, curve: str, values: Tensor) -> None:
         self._records.append({
-            "image_id": list(getattr(explained.batch, "image_ids", None) or map(str, indices.tolist())),
+            "image_id": image_ids(explained),
             "method": explained.method,
             "curve": curve,
             "values": values.cpu(),
@@ -464,9 +450,7 @@ def update_many(metrics: Dict[str, DeletionInsertion], explained: Dict[str, Expl
         for key in keys[1:]:
             if not torch.equal(first_metric.tracked_class(explained[key]), target):
                 raise ValueError("target='explained' with different explained classes: update the methods separately")
-    indices = getattr(first.batch, "indices", None)
-    indices = torch.arange(x.shape[0], device="cpu") if indices is None else torch.as_tensor(indices, device="cpu")
-    seeds = first_metric.seed * 1_000_003 + indices
+    seeds = image_seeds(first, first_metric.seed)
     out: Dict[str, Dict[str, Tensor]] = {key: {} for key in keys}
     m = first_metric
     for curve in m.curves:
@@ -480,5 +464,5 @@ def update_many(metrics: Dict[str, DeletionInsertion], explained: Dict[str, Expl
         )
         for key in keys:
             out[key][f"{curve}_auc"] = curve_auc(values[key])
-            metrics[key]._record(explained[key], curve, values[key], indices)
+            metrics[key]._record(explained[key], curve, values[key])
     return out

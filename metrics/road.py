@@ -66,8 +66,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salbench.metrics.base import ExplainedBatch, Metric, ScoreInfo
-from salbench.metrics.deletion import AUTOCAST, TIE_BREAKS, TRACKED, _autocast_scope, _check_choice, pixel_ranks
+from salbench.metrics.base import TRACKED, ExplainedBatch, Metric, ScoreInfo, TracksClass, image_ids, image_seeds
+from salbench.metrics.deletion import AUTOCAST, TIE_BREAKS, _autocast_scope, _check_choice, pixel_ranks
 
 ORDERS = ("morf", "lerf")
 SCORES = ("softmax", "logit", "correct")
@@ -493,7 +493,7 @@ def _percent(fraction: float) -> str:
     return f"{100 * fraction:g}".replace(".", "p")
 
 
-class RemoveAndDebias(Metric):
+class RemoveAndDebias(TracksClass, Metric):
     """ROAD (registered as ``road``): per image, the mean MoRF curve (``road_morf_auc``, lower is
     better), the mean LeRF curve (``road_lerf_auc``, higher is better) and their difference
     ``road_gap = lerf - morf`` (higher is better), under noisy linear imputation (module
@@ -621,26 +621,10 @@ class RemoveAndDebias(Metric):
     def merge(self, other: "RemoveAndDebias") -> None:
         self._records.extend(other._records)
 
-    @property
-    def map_target(self) -> Optional[str]:
-        """The tracked class is also the class the maps must explain; ``target: explained``
-        scores the job's maps as they are (as the ``rise`` metric)."""
-        return self.target if self.target in ("predicted", "label") else None
-
-    def tracked_class(self, explained: ExplainedBatch) -> Tensor:
-        if self.target == "predicted":
-            return explained.logits.argmax(dim=1)
-        if self.target == "label":
-            return explained.batch.labels.to(explained.inputs.device)
-        return explained.targets.to(explained.inputs.device)
-
     def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
         x = explained.inputs
         model = getattr(explained.model, "module", explained.model)
-        indices = getattr(explained.batch, "indices", None)
-        indices = torch.arange(x.shape[0], device="cpu") if indices is None \
-            else torch.as_tensor(indices, device="cpu")
-        seeds = (self.seed * 1_000_003 + indices).tolist()
+        seeds = image_seeds(explained, self.seed).tolist()
         iterations: Dict[str, Tensor] = {}
         curves = road_curves(
             model, x, explained.heatmaps.to(x.device), self.tracked_class(explained), fractions=self.fractions,
@@ -649,7 +633,7 @@ class RemoveAndDebias(Metric):
             cg_tol=self.cg_tol, cg_max_iter=self.cg_max_iter, cg_batch_size=self.cg_batch_size,
             iterations=iterations,
         )
-        ids = getattr(explained.batch, "image_ids", None) or [str(i) for i in indices.tolist()]
+        ids = image_ids(explained)
         out: Dict[str, Tensor] = {}
         for order in self.orders:
             out[f"road_{order}_auc"] = curve_mean(curves[order])
