@@ -363,26 +363,28 @@ def _view_key(metric, batch, job_target: str):
     return wanted
 
 
-def _explain_for(cfg, metric, batch, predicted, explained, flags, explainers):
-    """What a metric whose protocol fixes the explained class (``metric.map_target``) scores:
-    ``(views, view_flags, rows)`` with ``rows`` [N] the batch position of each scored row.
+def _explain_for(cfg, view_key, batch, predicted, explained, flags, explainers):
+    """What the metrics of ``view_key`` (:func:`_view_key`) score: ``(views, view_flags, rows)``
+    with ``rows`` [N] the batch position of each scored row.
 
-    ``"label"`` / ``"predicted"``: one row per image, explaining that class; ``"present"``: one
-    row per (image, class) pair of ``metric.present_classes(batch)``. Rows whose class equals
-    the job's target reuse the job's maps; the others are explained again (their cost is not
-    charged to the timing metric)."""
+    ``"label"`` / ``"predicted"``: one row per image, explaining that class; ``("present",
+    pairs)``: one row per (image, class) pair. Rows whose class equals the job's target reuse
+    the job's maps; the others are explained again (their cost is not charged to the timing
+    metric)."""
     base = next(iter(explained.values()))
-    wanted = metric.map_target
-    if wanted == "present":
-        pairs = [(i, c) for i, classes in enumerate(metric.present_classes(batch)) for c in classes]
-        rows = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=base.targets.device)
-        classes = torch.tensor([c for _, c in pairs], dtype=torch.long, device=base.targets.device)
-    elif wanted in ("label", "predicted"):
-        rows = torch.arange(len(batch), device=base.targets.device)
-        classes = (batch.labels if wanted == "label" else predicted).to(base.targets.device)
+    device = base.targets.device
+    if isinstance(view_key, tuple) and view_key[0] == "present":
+        per_image = view_key[1]
+        rows = torch.tensor([i for i, classes in enumerate(per_image) for _ in classes], dtype=torch.long,
+                            device=device)
+        classes = torch.tensor([c for classes in per_image for c in classes], dtype=torch.long, device=device)
+        same_rows = all(len(c) == 1 for c in per_image)
+    elif view_key in ("label", "predicted"):
+        rows = torch.arange(len(batch), device=device)
+        classes = (batch.labels if view_key == "label" else predicted).to(device)
+        same_rows = True
     else:
-        raise ValueError(f"metric {metric.name!r} asks for maps of {wanted!r}; valid: label, predicted, present")
-    same_rows = len(rows) == len(batch) and bool((rows == torch.arange(len(batch), device=rows.device)).all())
+        raise ValueError(f"a metric asks for maps of {view_key!r}; valid: label, predicted, present")
     view_batch = batch if same_rows else batch.select(rows.tolist())
     differ = torch.nonzero(classes != base.targets[rows]).flatten()
     if len(differ):
@@ -459,7 +461,8 @@ def _evaluate_batch(cfg, batch, bundle, explainers, metrics, gallery, state, row
     view_keys = {mkey: _view_key(metric, batch, cfg.target) for mkey, metric in first.items()}
     for mkey, metric in first.items():
         if view_keys[mkey] not in by_target:
-            by_target[view_keys[mkey]] = _explain_for(cfg, metric, batch, predicted, explained, flags, explainers)
+            by_target[view_keys[mkey]] = _explain_for(cfg, view_keys[mkey], batch, predicted, explained, flags,
+                                                      explainers)
     views = {mkey: by_target[view_keys[mkey]] for mkey in first}
     results = _update_metrics(cfg, {mkey: view[0] for mkey, view in views.items()}, metrics, device)
     for key, explainer in explainers.items():

@@ -214,11 +214,12 @@ class PointingGame(Metric):
             if self.ground_truth == "mask" or len(labels) == 0:
                 classes.append([int(label)])
                 continue
-            keep = torch.ones(len(labels), dtype=torch.bool)
-            if self.skip_all_difficult and len(batch.difficult[i]) == len(labels):
-                keep = ~batch.difficult[i].cpu().bool()
-            present = sorted(set(labels.cpu().tolist()))
-            kept = set(labels.cpu()[keep].tolist())
+            labels = labels.tolist()
+            difficult = batch.difficult[i].tolist() if self.skip_all_difficult else []
+            if len(difficult) != len(labels):
+                difficult = [False] * len(labels)
+            present = sorted(set(labels))
+            kept = {c for c, hard in zip(labels, difficult) if not hard}
             classes.append([c for c in present if c in kept] or present)
         return classes
 
