@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -472,11 +472,8 @@ def timm_model(
     except ImportError:
         raise ImportError("the timm models need timm: pip install salbench[timm]") from None
     if not timm.is_model(arch):
-        import difflib
-
-        close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
-        hint = f" Did you mean {', '.join(repr(name) for name in close)}?" if close else ""
-        raise ValueError(f"unknown timm model {arch!r}.{hint} timm.list_models('pattern*') lists the valid names.")
+        raise UnknownNameError("timm model", arch, timm.list_models(),
+                               listing="timm.list_models('pattern*') lists the valid names.")
     info: Dict[str, Any] = {"pretrained": pretrained, "architecture": arch}
     if pretrained:
         if weights:

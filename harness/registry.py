@@ -13,15 +13,15 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 
 
 class UnknownNameError(KeyError):
-    """Raised for a name that is not registered; the message lists close matches and choices."""
+    """Raised for a name that is not registered; the message lists close matches and choices
+    (``listing``: a sentence said instead of the choices, e.g. for thousands of them)."""
 
-    def __init__(self, kind: str, name: str, choices: Iterable[str]):
+    def __init__(self, kind: str, name: str, choices: Iterable[str], listing: Optional[str] = None):
         self.kind, self.name, self.choices = kind, name, sorted(choices)
         close = difflib.get_close_matches(str(name), self.choices, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        super().__init__(
-            f"unknown {kind} {name!r}.{hint} Valid choices: {', '.join(self.choices) or '(none)'}"
-        )
+        listing = listing or f"Valid choices: {', '.join(self.choices) or '(none)'}"
+        super().__init__(f"unknown {kind} {name!r}.{hint} {listing}")
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return self.args[0]

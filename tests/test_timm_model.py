@@ -11,6 +11,7 @@ import torch
 from salbench.methods import create_method
 from salbench.methods.base import default_target_layer
 from salbench.models import create_model, imagenet_class_names
+from salbench.registry import UnknownNameError
 
 timm = pytest.importorskip("timm")
 
@@ -125,7 +126,7 @@ def test_weights_come_from_the_torch_hub_cache(seeded, tmp_path):
 
 
 def test_unknown_arch_and_tag_are_clear_errors():
-    with pytest.raises(ValueError, match="unknown timm model 'resnt18'. Did you mean 'resnet18'"):
+    with pytest.raises(UnknownNameError, match="unknown timm model 'resnt18'. Did you mean 'resnet18'"):
         create_model("timm", arch="resnt18", pretrained=False)
     with pytest.raises(ValueError, match="Invalid pretrained tag"):
         create_model("timm", arch="resnet18.bogus")
