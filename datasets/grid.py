@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from salbench.datasets.base import ImageSize, LocalizationDataset, SkipSample, input_size, is_skip
+from salbench.datasets.base import ImageSize, LocalizationDataset, input_size, is_skip
 
 
 def confident_candidates(dataset: LocalizationDataset, model: Any, threshold: float, batch_size: int = 16) -> List[Dict[str, Any]]:

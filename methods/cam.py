@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,9 @@ from salbench.methods.base import (
     check_target_range,
     preserved_model_state,
 )
+
+if TYPE_CHECKING:  # annotations only (shared imports this module)
+    from salbench.methods.shared import PassRequest, PassResult
 
 _POOLING_FUNCTIONS = ("adaptive_avg_pool2d", "avg_pool2d", "mean")
 

@@ -20,7 +20,7 @@ Boxes are ``(x0, y0, x1, y1)`` inclusive pixel indices (ILSVRC convention: width
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,9 @@ from torch import Tensor, nn
 
 from salbench.methods.base import trace_forward
 from salbench.metrics.base import ExplainedBatch, Metric, ScoreInfo
+
+if TYPE_CHECKING:  # annotations only
+    import pandas
 
 MODES = ("cascading", "independent")
 INITS = ("reset", "normal")

@@ -17,7 +17,7 @@ n = 0 gives NaN everywhere; n = 1 gives the value as both bounds.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
