@@ -5,7 +5,7 @@ model, one input batch and one device, in one process; writes docs/benchmarks.md
                              [--size 224] [--batch 16] [--repeats 5] [--quick]
 
 Every figure is the median over ``--repeats`` timed calls after one untimed warm-up call
-(:class:`salbench.timing.Stopwatch`: CUDA events + synchronization on CUDA, perf_counter on CPU);
+(:class:`salbench.harness.timing.Stopwatch`: CUDA events + synchronization on CUDA, perf_counter on CPU);
 the calls are timed round-robin, so a changing machine load affects the compared calls alike.
 Models are randomly initialised (timing does not depend on the weights). Ratios are printed as
 "salbench is N x faster" (peer time / salbench time) or as throughput fractions.
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from salbench.timing import Stopwatch, device_name
+from salbench.harness.timing import Stopwatch, device_name
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, List
 
 from salbench.datasets.base import Batch, LocalizationDataset, SkipSample, collate, is_skip
-from salbench.registry import Registry
+from salbench.harness.registry import Registry
 
 DATASETS = Registry("dataset")
 

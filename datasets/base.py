@@ -3,7 +3,7 @@
 A sample is a dict:
 
 * ``image``: FloatTensor [3, H, W], RGB in [0, 1], at the model's input size (not normalized:
-  normalization travels with the model, see :class:`salbench.models.ModelBundle`);
+  normalization travels with the model, see :class:`salbench.models.bundle.ModelBundle`);
 * ``label``: int, the class to explain (the primary class for multi-label datasets);
 * ``boxes``: FloatTensor [N, 4] ``(x0, y0, x1, y1)`` inclusive pixel coordinates in the input
   frame (N may be 0); ``box_labels``: LongTensor [N]; ``difficult``: BoolTensor [N];
@@ -130,9 +130,8 @@ def collate(samples: Sequence[Dict[str, Any]]) -> Batch:
     """Collate sample dicts (see the module docstring) into a :class:`Batch`.
 
     Skip records are dropped and listed in ``extras["skipped"]`` as
-    ``{"image_id", "index", "reason"}`` dicts; optional per-sample ``frame`` and ``cells`` go to
-    ``extras["frames"]`` / ``extras["cells"]`` and ``class_masks`` / ``class_mask_labels`` to
-    the extras of the same names. An all-skipped batch has ``len(batch) == 0``.
+    ``{"image_id", "index", "reason"}`` dicts; the optional per-sample ``class_masks`` /
+    ``class_mask_labels`` go to the extras of the same names. An all-skipped batch has ``len(batch) == 0``.
     """
     skipped = [
         {"image_id": str(s.get("image_id", "")), "index": int(s.get("index", -1)), "reason": str(s["skip"])}
@@ -147,10 +146,9 @@ def collate(samples: Sequence[Dict[str, Any]]) -> Batch:
             ignore=None, orig_sizes=[], orig_boxes=[], image_ids=[], indices=empty, extras={"skipped": skipped},
         )
     extras: Dict[str, Any] = {"skipped": skipped}
-    for key, name in (("frame", "frames"), ("cells", "cells"), ("class_masks", "class_masks"),
-                      ("class_mask_labels", "class_mask_labels")):
+    for key in ("class_masks", "class_mask_labels"):
         if any(key in s for s in samples):
-            extras[name] = [s.get(key) for s in samples]
+            extras[key] = [s.get(key) for s in samples]
     empty_boxes = torch.zeros(0, 4)
     return Batch(
         images=torch.stack([s["image"] for s in samples]),

@@ -48,6 +48,8 @@ class GridPointingGame(LocalizationDataset):
     only when no ``model`` is given; ``source`` / ``source_options``: the dataset of the tiles.
     """
 
+    needs_model = True  # the job loop passes its ModelBundle as ``model``
+
     def __init__(
         self,
         model: Any = None,

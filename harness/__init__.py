@@ -1,2 +1,3 @@
-"""salbench: evaluation and benchmarking harness for visual explanations of CNN classifiers."""
-__version__ = "0.1.0"
+"""The job machinery: the job loop (:mod:`~salbench.harness.runner`), the command line
+(:mod:`~salbench.harness.cli`), config schemas, registries, result storage, timing, the
+regression gate and the cross-checks against captum / pytorch-grad-cam."""

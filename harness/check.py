@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import pandas as pd
 
-from salbench import store
+from salbench.harness import store
 
 KEY = ["model", "dataset", "method", "metric", "score"]
 DIRECTIONS = ("higher", "lower")

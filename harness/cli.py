@@ -2,7 +2,7 @@
 
 * ``salbench [overrides]`` / ``salbench -m [sweep overrides]``: the Hydra job (config ``config``);
 * ``salbench report DIR...``: the report of finished runs (also ``salbench-report``);
-* ``salbench check DIR... --baseline FILE [--update]``: the regression gate (:mod:`salbench.check`);
+* ``salbench check DIR... --baseline FILE [--update]``: the regression gate (:mod:`salbench.harness.check`);
 * ``salbench crosscheck [overrides]``: methods against captum / pytorch-grad-cam (config ``crosscheck``).
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ def config_dir() -> str:
 
 
 def _hydra_app(config_name: str, job: Callable[[DictConfig], Optional[int]]) -> Callable[[], None]:
-    from salbench.schema import register_schemas
+    from salbench.harness.schema import register_schemas
 
     register_schemas()
 
@@ -44,7 +44,7 @@ _GROUP_OVERRIDE = re.compile(r"^[+~]{0,2}(%s)=(.*)$" % "|".join(GROUPS))
 def unknown_group_options(overrides: List[str]) -> List[str]:
     """Messages for group overrides naming options that have no YAML in ``conf/<group>/``
     (Hydra's own message for a multi-select group lists no choices)."""
-    from salbench.registry import UnknownNameError
+    from salbench.harness.registry import UnknownNameError
 
     messages = []
     for override in overrides:
@@ -60,7 +60,7 @@ def unknown_group_options(overrides: List[str]) -> List[str]:
 
 
 def run_main_job(cfg: DictConfig) -> None:
-    from salbench.runner import run_job
+    from salbench.harness.runner import run_job
 
     run_job(cfg, Path(HydraConfig.get().runtime.output_dir))
 
@@ -72,11 +72,11 @@ def main(argv: Optional[List[str]] = None) -> None:
 
         sys.exit(report_main(argv[1:]))
     if argv and argv[0] == "check":
-        from salbench.check import main as check_main
+        from salbench.harness.check import main as check_main
 
         sys.exit(check_main(argv[1:]))
     if argv and argv[0] == "crosscheck":
-        from salbench.crosscheck import crosscheck_main
+        from salbench.harness.crosscheck import crosscheck_main
 
         sys.argv = [f"{sys.argv[0]} crosscheck", *argv[1:]]
         _hydra_app("crosscheck", crosscheck_main)()

@@ -241,13 +241,13 @@ def _check_gradcam(i: CrossCheckInputs) -> List[Dict[str, Any]]:
     from captum.attr import LayerGradCam
 
     from salbench.methods import create_method
-    from salbench.methods.base import find_module
+    from salbench.methods.hooks import find_module
 
     explainer = create_method("gradcam", i.model, layer=i.layer)
     layer = find_module(i.model, i.layer)
     ours = explainer.attribute(i.x, i.target)
-    rows = [compare("gradcam", f"captum.LayerGradCam({i.layer}, relu_attributions=True)", ours,
-                    LayerGradCam(i.model, layer).attribute(i.x, target=i.target, relu_attributions=True)[:, 0])]
+    rows = [compare("gradcam", f"captum.LayerGradCam({i.layer}) (attribute: before the ReLU)", ours,
+                    LayerGradCam(i.model, layer).attribute(i.x, target=i.target, relu_attributions=False)[:, 0])]
     size = tuple(i.x.shape[-2:])
     if layer_overwritten_in_place(i.model, layer, i.x):
         rows.append(skipped("gradcam", "heatmap: pytorch_grad_cam.GradCAM", f"the output of {i.layer!r} is modified "
@@ -262,18 +262,19 @@ def _check_counterfactual(i: CrossCheckInputs) -> List[Dict[str, Any]]:
     from captum.attr import LayerGradCam
 
     from salbench.methods import create_method
-    from salbench.methods.base import find_module
+    from salbench.methods.hooks import find_module
 
     ours = create_method("counterfactual_gradcam", i.model, layer=i.layer).attribute(i.x, i.target)
-    ref = LayerGradCam(NegatedOutput(i.model), find_module(i.model, i.layer)).attribute(i.x, target=i.target, relu_attributions=True)
-    return [compare("counterfactual_gradcam", f"captum.LayerGradCam(-model, {i.layer}, relu_attributions=True)", ours, ref[:, 0])]
+    ref = LayerGradCam(NegatedOutput(i.model), find_module(i.model, i.layer)).attribute(i.x, target=i.target)
+    return [compare("counterfactual_gradcam", f"captum.LayerGradCam(-model, {i.layer}) (attribute: before the ReLU)",
+                    ours, ref[:, 0])]
 
 
 def _check_guided_gradcam(i: CrossCheckInputs) -> List[Dict[str, Any]]:
     from captum.attr import GuidedGradCam
 
     from salbench.methods import create_method
-    from salbench.methods.base import find_module
+    from salbench.methods.hooks import find_module
 
     rows = []
     for mode in ("nearest", "bilinear"):
@@ -292,15 +293,13 @@ def _check_cam(i: CrossCheckInputs) -> List[Dict[str, Any]]:
     from salbench.methods import create_method
 
     reference = "gradcam(relu=False) x h*w on the global-pool input"
-    cam = create_method("cam", i.model)
     try:
-        activation, _, _ = cam.features_and_weights(i.x)
+        ours = create_method("cam", i.model).attribute(i.x, i.target)
     except ValueError as error:
         return [skipped("cam", reference, str(error))]
-    ours = cam.attribute(i.x, i.target)
     # Grad-CAM at the same feature map: the global-pool input, reached through a forward hook
-    from salbench.methods.cam import trace_head
-    from salbench.methods.base import class_scores, preserved_model_state
+    from salbench.methods.base import class_scores
+    from salbench.methods.hooks import preserved_model_state, trace_head
 
     with preserved_model_state(i.model), torch.enable_grad(), trace_head(i.model) as trace:
         scores = class_scores(i.model(i.x.detach().requires_grad_(True)), i.target)
@@ -308,7 +307,7 @@ def _check_cam(i: CrossCheckInputs) -> List[Dict[str, Any]]:
     feature = head_input if head_input.ndim == 4 and head_input.shape[-1] * head_input.shape[-2] > 1 else trace.pooled_inputs[-1]
     (gradients,) = torch.autograd.grad(scores.sum(), feature)
     gradcam_map = torch.einsum("bk,bkhw->bhw", gradients.mean(dim=(2, 3)), feature.detach())
-    z = activation.shape[-1] * activation.shape[-2]
+    z = feature.shape[-1] * feature.shape[-2]
     return [compare("cam", reference, ours, gradcam_map * z)]
 
 
@@ -353,7 +352,7 @@ def run_crosscheck(
     """Compare salbench's methods with their references on ``x`` [B, C, H, W] (model input
     space) and ``target`` [B]. ``model``: an ``nn.Module`` or a ModelBundle (its target layer is
     the default ``layer``). Returns a DataFrame with columns :data:`COLUMNS`."""
-    from salbench.methods.base import default_target_layer
+    from salbench.methods.hooks import default_target_layer
 
     module = getattr(model, "module", model)
     if not isinstance(module, nn.Module):

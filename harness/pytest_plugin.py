@@ -45,8 +45,8 @@ class SalbenchGate:
         """The job config from Hydra's compose API (the ``salbench`` command line's overrides)."""
         from hydra import compose, initialize_config_dir
 
-        from salbench.cli import config_dir as packaged_config_dir
-        from salbench.schema import register_schemas
+        from salbench.harness.cli import config_dir as packaged_config_dir
+        from salbench.harness.schema import register_schemas
 
         register_schemas()
         with initialize_config_dir(config_dir=config_dir or packaged_config_dir(), version_base="1.3"):
@@ -57,7 +57,7 @@ class SalbenchGate:
         """Run one job (``overrides`` as on the command line, or a composed ``config``) in a
         fresh directory under the test's temporary folder; returns its tidy scores frame (the
         rows of ``scores.parquet``). The job's directory is ``scores.attrs["run_dir"]``."""
-        from salbench.runner import run_job
+        from salbench.harness.runner import run_job
 
         cfg = config if config is not None else self.compose(overrides, config_name)
         out = Path(output_dir) if output_dir else self.workdir / f"salbench-run{self._runs}"
@@ -79,7 +79,7 @@ class SalbenchGate:
     def summary(self, scores: Any):
         """One row per (model, dataset, method, metric, score): the values the gate compares
         (mean over images, NaN skipped; dataset-level values as they are)."""
-        from salbench.check import aggregate
+        from salbench.harness.check import aggregate
 
         return aggregate(self._scores(scores))
 
@@ -163,7 +163,7 @@ class SalbenchGate:
         Under ``pytest --salbench-update``, or when the file does not exist yet, the baseline is
         written from ``scores`` instead (restricted to ``methods`` / ``score_names`` globs).
         """
-        from salbench import check
+        from salbench.harness import check
 
         baseline = Path(baseline)
         table = self.summary(scores)

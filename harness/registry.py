@@ -9,7 +9,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
-from typing import Any, Callable, Dict, Iterable, List, Optional
+import inspect
+import typing
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 
 class UnknownNameError(KeyError):
@@ -75,6 +77,58 @@ class Registry:
         raise UnknownNameError(self.kind, name, self.names())
 
     def create(self, name: str, *args: Any, **options: Any) -> Any:
-        """Build ``name`` with ``options``; ``None`` options are dropped so defaults apply."""
+        """Build ``name`` with ``options``; ``None`` options are dropped so defaults apply. An
+        option the entry does not take is a TypeError naming the valid ones."""
         entry = self.get(name)
+        check_options(f"{self.kind} {name!r}", entry, options, positional=len(args))
         return entry(*args, **{k: v for k, v in options.items() if v is not None})
+
+
+def entry_parameters(entry: Callable, skip: Tuple[str, ...] = ("self", "model")) -> Dict[str, inspect.Parameter]:
+    """Keyword parameters of ``entry`` (a class: its ``__init__`` and, through ``**kwargs``, its
+    bases'), without ``skip`` (``self`` and a method's ``model``) and variadics, with resolved
+    annotations."""
+    classes = inspect.getmro(entry) if inspect.isclass(entry) else (entry,)
+    params: Dict[str, inspect.Parameter] = {}
+    for owner in classes:
+        function = owner.__init__ if inspect.isclass(owner) else owner
+        if inspect.isclass(owner) and "__init__" not in vars(owner):
+            continue
+        try:
+            hints = typing.get_type_hints(function)
+        except Exception:  # unresolvable forward references: fall back to Any
+            hints = {}
+        signature = inspect.signature(function)
+        for name, param in signature.parameters.items():
+            if name in skip or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            params.setdefault(name, param.replace(annotation=hints.get(name, param.annotation)))
+        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            break  # no **kwargs: the bases' options are not accepted
+    return params
+
+
+def takes_any_option(entry: Callable) -> bool:
+    """Whether ``entry`` (or the last of its bases that :func:`entry_parameters` reads) takes
+    ``**kwargs``, so that no option name can be checked."""
+    classes = inspect.getmro(entry) if inspect.isclass(entry) else (entry,)
+    for owner in classes:
+        if inspect.isclass(owner) and "__init__" not in vars(owner):
+            continue
+        function = owner.__init__ if inspect.isclass(owner) else owner
+        if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(function).parameters.values()):
+            return False
+        if owner is object:
+            break
+    return True
+
+
+def check_options(what: str, entry: Callable, options: Dict[str, Any], positional: int = 0) -> None:
+    """A TypeError naming ``what``, the first unknown option and the valid ones (``positional``:
+    how many arguments are given by position, e.g. a method's model)."""
+    if takes_any_option(entry):
+        return
+    valid = list(entry_parameters(entry, skip=("self", "model") if positional else ("self",)))
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise TypeError(f"{what} has no option {unknown[0]!r}; valid options: {', '.join(valid) or '(none)'}")

@@ -1,14 +1,24 @@
 """One job: one (method(s), model, dataset) cell, written into its output directory.
 
+The job loop executes what the components declare and knows none of them by name: per batch it
+explains the images once for every method (:func:`salbench.methods.shared.explain_all`, shared
+passes), gathers for each metric the maps it declares (:class:`salbench.metrics.base.Needs`:
+the class each map explains, one row per (image, class) pair) from a cache keyed by (image,
+class), so a pair is explained once whatever the number of metrics that score it, and calls
+every metric once with every method's maps. Timing observes the loop (each method's explanation
+and each metric's update) and reaches the metrics that declare ``Needs(costs=True)`` after the
+others.
+
 Outputs: ``scores.parquet`` (tidy: one row per image x method x metric score, plus dataset-level
-rows with ``scope == "dataset"``), any extra metric tables (``<name>.parquet``), ``run.json``
-(resolved config, versions, device, git commit, seed, times, status, counts), ``summary.md``
-(method x score means) and ``gallery.png`` (heatmaps of the first images).
+rows with ``scope == "dataset"``; :func:`score_rows` builds every row), one table per kind of
+side output (``curves``, ``tau_curves``, ``randomization``, ``timing``: ``<kind>.parquet`` with
+``method`` and ``metric`` columns), ``run.json`` (resolved config, versions, device, git
+commit, seed, times, status, counts, and the components' declarations that reports read),
+``summary.md`` (method x score means) and ``gallery.png`` (heatmaps of the first images).
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import json
@@ -16,25 +26,28 @@ import random
 import shutil
 import time
 import traceback
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from salbench import store
-from salbench.datasets import collate, create_dataset
+from salbench.datasets import DATASETS, collate, create_dataset
+from salbench.harness import store
+from salbench.harness.schema import options_of, validate_config
+from salbench.harness.timing import Stopwatch, device_name
 from salbench.methods import create_method
-from salbench.methods.shared import explain_all
-from salbench.metrics import ExplainedBatch, create_metric
+from salbench.methods.shared import Explanations, explain_all
+from salbench.metrics import BatchCosts, ExplainedBatch, Metric, create_metric
+from salbench.metrics.base import TABLE_KINDS
 from salbench.models import ModelBundle, create_model
-from salbench.schema import options_of, validate_config
-from salbench.timing import Stopwatch, device_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +68,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def map_flags(heatmaps: torch.Tensor) -> List[str]:
+def map_flags(heatmaps: Tensor) -> List[str]:
     """Per-image flag: ``nonfinite_map`` (NaN/Inf), ``constant_map`` (max == min) or ""."""
     flat = heatmaps.flatten(1)
     finite = torch.isfinite(flat).all(1)
@@ -65,28 +78,53 @@ def map_flags(heatmaps: torch.Tensor) -> List[str]:
 
 
 def build_dataset(cfg: DictConfig, bundle: ModelBundle):
-    """The configured dataset at the model's input size; datasets that select images with a
-    model (the grid composer) get the job's model."""
-    import inspect
-
-    from salbench.datasets import DATASETS
-
+    """The configured dataset at the model's input size; a dataset that declares
+    ``needs_model`` (the grid composer selects tiles the model classifies) gets the job's model."""
     options = options_of(cfg.dataset)
     if options.get("image_size", "absent") is None:
         options["image_size"] = tuple(bundle.input_size)
-    if "model" in inspect.signature(DATASETS.get(cfg.dataset.name)).parameters:
+    if getattr(DATASETS.get(cfg.dataset.name), "needs_model", False):
         options["model"] = bundle
     return create_dataset(cfg.dataset.name, **options)
 
 
+# --------------------------------------------------------------------------- score rows
+def score_rows(rows: Dict[str, Any], *, method: str, metric_key: str, metric: Metric, values: Dict[str, Any],
+               scope: str, flags: Optional[Sequence[str]] = None, method_options: str = "{}") -> List[pd.DataFrame]:
+    """The tidy score rows (:data:`salbench.harness.store.SCORE_COLUMNS`) of one method and one
+    metric: ``rows`` holds the per-row columns of the scored rows (image_id, image_index, model,
+    dataset, target_rule, target, label, predicted); ``values`` {score: [N] tensor (image scope)
+    or float (dataset scope)}: tensors are stored through float32 (metrics compute in it), floats
+    as they are. A flagged row's values are NaN (the flag says why)."""
+    count = len(rows["image_id"])
+    flags = list(flags) if flags is not None else [""] * count
+    invalid = torch.tensor([bool(f) for f in flags], dtype=torch.bool)
+    protocol = json.dumps(metric.protocol(), default=str)
+    frames = []
+    for score, value in values.items():
+        value = value.detach().float().cpu() if isinstance(value, Tensor) else torch.tensor(value, dtype=torch.float64)
+        value = value.reshape(count)
+        value = torch.where(invalid, torch.full_like(value, float("nan")), value)
+        info = metric.score_info(score)
+        frames.append(pd.DataFrame({
+            **rows, "method": method, "metric": metric_key, "score": score,
+            "value": value.numpy().astype(np.float64),
+            "category": info.category if info else metric.category,
+            "higher_is_better": info.higher_is_better if info else None,
+            "scope": scope, "flag": flags, "preset": metric.preset, "protocol": protocol,
+            "method_options": method_options,
+        }))
+    return frames
+
+
 class ScoreRows:
-    """Collects score rows column-wise (cheap appends) and builds the tidy frame once."""
+    """Collects score row frames (cheap appends) and builds the tidy frame once."""
 
     def __init__(self) -> None:
         self.parts: List[pd.DataFrame] = []
 
-    def add(self, columns: Dict[str, Any]) -> None:
-        self.parts.append(pd.DataFrame(columns))
+    def add(self, frames: List[pd.DataFrame]) -> None:
+        self.parts.extend(frames)
 
     def frame(self) -> pd.DataFrame:
         if not self.parts:
@@ -94,6 +132,7 @@ class ScoreRows:
         return pd.concat(self.parts, ignore_index=True)[store.SCORE_COLUMNS]
 
 
+# --------------------------------------------------------------------------- identity, resume
 JOB_IDENTITY_EXCLUDES = ("progress", "gallery_images", "flush_every", "resume", "num_workers")
 
 
@@ -196,7 +235,7 @@ class Checkpoint:
                 orphan.unlink()
         return checkpoint
 
-    def flush(self, rows: "ScoreRows", done: int, identity: str, state: Dict[str, Any]) -> None:
+    def flush(self, rows: ScoreRows, done: int, identity: str, state: Dict[str, Any]) -> None:
         frame = rows.frame()
         rows.parts.clear()
         name = f"part-{len(self.parts):06d}.parquet"
@@ -222,6 +261,187 @@ def cuda_numerics(tf32: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+# --------------------------------------------------------------------------- the job
+@dataclass
+class Job:
+    """What every batch of one job needs: the built components and the loop's settings."""
+
+    bundle: ModelBundle
+    explainers: Dict[str, Any]
+    metrics: Dict[str, Metric]
+    device: torch.device
+    dataset_name: str
+    target_rule: str  # "label" | "predicted": the class the job's own maps explain
+    shared_passes: bool = True
+    channels_last: bool = False
+    method_options: Dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.method_options = {key: json.dumps(e.options(), default=str) for key, e in self.explainers.items()}
+
+    def stopwatch(self, memory: bool = False) -> Stopwatch:
+        return Stopwatch(self.device, memory=memory)
+
+    def describe(self) -> Dict[str, Any]:
+        """The components' declarations, recorded in run.json (reports read them)."""
+        return {"methods": {key: {"name": e.name, "baseline": bool(getattr(e, "baseline", False)),
+                                  "options": json.loads(self.method_options[key])}
+                            for key, e in self.explainers.items()},
+                "metrics": {key: metric.describe() for key, metric in self.metrics.items()}}
+
+
+class MapCache:
+    """Every method's heatmap of each (image, class) pair of one batch, explained once: the
+    pairs a request lacks are explained together in one :func:`explain_all` call, in the order
+    of the request."""
+
+    def __init__(self, job: Job, inputs: Tensor):
+        self.job, self.inputs = job, inputs
+        self.maps: Dict[Tuple[int, int], Dict[str, Tensor]] = {}
+        self.flags: Dict[Tuple[int, int], Dict[str, str]] = {}
+
+    def explain(self, rows: Sequence[int], classes: Sequence[int], stopwatch: Any = None) -> Optional[Explanations]:
+        """Explain the pairs (rows[i], classes[i]) not yet cached; returns that call's
+        :class:`~salbench.methods.shared.Explanations` (None when nothing was missing)."""
+        missing = list(dict.fromkeys(pair for pair in zip(rows, classes) if pair not in self.maps))
+        if not missing:
+            return None
+        index = torch.tensor([r for r, _ in missing], dtype=torch.long, device=self.inputs.device)
+        wanted = torch.tensor([c for _, c in missing], dtype=torch.long, device=self.inputs.device)
+        inputs = self.inputs if len(missing) == len(self.inputs) and index.equal(
+            torch.arange(len(self.inputs), device=index.device)) else self.inputs[index]
+        explained = explain_all(self.job.explainers, inputs, wanted, shared=self.job.shared_passes, stopwatch=stopwatch)
+        flags = {key: map_flags(maps) for key, maps in explained.maps.items()}
+        for i, pair in enumerate(missing):
+            self.maps[pair] = {key: maps[i] for key, maps in explained.maps.items()}
+            self.flags[pair] = {key: flags[key][i] for key in flags}
+        return explained
+
+    def gather(self, rows: Sequence[int], classes: Sequence[int]) -> Tuple[Dict[str, Tensor], Dict[str, List[str]]]:
+        """({method: [N, H, W]}, {method: [N] flags}) of the pairs, explaining what is missing."""
+        self.explain(rows, classes)
+        pairs = list(zip(rows, classes))
+        maps = {key: torch.stack([self.maps[pair][key] for pair in pairs]) for key in self.job.explainers}
+        flags = {key: [self.flags[pair][key] for pair in pairs] for key in self.job.explainers}
+        return maps, flags
+
+
+def wanted_classes(needs_maps: str, metric: Metric, batch: Any, targets: Tensor, predicted: Tensor) -> List[List[int]]:
+    """Per image, the classes whose maps a metric scores (``Needs.maps``)."""
+    if needs_maps == "present":
+        return metric.present_classes(batch)
+    per_image = {"target": targets, "label": batch.labels, "predicted": predicted}[needs_maps]
+    return [[int(c)] for c in per_image.tolist()]
+
+
+def evaluate_batch(job: Job, batch: Any, state: Dict[str, Any]) -> List[pd.DataFrame]:
+    """Explain one batch with every method (shared passes where possible), score it with every
+    metric (each once, with every method's maps) and return the score rows."""
+    inputs = job.bundle.normalize(batch.images)
+    if job.channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    cache = MapCache(job, inputs)
+    timer = functools.partial(job.stopwatch, memory=True)
+    positions = list(range(len(batch)))
+    if job.target_rule == "label":
+        # the targets are known: the shared pass's forward gives the clean logits (bit-identical
+        # to an inference forward); a separate forward runs only when no pass was shared
+        targets = batch.labels.to(inputs.device)
+        explained_job = cache.explain(positions, targets.tolist(), stopwatch=timer)
+        logits = explained_job.logits
+        if logits is None:
+            with torch.inference_mode():
+                logits = job.bundle.module(inputs)
+        predicted = logits.argmax(1)
+    else:
+        with torch.inference_mode():
+            logits = job.bundle.module(inputs)
+        predicted = targets = logits.argmax(1)
+        explained_job = cache.explain(positions, targets.tolist(), stopwatch=timer)
+    job_maps, job_flags = cache.gather(positions, targets.tolist())
+    state["flagged"] += sum(bool(f) for flags in job_flags.values() for f in flags)
+    _collect_gallery(state["gallery"], batch, job_maps)
+
+    columns = {
+        "image_id": list(batch.image_ids), "image_index": batch.indices.cpu().numpy(), "model": job.bundle.name,
+        "dataset": job.dataset_name, "target": targets.cpu().numpy(), "label": batch.labels.cpu().numpy(),
+        "predicted": predicted.cpu().numpy(),
+    }
+    frames: List[pd.DataFrame] = []
+    metric_seconds: Dict[str, float] = {}
+    # metrics that read the loop's costs run last, when every other metric has been timed
+    for key in sorted(job.metrics, key=lambda k: job.metrics[k].needs.costs):
+        metric = job.metrics[key]
+        needs = metric.needs
+        per_image = wanted_classes(needs.maps, metric, batch, targets, predicted)
+        rows = [i for i, classes in enumerate(per_image) for _ in classes]
+        classes = [c for per in per_image for c in per]
+        maps, flags = cache.gather(rows, classes)
+        same = rows == positions
+        index = torch.tensor(rows, dtype=torch.long, device=inputs.device)
+        explained = ExplainedBatch(
+            batch=batch if same else batch.select(rows), inputs=inputs if same else inputs[index],
+            logits=logits if same else logits[index], targets=torch.tensor(classes, device=inputs.device), maps=maps,
+            model=job.bundle, explainers=job.explainers if needs.explainers else None,
+            costs=BatchCosts(explain=explained_job.costs, metrics=dict(metric_seconds), device=device_name(job.device),
+                             clock="cuda_events" if job.device.type == "cuda" else "perf_counter")
+            if needs.costs else None)
+        with job.stopwatch() as watch:
+            results = metric.update(explained)
+        metric_seconds[key] = watch.seconds
+        view = {name: ([value[r] for r in rows] if isinstance(value, list) else value[rows])
+                if not isinstance(value, str) else value for name, value in columns.items()}
+        view["target"] = np.asarray(classes, dtype=np.int64)
+        view["target_rule"] = needs.maps if needs.maps != "target" else job.target_rule
+        for method in job.explainers:
+            frames += score_rows(view, method=method, metric_key=key, metric=metric, values=results[method],
+                                 scope="image", flags=flags[method], method_options=job.method_options[method])
+    return frames
+
+
+def _collect_gallery(gallery: Dict[str, Any], batch: Any, maps: Dict[str, Tensor]) -> None:
+    need = max(0, gallery["size"] - len(gallery["images"]))
+    if need:
+        gallery["images"] += list(batch.images[:need].cpu())
+        gallery["boxes"] += [b.cpu() for b in batch.boxes[:need]]
+        gallery["labels"] += batch.labels[:need].tolist()
+        for key, heatmaps in maps.items():
+            gallery["maps"].setdefault(key, []).extend(heatmaps[:need].cpu())
+
+
+def dataset_rows(job: Job, metric_key: str, metric: Metric) -> List[pd.DataFrame]:
+    """The ``scope == "dataset"`` rows of one metric (its :meth:`~Metric.compute`)."""
+    rows = {"image_id": [None], "image_index": [-1], "model": job.bundle.name, "dataset": job.dataset_name,
+            "target_rule": job.target_rule, "target": [-1], "label": [-1], "predicted": [-1]}
+    frames: List[pd.DataFrame] = []
+    for method, values in metric.compute().items():
+        frames += score_rows(rows, method=method, metric_key=metric_key, metric=metric, scope="dataset",
+                             values={score: float(value) for score, value in values.items()},
+                             method_options=job.method_options[method])
+    return frames
+
+
+def write_tables(job: Job, output_dir: Path) -> List[str]:
+    """One ``<kind>.parquet`` per kind of side table the metrics wrote (with ``method`` and
+    ``metric`` columns); a kind no metric wrote this time is removed (a re-run never leaves
+    another config's table). Returns the kinds written."""
+    by_kind: Dict[str, List[pd.DataFrame]] = {}
+    for key, metric in job.metrics.items():
+        for kind, table in metric.tables().items():
+            if kind not in metric.table_kinds:
+                raise ValueError(f"metric {key!r} wrote a {kind!r} table but declares {list(metric.table_kinds)}")
+            if len(table):
+                by_kind.setdefault(kind, []).append(table.assign(metric=key))
+    for kind in TABLE_KINDS:
+        if kind not in by_kind:
+            (output_dir / f"{kind}.parquet").unlink(missing_ok=True)
+    for kind, tables in by_kind.items():
+        table = pd.concat(tables, ignore_index=True)
+        first = [c for c in ("method", "metric") if c in table.columns]
+        store.write_parquet(output_dir / f"{kind}.parquet", table[first + [c for c in table.columns if c not in first]])
+    return sorted(by_kind)
+
+
 def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.DataFrame:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -237,13 +457,15 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.Data
     identity = run_info["job_id"]
     checkpoint = Checkpoint.load(output_dir, identity) if cfg.get("resume", True) else Checkpoint(output_dir)
     state = checkpoint.state or {
-        "metrics": {key: {mkey: create_metric(node.name, **options_of(node)) for mkey, node in cfg.metric.items()}
-                    for key in explainers},
-        "gallery": {"images": [], "boxes": [], "labels": [], **{k: [] for k in explainers}},
+        "metrics": {key: create_metric(node.name, **options_of(node)) for key, node in cfg.metric.items()},
+        "gallery": {"size": int(cfg.gallery_images), "images": [], "boxes": [], "labels": [], "maps": {}},
         "flagged": 0,
         "skipped": [],
     }
-    metrics, gallery = state["metrics"], state["gallery"]
+    job = Job(bundle=bundle, explainers=explainers, metrics=state["metrics"], device=device,
+              dataset_name=cfg.dataset.name, target_rule=cfg.target,
+              shared_passes=bool(cfg.get("shared_passes", True)), channels_last=bool(cfg.get("channels_last", False)))
+    run_info["components"] = job.describe()
     run_info["dataset"] = {"name": cfg.dataset.name, "num_images": len(dataset)}
     if checkpoint.done:
         run_info["resumed_from"] = checkpoint.done
@@ -259,7 +481,7 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.Data
     for batch in loader:
         state["skipped"] += batch.extras.get("skipped", [])
         if len(batch):
-            _evaluate_batch(cfg, batch.to(device), bundle, explainers, metrics, gallery, state, rows)
+            rows.add(evaluate_batch(job, batch.to(device), state))
         step = len(batch) + len(batch.extras.get("skipped", []))
         done += step
         since_flush += step
@@ -269,23 +491,9 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.Data
             since_flush = 0
     progress.close()
 
-    for key, by_metric in metrics.items():
-        method_options = json.dumps(explainers[key].options(), default=str)
-        for mkey, metric in by_metric.items():
-            for score, value in metric.compute().items():
-                info = metric.score_info(score)
-                rows.add({"image_id": [None], "image_index": [-1], "method": key, "model": bundle.name,
-                          "dataset": cfg.dataset.name, "target_rule": cfg.target, "target": [-1], "label": [-1],
-                          "predicted": [-1], "metric": mkey, "score": score, "value": [float(value)],
-                          "category": info.category if info else metric.category,
-                          "higher_is_better": info.higher_is_better if info else None, "scope": "dataset",
-                          "flag": "", "preset": metric.preset, "protocol": json.dumps(metric.protocol(), default=str),
-                          "method_options": method_options})
-            for name, table in metric.tables().items():
-                if "method" not in table:
-                    table = table.assign(method=key)
-                store.write_parquet(output_dir / f"{name}-{key}-{mkey}.parquet", table)
-
+    for key, metric in job.metrics.items():
+        rows.add(dataset_rows(job, key, metric))
+    tables = write_tables(job, output_dir)
     parts = [*checkpoint.frames(), rows.frame()]
     scores = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else rows.frame()
     scores = scores[store.SCORE_COLUMNS]
@@ -298,6 +506,7 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.Data
         note += f" {len(skipped)} images skipped (see run.json)."
     store.write_text(output_dir / "summary.md", f"# {bundle.name} on {cfg.dataset.name}\n\n{note}\n\n"
                      + store.markdown_table(table))
+    gallery = state["gallery"]
     if gallery["images"]:
         from salbench.reports.gallery import save_gallery
 
@@ -305,6 +514,7 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.Data
     run_info["counts"] = {"images": evaluated, "skipped": len(skipped), "flagged_maps": state["flagged"],
                           "rows": len(scores)}
     run_info["skipped"] = skipped
+    run_info["tables"] = tables
     run_info["outputs"] = sorted(p.name for p in output_dir.iterdir() if not p.name.startswith("."))
     print(f"\n{bundle.name} on {cfg.dataset.name} ({evaluated} images), mean per method:\n")
     print(store.markdown_table(table))
@@ -312,178 +522,3 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.Data
         print(f"{len(skipped)} images skipped; reasons in run.json")
     print(f"results: {output_dir.resolve()}")
     return scores
-
-
-def _metric_order(by_metric: Dict[str, Any]) -> List[str]:
-    """Metric keys with the timing-consuming ones (``wants_timing``) last."""
-    return sorted(by_metric, key=lambda k: bool(getattr(by_metric[k], "wants_timing", False)))
-
-
-def _update_metrics(cfg, views: Dict[str, Dict[str, ExplainedBatch]], metrics, device) -> Dict[str, Dict[str, Any]]:
-    """Every metric of every method on one batch: ``{method: {metric: {score: [B]}}}``.
-    ``views[metric][method]`` is what that metric scores (maps of its ``map_target``); each
-    update's seconds go to the method's shared ``timing["metric_seconds"]``. Metrics of several
-    methods that can share forward batches (same deletion/insertion choices) run together when
-    ``shared_passes``; metrics that want timing run last."""
-    from salbench.metrics.deletion import DeletionInsertion, update_many
-
-    keys = list(next(iter(views.values()), {}))
-    results: Dict[str, Dict[str, Any]] = {key: {} for key in keys}
-    order = _metric_order(metrics[keys[0]]) if keys else []
-    for mkey in order:
-        explained = views[mkey]
-        if getattr(metrics[keys[0]][mkey], "wants_timing", False):
-            for key in keys:
-                results[key][mkey] = metrics[key][mkey].update(explained[key])
-            continue
-        group = [k for k in keys if isinstance(metrics[k][mkey], DeletionInsertion)
-                 and metrics[keys[0]][mkey].shares_passes_with(metrics[k][mkey])] \
-            if cfg.get("shared_passes", True) and isinstance(metrics[keys[0]][mkey], DeletionInsertion) else []
-        if len(group) > 1:
-            with Stopwatch(device) as watch:
-                shared = update_many({k: metrics[k][mkey] for k in group}, {k: explained[k] for k in group})
-            for key in group:
-                results[key][mkey] = shared[key]
-                explained[key].timing["metric_seconds"][mkey] = watch.seconds / len(group)
-        for key in keys:
-            if key in group and len(group) > 1:
-                continue
-            with Stopwatch(device) as watch:
-                results[key][mkey] = metrics[key][mkey].update(explained[key])
-            explained[key].timing["metric_seconds"][mkey] = watch.seconds
-    return results
-
-
-def _view_key(metric, batch, job_target: str):
-    """Metrics with equal keys score the same maps: the job's target, ``"label"``,
-    ``"predicted"``, or ``("present", pairs)``."""
-    wanted = getattr(metric, "map_target", None) or job_target
-    if wanted == "present":
-        return wanted, tuple(tuple(classes) for classes in metric.present_classes(batch))
-    return wanted
-
-
-def _explain_for(cfg, view_key, batch, predicted, explained, flags, explainers):
-    """What the metrics of ``view_key`` (:func:`_view_key`) score: ``(views, view_flags, rows)``
-    with ``rows`` [N] the batch position of each scored row.
-
-    ``"label"`` / ``"predicted"``: one row per image, explaining that class; ``("present",
-    pairs)``: one row per (image, class) pair. Rows whose class equals the job's target reuse
-    the job's maps; the others are explained again (their cost is not charged to the timing
-    metric)."""
-    base = next(iter(explained.values()))
-    device = base.targets.device
-    if isinstance(view_key, tuple) and view_key[0] == "present":
-        per_image = view_key[1]
-        rows = torch.tensor([i for i, classes in enumerate(per_image) for _ in classes], dtype=torch.long,
-                            device=device)
-        classes = torch.tensor([c for classes in per_image for c in classes], dtype=torch.long, device=device)
-        same_rows = all(len(c) == 1 for c in per_image)
-    elif view_key in ("label", "predicted"):
-        rows = torch.arange(len(batch), device=device)
-        classes = (batch.labels if view_key == "label" else predicted).to(device)
-        same_rows = True
-    else:
-        raise ValueError(f"a metric asks for maps of {view_key!r}; valid: label, predicted, present")
-    view_batch = batch if same_rows else batch.select(rows.tolist())
-    differ = torch.nonzero(classes != base.targets[rows]).flatten()
-    if len(differ):
-        extra, _ = explain_all(explainers, base.inputs[rows[differ]], classes[differ],
-                               shared=cfg.get("shared_passes", True))
-    views: Dict[str, ExplainedBatch] = {}
-    view_flags: Dict[str, List[str]] = {}
-    for key, job in explained.items():
-        heatmaps = job.heatmaps if same_rows else job.heatmaps[rows]
-        if len(differ):
-            heatmaps = heatmaps.clone()
-            heatmaps[differ] = extra[key].to(heatmaps.dtype)
-        views[key] = dataclasses.replace(
-            job, batch=view_batch, heatmaps=heatmaps, targets=classes,
-            inputs=job.inputs if same_rows else job.inputs[rows],
-            logits=job.logits if same_rows else job.logits[rows])
-        if len(differ):
-            view_flags[key] = map_flags(heatmaps)
-        else:
-            view_flags[key] = [flags[key][i] for i in rows.tolist()]
-    return views, view_flags, rows
-
-
-def _evaluate_batch(cfg, batch, bundle, explainers, metrics, gallery, state, rows: ScoreRows) -> None:
-    """Explain one batch with every method (shared passes where possible) and score it with every
-    metric (rows appended, method-major)."""
-    inputs = bundle.normalize(batch.images)
-    if cfg.get("channels_last", False):
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-    device = inputs.device
-    explain = functools.partial(explain_all, explainers, inputs, shared=cfg.get("shared_passes", True),
-                                stopwatch=functools.partial(Stopwatch, device, memory=True))
-    if cfg.target == "label":
-        # the targets are known: the shared pass's forward gives the clean logits (bit-identical
-        # to an inference forward), the separate forward runs only when no pass was shared
-        targets, pass_logits = batch.labels, []
-        heatmaps, costs = explain(targets, clean_logits=pass_logits)
-        if pass_logits:
-            logits = pass_logits[0]
-        else:
-            with torch.inference_mode():
-                logits = bundle.module(inputs)
-        predicted = logits.argmax(1)
-    else:
-        with torch.inference_mode():
-            logits = bundle.module(inputs)
-        predicted = targets = logits.argmax(1)
-        heatmaps, costs = explain(targets)
-    need = max(0, cfg.gallery_images - len(gallery["images"]))
-    if need:
-        gallery["images"] += list(batch.images[:need].cpu())
-        gallery["boxes"] += [b.cpu() for b in batch.boxes[:need]]
-        gallery["labels"] += batch.labels[:need].tolist()
-    common = {
-        "image_id": batch.image_ids, "image_index": batch.indices.cpu().numpy(),
-        "model": bundle.name, "dataset": cfg.dataset.name, "target_rule": cfg.target,
-        "target": targets.cpu().numpy(), "label": batch.labels.cpu().numpy(),
-        "predicted": predicted.cpu().numpy(),
-    }
-    explained: Dict[str, ExplainedBatch] = {}
-    flags: Dict[str, List[str]] = {}
-    for key, explainer in explainers.items():
-        flags[key] = map_flags(heatmaps[key])
-        state["flagged"] += sum(bool(f) for f in flags[key])
-        if need:
-            gallery[key] += list(heatmaps[key][:need].cpu())
-        timing = {**costs[key], "metric_seconds": {},
-                  "device": device_name(device), "clock": "cuda_events" if device.type == "cuda" else "perf_counter"}
-        explained[key] = ExplainedBatch(batch, inputs, heatmaps[key], targets, logits, bundle, explainer, key,
-                                        timing=timing)
-    all_rows = torch.arange(len(batch))
-    by_target = {cfg.target: (explained, flags, all_rows)}
-    first = next(iter(metrics.values()), {})
-    view_keys = {mkey: _view_key(metric, batch, cfg.target) for mkey, metric in first.items()}
-    for mkey, metric in first.items():
-        if view_keys[mkey] not in by_target:
-            by_target[view_keys[mkey]] = _explain_for(cfg, view_keys[mkey], batch, predicted, explained, flags,
-                                                      explainers)
-    views = {mkey: by_target[view_keys[mkey]] for mkey in first}
-    results = _update_metrics(cfg, {mkey: view[0] for mkey, view in views.items()}, metrics, device)
-    for key, explainer in explainers.items():
-        method_options = json.dumps(explainer.options(), default=str)
-        for mkey, metric in metrics[key].items():
-            view, view_flags, view_rows = views[mkey]
-            view_rows = view_rows.cpu().numpy()
-            view_common = common if len(view_rows) == len(batch) and (view_rows == np.arange(len(batch))).all() \
-                else {name: ([value[i] for i in view_rows] if isinstance(value, list) else value[view_rows])
-                      if not isinstance(value, str) else value for name, value in common.items()}
-            invalid = torch.tensor([bool(f) for f in view_flags[key]])
-            protocol = json.dumps(metric.protocol(), default=str)
-            for score, values in results[key][mkey].items():
-                values = values.detach().float().cpu()
-                values = torch.where(invalid, torch.full_like(values, float("nan")), values)
-                info = metric.score_info(score)
-                rows.add({**view_common, "target_rule": metric.map_target or cfg.target,
-                          "target": view[key].targets.cpu().numpy(),
-                          "method": key, "metric": mkey, "score": score,
-                          "value": values.numpy().astype(np.float64),
-                          "category": info.category if info else metric.category,
-                          "higher_is_better": info.higher_is_better if info else None,
-                          "scope": "image", "flag": view_flags[key], "preset": metric.preset,
-                          "protocol": protocol, "method_options": method_options})

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from salbench.registry import Registry
+from salbench.harness.registry import Registry, entry_parameters
 
 TARGETS = ("label", "predicted")
 
@@ -63,29 +63,6 @@ def _field_type(annotation: Any) -> Any:
     if origin in (list, tuple, List, Tuple) and args and all(a in _PLAIN for a in args if a is not Ellipsis):
         return List[args[0]]
     return Any
-
-
-def entry_parameters(entry: Callable) -> Dict[str, inspect.Parameter]:
-    """Keyword parameters of ``entry`` (a class: its ``__init__`` and, through ``**kwargs``, its
-    bases'), without ``self`` / ``model`` / variadics, with resolved annotations."""
-    classes = inspect.getmro(entry) if inspect.isclass(entry) else (entry,)
-    params: Dict[str, inspect.Parameter] = {}
-    for owner in classes:
-        function = owner.__init__ if inspect.isclass(owner) else owner
-        if inspect.isclass(owner) and "__init__" not in vars(owner):
-            continue
-        try:
-            hints = typing.get_type_hints(function)
-        except Exception:  # unresolvable forward references: fall back to Any
-            hints = {}
-        signature = inspect.signature(function)
-        for name, param in signature.parameters.items():
-            if name in ("self", "model") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                continue
-            params.setdefault(name, param.replace(annotation=hints.get(name, param.annotation)))
-        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
-            break  # no **kwargs: the bases' options are not accepted
-    return params
 
 
 def schema_for(kind: str, name: str, entry: Callable) -> Type:

@@ -10,8 +10,9 @@ from typing import Any, List
 
 from torch import nn
 
-from salbench.methods.base import Explainer, LayerExplainer, Postprocess
-from salbench.registry import Registry
+from salbench.harness.registry import Registry
+from salbench.methods.base import Explainer, LayerExplainer
+from salbench.methods.postprocess import Postprocess
 
 METHODS = Registry("method")
 
@@ -36,7 +37,7 @@ def list_methods(pattern: str = "*") -> List[str]:
 
 
 def create_method(name: str, model: Any, **options: Any) -> Explainer:
-    """Build explainer ``name`` for ``model`` (an ``nn.Module`` or a :class:`salbench.models.ModelBundle`).
+    """Build explainer ``name`` for ``model`` (an ``nn.Module`` or a :class:`salbench.models.bundle.ModelBundle`).
 
     ``None`` options take the method's default. A bundle supplies its default target layer to
     methods that take a ``layer`` option.
@@ -54,12 +55,6 @@ def create_method(name: str, model: Any, **options: Any) -> Explainer:
         and getattr(model, "target_layer", None)
     ):
         options["layer"] = model.target_layer
-    unknown = sorted(set(options) - set(accepted)) if not any(
-        p.kind is p.VAR_KEYWORD for p in accepted.values()
-    ) else []
-    if unknown:
-        valid = [p for p in accepted if p not in ("self", "model")]
-        raise TypeError(f"method {name!r} has no option {unknown[0]!r}; valid options: {', '.join(valid)}")
     return METHODS.create(name, module, **options)
 
 

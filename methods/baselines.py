@@ -7,7 +7,7 @@ on the batch an image lands in.
 from __future__ import annotations
 
 import zlib
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ class RandomMap(Explainer):
     input (``None``: one independent value per input pixel)."""
 
     name = "random"
+    baseline = True
 
     def __init__(self, model: nn.Module, *, seed: int = 0, resolution: Optional[int] = None, **postprocess: Any):
         super().__init__(model, **postprocess)
@@ -44,14 +45,12 @@ class RandomMap(Explainer):
             maps = F.interpolate(maps[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
         return maps
 
-    def options(self) -> Dict[str, Any]:
-        return {**super().options(), "seed": self.seed, "resolution": self.resolution}
-
 
 class CenterGaussian(Explainer):
     """Isotropic Gaussian centred on the image, std = ``sigma`` x the image side."""
 
     name = "center"
+    baseline = True
 
     def __init__(self, model: nn.Module, *, sigma: float = 0.25, **postprocess: Any):
         super().__init__(model, **postprocess)
@@ -66,6 +65,3 @@ class CenterGaussian(Explainer):
         xs = (torch.arange(width, device=x.device, dtype=torch.float32) - (width - 1) / 2) / (self.sigma * width)
         gauss = torch.exp(-0.5 * (ys[:, None] ** 2 + xs[None, :] ** 2))
         return gauss.expand(x.shape[0], height, width).clone()
-
-    def options(self) -> Dict[str, Any]:
-        return {**super().options(), "sigma": self.sigma}

@@ -8,39 +8,16 @@
 ``attribute`` returns [B, C, H, W] (signed); the heatmap [B, H, W] is the channel-wise max of the
 absolute value (``channel_reduction="max_abs"``). y^c is the pre-softmax score. The rectifier
 rules are applied by :func:`salbench.methods.rectifiers.rectifier_backward` (see there for which
-calls are covered).
+calls are covered); the gradient comes from the shared pass
+(:func:`salbench.methods.shared.shared_pass`), one backward per rule.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Dict, Optional
+from torch import Tensor
 
-import torch
-from torch import Tensor, nn
-
-from salbench.methods.base import Explainer, Postprocess, check_inputs, class_scores, preserved_model_state
-from salbench.methods.rectifiers import rectifier_backward
+from salbench.methods.base import Explainer
+from salbench.methods.postprocess import Postprocess
 from salbench.methods.shared import PassRequest, PassResult
-
-
-def input_gradient(model: nn.Module, x: Tensor, target: Tensor, rule: Optional[str] = None) -> Tensor:
-    """x [B, C, H, W], target [B] -> d y^c / d x [B, C, H, W], with the rectifier backward
-    ``rule`` (None or "gradient": the true gradient). The model is left as it was.
-
-    Images are independent in eval mode, so the gradient of the summed target scores is each
-    image's own gradient (train-mode BatchNorm couples them: use eval mode).
-    """
-    with preserved_model_state(model):
-        for param in model.parameters():
-            param.requires_grad_(False)  # only d/dx is needed; restored on exit
-        leaf = x.detach().requires_grad_(True)
-        scope = rectifier_backward(rule) if rule not in (None, "gradient") else contextlib.nullcontext()
-        with torch.enable_grad():
-            with scope:
-                logits = model(leaf)
-            scores = class_scores(logits, target)
-        (gradient,) = torch.autograd.grad(scores.sum(), leaf)
-    return gradient
 
 
 class GradientExplainer(Explainer):
@@ -49,20 +26,12 @@ class GradientExplainer(Explainer):
     rule: str = "gradient"
     default_postprocess = Postprocess(channel_reduction="max_abs", upsample="bilinear")
 
-    def attribute(self, x: Tensor, target: Tensor) -> Tensor:
-        """x: [B, C, H, W]; target: [B] -> [B, C, H, W] on x's device."""
-        target = check_inputs(x, target)
-        return input_gradient(self.model, x, target, self.rule)
-
     def pass_request(self, x: Tensor) -> PassRequest:
         return PassRequest(input_rules=frozenset({self.rule}))
 
     def from_pass(self, result: PassResult) -> Tensor:
         """[B, C, H, W]: the shared pass's input gradient under this method's rectifier rule."""
         return result.input_gradients[self.rule]
-
-    def options(self) -> Dict[str, Any]:
-        return {**super().options(), "rectifier_rule": self.rule}
 
 
 class Saliency(GradientExplainer):
@@ -84,4 +53,3 @@ class Deconvnet(GradientExplainer):
 
     name = "deconvnet"
     rule = "deconvnet"
-

@@ -10,12 +10,14 @@ forward passes of ``batch_size`` images.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List
+from typing import Any, List
 
 import torch
 from torch import Tensor, nn
 
-from salbench.methods.base import Explainer, Postprocess, check_inputs, class_scores, preserved_model_state
+from salbench.methods.base import Explainer, check_inputs, class_scores
+from salbench.methods.hooks import preserved_model_state
+from salbench.methods.postprocess import Postprocess
 
 
 def window_offsets(size: int, window: int, stride: int) -> List[int]:
@@ -89,12 +91,3 @@ class Occlusion(Explainer):
             total += drops[:, w, None, None] * masks[w].to(x.dtype)
         counts = masks.sum(dim=0).to(x.dtype)
         return (total / counts).unsqueeze(1).expand(batch, channels, height, width).contiguous()
-
-    def options(self) -> Dict[str, Any]:
-        return {
-            **super().options(),
-            "window": self.window,
-            "stride": self.stride,
-            "fill": self.fill,
-            "batch_size": self.batch_size,
-        }

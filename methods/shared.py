@@ -2,13 +2,13 @@
 
 CAM, Grad-CAM, counterfactual Grad-CAM, saliency, guided backprop, deconvnet and Guided
 Grad-CAM all read the same few tensors of one forward pass: the logits, some layers'
-activations (and the head's pooled input for CAM), and gradients of the summed target scores
+activations (and, for CAM, what a recorder saw of the model's head), and gradients of the summed target scores
 with respect to those activations and to the input under a rectifier rule. An explainer states
 what it needs through :meth:`Explainer.pass_request` (``None``: it cannot share, e.g. occlusion)
 and builds its attribution from a :class:`PassResult` through :meth:`Explainer.from_pass`.
 
-:func:`shared_pass` runs **one** forward pass (capturing every requested layer, the head trace,
-and recording the rectifiers when a guided/deconvnet rule is asked for) and **one backward per
+:func:`shared_pass` runs **one** forward pass (capturing every requested layer, running the
+requested recorders, e.g. CAM's head trace, and recording the rectifiers when a guided/deconvnet rule is asked for) and **one backward per
 rectifier rule**: the true-gradient pass gives d y / d x and every d y / d A at once; guided
 backprop and deconvnet each add one backward over the same graph. So CAM + Grad-CAM +
 counterfactual Grad-CAM + saliency cost 1 forward + 1 backward, and adding guided backprop and
@@ -25,13 +25,17 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from salbench.methods.base import Explainer, capture_layer, check_inputs, class_scores, preserved_model_state
+from salbench.methods.base import Explainer, check_inputs, class_scores
+from salbench.methods.hooks import capture_layer, preserved_model_state
 from salbench.methods.rectifiers import RULES, rectifier_backward
+
+
+Recorder = Tuple[str, Callable[[nn.Module], ContextManager[Any]]]
 
 
 @dataclass(frozen=True)
@@ -40,17 +44,18 @@ class PassRequest:
 
     ``layer_gradients``: layers whose activation and d y / d activation are needed;
     ``activations``: layers whose activation alone is needed; ``input_rules``: rectifier rules
-    (``gradient`` | ``guided`` | ``deconvnet``) for which d y / d x is needed; ``head``: the
-    head trace (global-pool inputs and linear heads, for CAM)."""
+    (``gradient`` | ``guided`` | ``deconvnet``) for which d y / d x is needed; ``recorders``:
+    ``(name, factory)`` pairs, ``factory(model)`` a context manager active during the forward
+    pass whose value lands in ``PassResult.recorded[name]`` (CAM records the model's head)."""
 
     layer_gradients: FrozenSet[str] = frozenset()
     activations: FrozenSet[str] = frozenset()
     input_rules: FrozenSet[str] = frozenset()
-    head: bool = False
+    recorders: FrozenSet[Recorder] = frozenset()
 
     def __or__(self, other: "PassRequest") -> "PassRequest":
         return PassRequest(self.layer_gradients | other.layer_gradients, self.activations | other.activations,
-                           self.input_rules | other.input_rules, self.head or other.head)
+                           self.input_rules | other.input_rules, self.recorders | other.recorders)
 
     @property
     def needs_backward(self) -> bool:
@@ -61,7 +66,8 @@ class PassRequest:
 class PassResult:
     """Tensors of one shared pass over ``x`` [B, C, H, W] for ``target`` [B]: ``logits`` [B, K],
     ``activations[layer]`` [B, K, h, w], ``layer_gradients[layer]`` (d sum_b y_b / d A, same
-    shape), ``input_gradients[rule]`` [B, C, H, W], ``head_trace`` (for CAM)."""
+    shape), ``input_gradients[rule]`` [B, C, H, W], ``recorded[name]`` (what each recorder of
+    the request recorded)."""
 
     x: Tensor
     target: Tensor
@@ -69,14 +75,12 @@ class PassResult:
     activations: Dict[str, Tensor] = field(default_factory=dict)
     layer_gradients: Dict[str, Tensor] = field(default_factory=dict)
     input_gradients: Dict[str, Tensor] = field(default_factory=dict)
-    head_trace: Any = None
+    recorded: Dict[str, Any] = field(default_factory=dict)
 
 
 def shared_pass(model: nn.Module, x: Tensor, target: Tensor, request: PassRequest) -> PassResult:
     """One forward pass and one backward per requested rectifier rule (true gradient first).
     Parameters get no ``.grad`` and the model is left exactly as it was."""
-    from salbench.methods.cam import trace_head
-
     target = check_inputs(x, target)
     for rule in request.input_rules:
         if rule not in RULES:
@@ -92,7 +96,7 @@ def shared_pass(model: nn.Module, x: Tensor, target: Tensor, request: PassReques
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.enable_grad() if backward else torch.no_grad())
             captures = {name: stack.enter_context(capture_layer(model, name)) for name in layers}
-            trace = stack.enter_context(trace_head(model)) if request.head else None
+            recorded = {name: stack.enter_context(factory(model)) for name, factory in sorted(request.recorders, key=lambda r: r[0])}
             rule = stack.enter_context(rectifier_backward("gradient")) if modified_rules else None
             logits = model(leaf)
             scores = class_scores(logits, target) if backward else None
@@ -101,7 +105,7 @@ def shared_pass(model: nn.Module, x: Tensor, target: Tensor, request: PassReques
             if capture.activation is None or capture.activation.ndim != 4:
                 raise ValueError(f"layer {name!r} gave no [B, K, h, w] output in the forward pass")
             activations[name] = capture.activation
-        result = PassResult(x, target, logits.detach(), head_trace=trace)
+        result = PassResult(x, target, logits.detach(), recorded=recorded)
         if backward:
             # images are independent in eval mode: the gradient of the summed scores is each
             # image's own gradient
@@ -139,6 +143,18 @@ def plan(explainers: Mapping[str, Explainer], x: Tensor) -> Tuple[List[List[str]
     return [*groups.values(), *alone], requests
 
 
+@dataclass
+class Explanations:
+    """What :func:`explain_all` returns: ``maps`` {key: heatmap [B, H, W]}, ``costs`` {key:
+    {"seconds", "shared_with", ["peak_memory_bytes"]}} and ``logits`` [B, K] of the first shared
+    pass's forward (detached; None when no pass was shared), which a caller can use instead of
+    running its own forward."""
+
+    maps: Dict[str, Tensor]
+    costs: Dict[str, Dict[str, Any]]
+    logits: Optional[Tensor] = None
+
+
 def explain_all(
     explainers: Mapping[str, Explainer],
     x: Tensor,
@@ -146,26 +162,23 @@ def explain_all(
     *,
     shared: bool = True,
     stopwatch: Optional[Any] = None,
-    clean_logits: Optional[List[Tensor]] = None,
-) -> Tuple[Dict[str, Tensor], Dict[str, Dict[str, Any]]]:
+) -> Explanations:
     """Heatmaps [B, H, W] of every explainer for ``x`` [B, C, H, W] and ``target`` [B].
 
     ``shared``: compute the shareable ones from one :func:`shared_pass` per model (else each
     explainer alone). ``stopwatch``: a factory ``() -> context manager with .seconds`` (e.g.
-    ``functools.partial(salbench.timing.Stopwatch, device)``) to time each call.
-    ``clean_logits``: a list that receives the logits [B, K] of the first shared pass's forward
-    (detached; the caller can skip its own forward), left empty when no pass was shared.
+    ``functools.partial(salbench.harness.timing.Stopwatch, device)``) to time each call.
 
-    Returns (heatmaps by key, cost by key). A cost holds ``seconds`` (the explainer's own time;
-    for a shared pass, its finishing step plus an equal share of the pass), ``shared_with``
-    (the keys that shared its pass, itself included) and, when the stopwatch measures memory
-    (``peak_bytes``), ``peak_memory_bytes``: the peak of its own call, or of the shared pass
-    and its finishing step."""
+    A cost holds ``seconds`` (the explainer's own time; for a shared pass, its finishing step
+    plus an equal share of the pass), ``shared_with`` (the keys that shared its pass, itself
+    included) and, when the stopwatch measures memory (``peak_bytes``), ``peak_memory_bytes``:
+    the peak of its own call, or of the shared pass and its finishing step."""
     target = check_inputs(x, target)
     size = tuple(x.shape[-2:])
     timer = stopwatch or _NoClock
     heatmaps: Dict[str, Tensor] = {}
     costs: Dict[str, Dict[str, Any]] = {}
+    logits: Optional[Tensor] = None
     groups, requests = plan(explainers, x) if shared else ([[k] for k in explainers], {})
     for group in groups:
         if len(group) == 1:
@@ -179,15 +192,15 @@ def explain_all(
             request = request | requests[key]
         with timer() as watch:
             result = shared_pass(explainers[group[0]].model, x.clone(), target, request)
-        if clean_logits is not None and not clean_logits:
-            clean_logits.append(result.logits.detach())
+        if logits is None:
+            logits = result.logits.detach()
         share = watch.seconds / len(group)
         for key in group:
             explainer = explainers[key]
             with timer() as own:
                 heatmaps[key] = explainer.postprocess(explainer.from_pass(result), size).detach()
             costs[key] = {"seconds": own.seconds + share, "shared_with": list(group), **_peak(watch, own)}
-    return {key: heatmaps[key] for key in explainers}, {key: costs[key] for key in explainers}
+    return Explanations({key: heatmaps[key] for key in explainers}, {key: costs[key] for key in explainers}, logits)
 
 
 def _peak(*watches: Any) -> Dict[str, float]:

@@ -3,8 +3,17 @@ from __future__ import annotations
 
 from typing import Any, List
 
-from salbench.metrics.base import ExplainedBatch, Metric, ScoreInfo
-from salbench.registry import Registry
+from salbench.metrics.base import (
+    BatchCosts,
+    CurveKind,
+    ExplainedBatch,
+    MethodBatch,
+    MethodwiseMetric,
+    Metric,
+    Needs,
+    ScoreInfo,
+)
+from salbench.harness.registry import Registry
 
 METRICS = Registry("metric")
 
@@ -33,4 +42,5 @@ def create_metric(name: str, **options: Any) -> Metric:
     return METRICS.create(name, **options)
 
 
-__all__ = ["ExplainedBatch", "Metric", "ScoreInfo", "METRICS", "create_metric", "list_metrics"]
+__all__ = ["BatchCosts", "CurveKind", "ExplainedBatch", "MethodBatch", "MethodwiseMetric", "Metric", "Needs", "ScoreInfo",
+           "METRICS", "create_metric", "list_metrics"]

@@ -32,7 +32,6 @@ records its effect on the scores).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -40,7 +39,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salbench.metrics.base import TRACKED, ExplainedBatch, Metric, ScoreInfo, TracksClass, image_ids, image_seeds
+from salbench.metrics.base import (
+    TRACKED,
+    CurveKind,
+    ExplainedBatch,
+    Metric,
+    ScoreInfo,
+    TracksClass,
+    check_choice,
+    image_ids,
+    image_seeds,
+)
+from salbench.metrics.perturbation import AUTOCAST, class_readout, equal_chunk, forward_in_chunks
 
 CURVES = ("deletion", "insertion")
 SUBSTRATES = ("zero", "mean", "blur", "noise")
@@ -48,11 +58,6 @@ SCORES = ("softmax", "logit")
 ORDERS = ("most_relevant_first", "least_relevant_first")
 TIE_BREAKS = ("first", "last")
 RISE_STEPS = 224  # RISE: 224 pixels per step at 224 x 224, i.e. 224 steps
-
-
-def _check_choice(name: str, value: Any, valid: Sequence[Any]) -> None:
-    if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(map(str, valid))}")
 
 
 # --------------------------------------------------------------------------- substrates
@@ -105,7 +110,7 @@ def make_substrate(
     normalized space, image ``b`` drawn from a CPU generator seeded with ``seeds[b]`` (default
     ``0..B-1``), so it depends neither on the batch it lands in nor on the device.
     """
-    _check_choice("substrate", kind, SUBSTRATES)
+    check_choice("substrate", kind, SUBSTRATES)
     if kind == "zero":
         return torch.zeros_like(x)
     if kind == "mean":
@@ -126,8 +131,8 @@ def pixel_ranks(maps: Tensor, order: str = "most_relevant_first", tie_break: str
     """maps [B, H, W] -> ranks [B, H * W] long: the step-order position of each pixel (0 = changed
     first). Stable sort; ties by flat row-major index (``first``: lower index first, ``last``:
     higher index first)."""
-    _check_choice("order", order, ORDERS)
-    _check_choice("tie_break", tie_break, TIE_BREAKS)
+    check_choice("order", order, ORDERS)
+    check_choice("tie_break", tie_break, TIE_BREAKS)
     flat = maps.flatten(1)
     if tie_break == "last":
         flat = flat.flip(1)
@@ -162,16 +167,6 @@ def curve_auc(curves: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- the curve
-AUTOCAST = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _autocast_scope(device: torch.device, autocast: Optional[str]) -> Any:
-    _check_choice("autocast", autocast, tuple(AUTOCAST))
-    if autocast is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AUTOCAST[autocast])
-
-
 def perturbation_curve(
     model: nn.Module,
     x: Tensor,
@@ -225,8 +220,8 @@ def perturbation_curves(
     method-major, are packed into the same forward batches of ``batch_size``. Returns
     ``{method: [B, n_steps + 1]}``; each equals the per-method call (exactly, on devices whose
     kernels give a sample the same result whatever batch it lands in; tests/test_shared_passes.py)."""
-    _check_choice("mode", mode, CURVES)
-    _check_choice("score", score, SCORES)
+    check_choice("mode", mode, CURVES)
+    check_choice("score", score, SCORES)
     keys = list(maps)
     if not keys:
         return {}
@@ -245,38 +240,29 @@ def perturbation_curves(
     target = torch.as_tensor(target, device=x.device).long()
     start, finish = (x, substrate) if mode == "deletion" else (substrate, x)
     stacked = torch.stack([maps[key].to(x.device) for key in keys])  # [M, B, H, W]
+    points = steps + 1
     with torch.inference_mode():
         ranks = pixel_ranks(stacked.flatten(0, 1), order, tie_break)  # [M * B, HW], map-major
-        changed = (torch.arange(steps + 1, device=x.device) * step).clamp_max(num_pixels)  # [S]
-        # flat (map, image, step) triples, map-major then image-major; each chunk builds its inputs
-        curve_of = torch.arange(num_maps * num_images, device=x.device).repeat_interleave(steps + 1)
-        count_of = changed.repeat(num_maps * num_images)
-        values = torch.empty(curve_of.numel(), device=x.device, dtype=torch.float32)
-        # every forward pass gets exactly `rows` inputs (the last chunk padded by repeating its
-        # last input): CPU GEMM kernels round a sample differently at different batch sizes, and
-        # a size that does not depend on the number of maps makes the packed curves equal the
-        # per-map ones bit for bit; balanced over one map's inputs, so padding stays small
-        per_map = num_images * (steps + 1)
-        rows = math.ceil(per_map / math.ceil(per_map / batch_size))
-        with _autocast_scope(x.device, autocast):
-            for begin in range(0, values.numel(), rows):
-                curves_here = curve_of[begin : begin + rows]
-                counts = count_of[begin : begin + rows]
-                real = curves_here.numel()
-                if real < rows:
-                    curves_here = torch.cat([curves_here, curves_here[-1:].expand(rows - real)])
-                    counts = torch.cat([counts, counts[-1:].expand(rows - real)])
-                images = curves_here % num_images
-                mask = ranks[curves_here] < counts[:, None]  # [n, HW]
-                mask = mask.view(-1, 1, height, width)
-                inputs = torch.where(mask, finish[images], start[images])
-                logits = model(inputs).float()
-                if score == "softmax":
-                    logits = logits.softmax(dim=1)
-                values[begin : begin + real] = logits.gather(1, target[images, None])[:real, 0]
-        curves = values.view(num_maps, num_images, steps + 1)
-        bad = torch.isnan(stacked).flatten(2).any(2)  # [M, B]
-        curves = torch.where(bad[..., None], torch.full_like(curves, float("nan")), curves)
+        changed = (torch.arange(points, device=x.device) * step).clamp_max(num_pixels)  # [S]
+
+    # items: (map, image, step) triples, map-major then image-major; item i is curve i // points
+    # (a (map, image) pair) after changed[i % points] pixels
+    def build(begin: int, end: int) -> Tensor:
+        item = torch.arange(begin, end, device=x.device)
+        curve, images = item // points, (item // points) % num_images
+        mask = (ranks[curve] < changed[item % points][:, None]).view(-1, 1, height, width)
+        return torch.where(mask, finish[images], start[images])
+
+    def read(logits: Tensor, begin: int, end: int) -> Tensor:
+        images = (torch.arange(begin, end, device=x.device) // points) % num_images
+        return class_readout(logits, target[images], score)
+
+    values = forward_in_chunks(model, num_maps * num_images * points, build, read,
+                               chunk=equal_chunk(num_images * points, batch_size), device=x.device,
+                               autocast=autocast)
+    curves = values.view(num_maps, num_images, points)
+    bad = torch.isnan(stacked).flatten(2).any(2)  # [M, B]
+    curves = torch.where(bad[..., None], torch.full_like(curves, float("nan")), curves)
     return {key: curves[i].clone() for i, key in enumerate(keys)}
 
 
@@ -292,6 +278,7 @@ RISE_PRESET: Dict[str, Any] = {
     "tie_break": "first",
     "blur_kernel_size": 11,
     "blur_sigma": 5.0,
+    "autocast": None,
 }
 
 
@@ -312,6 +299,12 @@ class DeletionInsertion(TracksClass, Metric):
 
     name = "rise"
     category = "faithfulness"
+    presets = {"rise": RISE_PRESET}
+    table_kinds = ("curves",)
+    curve_kinds = {
+        "deletion": CurveKind(lower_is_better=True, x_label="fraction of pixels removed", summary="auc"),
+        "insertion": CurveKind(lower_is_better=False, x_label="fraction of pixels inserted", summary="auc"),
+    }
     scores = (
         ScoreInfo("deletion_auc", False, "faithfulness"),
         ScoreInfo("insertion_auc", True, "faithfulness"),
@@ -339,16 +332,16 @@ class DeletionInsertion(TracksClass, Metric):
         if not curves:
             raise ValueError("curves must name at least one of deletion, insertion")
         for curve in curves:
-            _check_choice("curve", curve, CURVES)
-        _check_choice("target", target, TRACKED)
-        _check_choice("score", score, SCORES)
-        _check_choice("substrate", deletion_substrate, SUBSTRATES)
-        _check_choice("substrate", insertion_substrate, SUBSTRATES)
-        _check_choice("order", order, ORDERS)
-        _check_choice("tie_break", tie_break, TIE_BREAKS)
+            check_choice("curve", curve, CURVES)
+        check_choice("target", target, TRACKED)
+        check_choice("score", score, SCORES)
+        check_choice("substrate", deletion_substrate, SUBSTRATES)
+        check_choice("substrate", insertion_substrate, SUBSTRATES)
+        check_choice("order", order, ORDERS)
+        check_choice("tie_break", tie_break, TIE_BREAKS)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-        _check_choice("autocast", autocast, tuple(AUTOCAST))
+        check_choice("autocast", autocast, tuple(AUTOCAST))
         if step is not None and step < 1 or n_steps is not None and n_steps < 1:
             raise ValueError(f"step and n_steps must be >= 1; got {step}, {n_steps}")
         self.curves = curves
@@ -359,9 +352,7 @@ class DeletionInsertion(TracksClass, Metric):
         self.noise_std, self.seed, self.batch_size = noise_std, seed, batch_size
         self.autocast = autocast
         self.scores = tuple(s for s in type(self).scores if s.name.split("_")[0] in curves)
-        self.preset = "rise" if all(getattr(self, k) == v for k, v in RISE_PRESET.items()) \
-            and autocast is None else "custom"
-        self.reset()
+        self._records: List[Dict[str, Any]] = []
 
     def protocol(self) -> Dict[str, Any]:
         return {
@@ -382,25 +373,32 @@ class DeletionInsertion(TracksClass, Metric):
             "autocast": self.autocast,
         }
 
-    # state: one entry per (batch, curve); CPU copies of the curves for the tables
-    def reset(self) -> None:
-        self._records: List[Dict[str, Any]] = []
+    def update(self, explained: ExplainedBatch) -> Dict[str, Dict[str, Tensor]]:
+        """Every method's curves of the batch in shared forward batches (:func:`perturbation_curves`,
+        the same inputs per method as one at a time); ``{method: {score: [N]}}``."""
+        x = explained.inputs
+        model = getattr(explained.model, "module", explained.model)
+        target = self.tracked_class(explained)
+        seeds = image_seeds(explained, self.seed)
+        out: Dict[str, Dict[str, Tensor]] = {method: {} for method in explained.maps}
+        for curve in self.curves:
+            kind = self.deletion_substrate if curve == "deletion" else self.insertion_substrate
+            substrate = make_substrate(x, kind, blur_kernel_size=self.blur_kernel_size, blur_sigma=self.blur_sigma,
+                                       noise_std=self.noise_std, seeds=seeds)
+            values = perturbation_curves(
+                model, x, dict(explained.maps), target, mode=curve, substrate=substrate, step=self.step,
+                n_steps=self.n_steps, score=self.score, order=self.order, tie_break=self.tie_break,
+                batch_size=self.batch_size, autocast=self.autocast,
+            )
+            for method in explained.maps:
+                out[method][f"{curve}_auc"] = curve_auc(values[method])
+                self._record(explained, method, curve, values[method])
+        return out
 
-    def merge(self, other: "DeletionInsertion") -> None:
-        self._records.extend(other._records)
-
-    def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
-        return update_many({explained.method: self}, {explained.method: explained})[explained.method]
-
-    def shares_passes_with(self, other: "DeletionInsertion") -> bool:
-        """True when ``other`` makes the same perturbed inputs and forward batches (same choices)."""
-        return isinstance(other, DeletionInsertion) and self.protocol() == other.protocol() \
-            and self.batch_size == other.batch_size
-
-    def _record(self, explained: ExplainedBatch, curve: str, values: Tensor) -> None:
+    def _record(self, explained: ExplainedBatch, method: str, curve: str, values: Tensor) -> None:
         self._records.append({
             "image_id": image_ids(explained),
-            "method": explained.method,
+            "method": method,
             "curve": curve,
             "values": values.cpu(),
         })
@@ -428,41 +426,3 @@ class DeletionInsertion(TracksClass, Metric):
         if not frames:
             return {"curves": pd.DataFrame(columns=columns)}
         return {"curves": pd.concat(frames, ignore_index=True)[columns]}
-
-
-def update_many(metrics: Dict[str, DeletionInsertion], explained: Dict[str, ExplainedBatch]) -> Dict[str, Dict[str, Tensor]]:
-    """Update several methods' :class:`DeletionInsertion` metrics (``{method: metric}``, all with
-    the same choices) on one batch (``{method: explained}``, the same images, model and logits),
-    running every method's curves in shared forward batches (:func:`perturbation_curves`). Each
-    metric keeps its own records; returns ``{method: {score: [B]}}``, equal to calling each
-    metric's :meth:`~DeletionInsertion.update` alone."""
-    keys = list(metrics)
-    first_metric, first = metrics[keys[0]], explained[keys[0]]
-    for key in keys[1:]:
-        if not first_metric.shares_passes_with(metrics[key]):
-            raise ValueError(f"deletion metrics of {keys[0]!r} and {key!r} differ; update them separately")
-        if explained[key].inputs is not first.inputs and not torch.equal(explained[key].inputs, first.inputs):
-            raise ValueError(f"methods {keys[0]!r} and {key!r} explain different inputs")
-    x = first.inputs
-    model = getattr(first.model, "module", first.model)
-    target = first_metric.tracked_class(first)
-    if first_metric.target == "explained":
-        for key in keys[1:]:
-            if not torch.equal(first_metric.tracked_class(explained[key]), target):
-                raise ValueError("target='explained' with different explained classes: update the methods separately")
-    seeds = image_seeds(first, first_metric.seed)
-    out: Dict[str, Dict[str, Tensor]] = {key: {} for key in keys}
-    m = first_metric
-    for curve in m.curves:
-        kind = m.deletion_substrate if curve == "deletion" else m.insertion_substrate
-        substrate = make_substrate(x, kind, blur_kernel_size=m.blur_kernel_size, blur_sigma=m.blur_sigma,
-                                   noise_std=m.noise_std, seeds=seeds)
-        values = perturbation_curves(
-            model, x, {key: explained[key].heatmaps for key in keys}, target, mode=curve, substrate=substrate,
-            step=m.step, n_steps=m.n_steps, score=m.score, order=m.order, tie_break=m.tie_break,
-            batch_size=m.batch_size, autocast=m.autocast,
-        )
-        for key in keys:
-            out[key][f"{curve}_auc"] = curve_auc(values[key])
-            metrics[key]._record(explained[key], curve, values[key])
-    return out

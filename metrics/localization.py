@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-from salbench.metrics.base import ExplainedBatch, Metric, ScoreInfo
+from salbench.metrics.base import MethodBatch, MethodwiseMetric, Needs, ScoreInfo
 
 CONNECTIVITIES = (4, 8)
 CC_BACKENDS = ("auto", "torch", "scipy")
@@ -272,12 +272,13 @@ def class_boxes(boxes: Sequence[Tensor], box_labels: Sequence[Tensor], classes: 
     return out
 
 
-class CamPaperLocalization(Metric):
+class CamPaperLocalization(MethodwiseMetric):
     """Per-image box localization with the CAM paper's rule (preset ``cam_paper``).
 
-    Scores: ``iou`` (best IoU with a GT box), ``gt_known_loc`` (IoU >= ``iou_threshold``),
-    ``top1_loc`` and ``top5_loc`` (also the prediction right). Heatmaps must explain the
-    ground-truth class (``target: label``), as in the paper's GT-known setting.
+    Scores: ``iou`` (best IoU with a ground-truth box of the explained class), ``gt_known_loc``
+    (IoU >= ``iou_threshold``), ``top1_loc`` and ``top5_loc`` (also the prediction right). The
+    maps explain the ground-truth class (``Needs(maps="label")``), as in the paper's GT-known
+    setting; on multi-label images only the boxes of that class count.
 
     ``frame``: "input" boxes the map at the model's input resolution against ``batch.boxes``;
     "original" first resizes each map to its image's original size (``resize_mode``) and boxes
@@ -286,7 +287,9 @@ class CamPaperLocalization(Metric):
 
     name = "cam_paper"
     category = "localization"
-    preset = "cam_paper"
+    needs = Needs(maps="label")
+    presets = {"cam_paper": {"threshold": 0.2, "connectivity": 8, "iou_threshold": 0.5, "inclusive_iou": True,
+                             "frame": "input", "resize_mode": "bilinear"}}
     scores = (
         ScoreInfo("iou", True, "localization"),
         ScoreInfo("gt_known_loc", True, "localization"),
@@ -303,8 +306,8 @@ class CamPaperLocalization(Metric):
         frame: str = "input",
         resize_mode: str = "bilinear",
         backend: str = "auto",
-        preset: str = "cam_paper",
     ):
+        super().__init__()
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1]; got {threshold}")
         if connectivity not in CONNECTIVITIES:
@@ -316,7 +319,7 @@ class CamPaperLocalization(Metric):
         if backend not in CC_BACKENDS:
             raise ValueError(f"backend must be one of {CC_BACKENDS}; got {backend!r}")
         self.threshold, self.connectivity = threshold, connectivity
-        self.iou_threshold, self.inclusive_iou, self.preset = iou_threshold, inclusive_iou, preset
+        self.iou_threshold, self.inclusive_iou = iou_threshold, inclusive_iou
         self.frame, self.resize_mode, self.backend = frame, resize_mode, backend
 
     def protocol(self) -> Dict[str, Any]:
@@ -332,19 +335,20 @@ class CamPaperLocalization(Metric):
             "map_class": "ground_truth",
         }
 
-    def boxes(self, explained: ExplainedBatch) -> Tuple[Tensor, List[Tensor]]:
-        """(predicted boxes [B, 4], ground-truth boxes per image) in the metric's frame."""
+    def boxes(self, explained: MethodBatch) -> Tuple[Tensor, List[Tensor]]:
+        """(predicted boxes [B, 4], the explained class's ground-truth boxes per image) in the
+        metric's frame."""
         batch = explained.batch
         if self.frame == "input":
             boxes = largest_component_box(threshold_by_max(explained.heatmaps, self.threshold),
                                           self.connectivity, self.backend)
-            return boxes, list(batch.boxes)
+            return boxes, class_boxes(batch.boxes, batch.box_labels, explained.targets)
         maps = resize_maps(explained.heatmaps, batch.orig_sizes, self.resize_mode)
         boxes = torch.cat([largest_component_box(threshold_by_max(m[None], self.threshold), self.connectivity,
                                                  self.backend) for m in maps])
-        return boxes, list(batch.orig_boxes)
+        return boxes, class_boxes(batch.orig_boxes, batch.box_labels, explained.targets)
 
-    def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
+    def update_method(self, explained: MethodBatch) -> Dict[str, Tensor]:
         boxes, gt = self.boxes(explained)
         iou = box_iou(boxes, gt, inclusive=self.inclusive_iou)
         correct = (iou >= self.iou_threshold).float()

@@ -21,9 +21,9 @@ Pointing game, preset ``pointing_game`` (TorchRay ``torchray.benchmark.pointing_
 * accuracy = mean over classes of hits / (hits + misses); classes never evaluated are left out
   (``empty_class="skip"``) or count 0 (``"zero"``, TorchRay's ``clamp(min=1)``; identical on
   VOC07 test / COCO val2014 where every class occurs);
-* difficult subset (Zhang et al.): per (image, class) flags from ``batch.extras
-  ["pointing_difficult"]`` (TorchRay ships them for VOC07/COCO) or, without them, the paper's
-  rule: the class's ground truth covers < 1/4 of the image and another class is present.
+* difficult subset (Zhang et al.): the paper's rule, the class's ground truth covers < 1/4 of
+  the image and another class is present (TorchRay's per-image difficult lists for VOC07/COCO
+  are not shipped).
 
 Cost: all batched on the maps' device except the resize to per-image original sizes (one
 interpolate per image): the hit test is O(H*W) per image (``ties="first"``) or one
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salbench.metrics.base import ExplainedBatch, Metric, ScoreInfo
+from salbench.metrics.base import MethodBatch, MethodwiseMetric, Needs, ScoreInfo
 from salbench.metrics.localization import FRAMES, RESIZE_MODES, resize_maps
 
 GROUND_TRUTHS = ("boxes", "mask")
@@ -148,7 +148,7 @@ def difficult_by_rule(mask: Tensor, image_area: int, other_class_present: bool) 
     return bool(other_class_present and int(mask.sum()) * 4 < image_area)
 
 
-class PointingGame(Metric):
+class PointingGame(MethodwiseMetric):
     """Pointing game with TorchRay's rules (preset ``pointing_game``).
 
     Per (image, class) pair -- every class present with ``classes="present"`` (the runner
@@ -161,7 +161,9 @@ class PointingGame(Metric):
 
     name = "pointing_game"
     category = "localization"
-    preset = "pointing_game"
+    presets = {"pointing_game": {"tolerance": 15, "ties": "first", "ground_truth": "boxes", "frame": "original",
+                                 "resize_mode": "bilinear", "skip_all_difficult": True, "empty_class": "skip",
+                                 "classes": "present"}}
     scores = (
         ScoreInfo("pointing_hit", True, "localization"),
         ScoreInfo("pointing_hit_difficult", True, "localization"),
@@ -179,8 +181,8 @@ class PointingGame(Metric):
         skip_all_difficult: bool = True,
         empty_class: str = "skip",
         classes: str = "present",
-        preset: str = "pointing_game",
     ):
+        super().__init__()
         for value, valid, what in ((classes, CLASSES, "classes"), (ties, TIES, "ties"),
                                    (ground_truth, GROUND_TRUTHS, "ground_truth"),
                                    (frame, FRAMES, "frame"), (resize_mode, RESIZE_MODES, "resize_mode"),
@@ -191,41 +193,31 @@ class PointingGame(Metric):
             raise ValueError(f"tolerance must be >= 0; got {tolerance}")
         self.tolerance, self.ties, self.ground_truth, self.frame = int(tolerance), ties, ground_truth, frame
         self.resize_mode, self.skip_all_difficult, self.empty_class = resize_mode, skip_all_difficult, empty_class
-        self.classes, self.preset = classes, preset
-        self.reset()
+        self.classes = classes
+        self.num_classes: Optional[int] = None  # the model's, seen at the first update (empty_class="zero")
 
     @property
-    def map_target(self) -> Optional[str]:
-        """``"present"``: the runner scores one row per (image, class of :meth:`present_classes`)."""
-        return "present" if self.classes == "present" else None
+    def needs(self) -> Needs:
+        """``present``: the loop scores one row per (image, class of :meth:`present_classes`)."""
+        return Needs(maps="present" if self.classes == "present" else "target")
 
     def present_classes(self, batch: Any) -> List[List[int]]:
         """Per image, the classes to explain and score: the distinct box labels (without the
         classes whose boxes are all difficult, which are skipped anyway); with
         ``ground_truth="mask"`` the classes of the image's ``class_masks`` (else its label);
         the image label when the image has no boxes."""
-        classes: List[List[int]] = []
+        if self.ground_truth == "boxes":
+            if self.skip_all_difficult:
+                return super().present_classes(batch)
+            return [sorted(set(labels.tolist())) or [int(label)] for labels, label in
+                    zip(batch.box_labels, batch.labels.tolist())]
         per_class = (batch.extras or {}).get("class_mask_labels")
-        for i, label in enumerate(batch.labels.tolist()):
-            labels = batch.box_labels[i]
-            if self.ground_truth == "mask" and per_class is not None and per_class[i] is not None and len(per_class[i]):
-                classes.append(sorted(set(per_class[i].tolist())))
-                continue
-            if self.ground_truth == "mask" or len(labels) == 0:
-                classes.append([int(label)])
-                continue
-            labels = labels.tolist()
-            difficult = batch.difficult[i].tolist() if self.skip_all_difficult else []
-            if len(difficult) != len(labels):
-                difficult = [False] * len(labels)
-            present = sorted(set(labels))
-            kept = {c for c, hard in zip(labels, difficult) if not hard}
-            classes.append([c for c in present if c in kept] or present)
-        return classes
+        return [sorted(set(per_class[i].tolist())) if per_class is not None and per_class[i] is not None
+                and len(per_class[i]) else [int(label)] for i, label in enumerate(batch.labels.tolist())]
 
-    def reset(self) -> None:
-        self.hits: Dict[str, Dict[int, int]] = {"all": {}, "difficult": {}}
-        self.misses: Dict[str, Dict[int, int]] = {"all": {}, "difficult": {}}
+    def new_state(self) -> Dict[str, Dict[str, Dict[int, int]]]:
+        """Per subset ("all", "difficult"): hits and misses per class."""
+        return {"hits": {"all": {}, "difficult": {}}, "misses": {"all": {}, "difficult": {}}}
 
     def protocol(self) -> Dict[str, Any]:
         return {
@@ -240,16 +232,15 @@ class PointingGame(Metric):
             "empty_ground_truth": "skipped_not_a_hit",
             "accuracy": "mean_over_classes_of_hits_over_hits_plus_misses",
             "empty_class": self.empty_class,
-            "difficult_subset": "extras.pointing_difficult_or_rule_area_lt_quarter_and_distractor",
+            "difficult_subset": "rule_area_lt_quarter_and_distractor",
         }
 
-    def _ground_truth(self, explained: ExplainedBatch, sizes: Sequence[Tuple[int, int]]) -> Tuple[List[Tensor], List[bool], List[bool]]:
+    def _ground_truth(self, explained: MethodBatch, sizes: Sequence[Tuple[int, int]]) -> Tuple[List[Tensor], List[bool], List[bool]]:
         """Per image: mask [h, w] of the target class, whether the pair is evaluated, whether
         it is in the difficult subset."""
         batch = explained.batch
         targets = explained.targets.tolist()
         boxes_all = batch.orig_boxes if self.frame == "original" else batch.boxes
-        flags = batch.extras.get("pointing_difficult") if batch.extras else None
         masks, evaluated, difficult = [], [], []
         for i, (cls, size) in enumerate(zip(targets, sizes)):
             labels = batch.box_labels[i].to(boxes_all[i].device)
@@ -265,12 +256,8 @@ class PointingGame(Metric):
                     mask = F.interpolate(mask[None, None].float(), size=tuple(size), mode="nearest")[0, 0] > 0.5
                 ok = True
             ok = ok and bool(mask.any())
-            if flags is not None:
-                flag = flags[i]
-                hard = bool(flag[cls]) if isinstance(flag, Tensor) and flag.ndim == 1 else cls in flag
-            else:
-                other = bool((labels != cls).any()) if len(labels) else False
-                hard = difficult_by_rule(mask, int(size[0]) * int(size[1]), other)
+            other = bool((labels != cls).any()) if len(labels) else False
+            hard = difficult_by_rule(mask, int(size[0]) * int(size[1]), other)
             masks.append(mask)
             evaluated.append(ok)
             difficult.append(ok and hard)
@@ -290,9 +277,11 @@ class PointingGame(Metric):
         mask = batch.masks[i]
         return mask if cls == int(batch.labels[i]) else torch.zeros_like(mask)
 
-    def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
+    def update_method(self, explained: MethodBatch) -> Dict[str, Tensor]:
         batch = explained.batch
         device = explained.heatmaps.device
+        if explained.model is not None:
+            self.num_classes = explained.model.num_classes
         if self.frame == "original":
             maps = resize_maps(explained.heatmaps, batch.orig_sizes, self.resize_mode)
         else:
@@ -307,57 +296,55 @@ class PointingGame(Metric):
         nan = torch.full_like(hits, float("nan"))
         hit_all = torch.where(torch.tensor(evaluated, device=device), hits, nan)
         hit_difficult = torch.where(torch.tensor(difficult, device=device), hits, nan)
+        state = self.state(explained.method)
         for subset, values in (("all", hit_all), ("difficult", hit_difficult)):
             for cls, value in zip(explained.targets.tolist(), values.tolist()):
                 if value != value:  # NaN: not evaluated
                     continue
-                table = self.hits if value >= 0.5 else self.misses
+                table = state["hits"] if value >= 0.5 else state["misses"]
                 table[subset][cls] = table[subset].get(cls, 0) + 1
         return {"pointing_hit": hit_all, "pointing_hit_difficult": hit_difficult}
 
-    def merge(self, other: "PointingGame") -> "PointingGame":
-        for subset in ("all", "difficult"):
-            for mine, theirs in ((self.hits, other.hits), (self.misses, other.misses)):
-                for cls, count in theirs[subset].items():
-                    mine[subset][cls] = mine[subset].get(cls, 0) + count
-        return self
+    @staticmethod
+    def class_accuracies(state: Dict[str, Any], subset: str = "all") -> Dict[int, float]:
+        """Per-class hits / (hits + misses) of one method's state, over the classes evaluated
+        at least once."""
+        hits, misses = state["hits"][subset], state["misses"][subset]
+        return {c: hits.get(c, 0) / (hits.get(c, 0) + misses.get(c, 0)) for c in sorted(set(hits) | set(misses))}
 
-    def class_accuracies(self, subset: str = "all") -> Dict[int, float]:
-        """Per-class hits / (hits + misses) over the classes evaluated at least once."""
-        classes = set(self.hits[subset]) | set(self.misses[subset])
-        return {c: self.hits[subset].get(c, 0) / (self.hits[subset].get(c, 0) + self.misses[subset].get(c, 0))
-                for c in sorted(classes)}
-
-    def accuracy(self, subset: str = "all", num_classes: Optional[int] = None) -> float:
-        per_class = self.class_accuracies(subset)
-        if self.empty_class == "zero" and num_classes:
-            return sum(per_class.values()) / num_classes
+    def accuracy(self, state: Dict[str, Any], subset: str = "all") -> float:
+        """Mean over classes of hits / (hits + misses); with ``empty_class="zero"`` every class of
+        the model counts (0 when never evaluated: TorchRay's ``clamp(min=1)``)."""
+        per_class = self.class_accuracies(state, subset)
+        if self.empty_class == "zero" and self.num_classes:
+            return sum(per_class.values()) / self.num_classes
         return sum(per_class.values()) / len(per_class) if per_class else float("nan")
 
-    def compute(self) -> Dict[str, float]:
-        return {"pointing_acc": self.accuracy("all"), "pointing_acc_difficult": self.accuracy("difficult")}
+    def compute_state(self, state: Dict[str, Any]) -> Dict[str, float]:
+        return {"pointing_acc": self.accuracy(state, "all"), "pointing_acc_difficult": self.accuracy(state, "difficult")}
 
 
-class EnergyPointingGame(Metric):
+class EnergyPointingGame(MethodwiseMetric):
     """Energy pointing game (preset ``energy_pointing_game``; Wang et al. 2020): per image, the
     share of the positive map mass inside the target class's boxes (union) or mask, in the
     input frame. Score ``energy`` in [0, 1]; NaN without positive mass or ground truth."""
 
     name = "energy_pointing_game"
     category = "localization"
-    preset = "energy_pointing_game"
+    presets = {"energy_pointing_game": {"ground_truth": "boxes"}}
     scores = (ScoreInfo("energy", True, "localization"),)
 
-    def __init__(self, ground_truth: str = "boxes", preset: str = "energy_pointing_game"):
+    def __init__(self, ground_truth: str = "boxes"):
+        super().__init__()
         if ground_truth not in GROUND_TRUTHS:
             raise ValueError(f"ground_truth must be one of {GROUND_TRUTHS}; got {ground_truth!r}")
-        self.ground_truth, self.preset = ground_truth, preset
+        self.ground_truth = ground_truth
 
     def protocol(self) -> Dict[str, Any]:
         return {"map": "relu", "ground_truth": "union_of_class_boxes" if self.ground_truth == "boxes" else "mask",
                 "frame": "input", "score": "positive_mass_inside_over_total_positive_mass"}
 
-    def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
+    def update_method(self, explained: MethodBatch) -> Dict[str, Tensor]:
         batch = explained.batch
         size = tuple(explained.heatmaps.shape[-2:])
         if self.ground_truth == "mask":
@@ -370,38 +357,35 @@ class EnergyPointingGame(Metric):
         return {"energy": energy_pointing(explained.heatmaps, masks.to(explained.heatmaps.device))}
 
 
-class GridPointingGame(Metric):
+class GridPointingGame(MethodwiseMetric):
     """Grid pointing game (preset ``grid_pointing_game``; Böhle et al. 2022, Rao et al. 2022):
     on an n x n grid of images of different classes, the positive attribution inside the cell
     of the explained class over the total positive attribution (uniform map: the cell's share
     of the pixels, 1/n^2 for equal cells).
 
-    The cell is the explained class's box (the ``grid`` dataset gives each cell as an inclusive
-    box labelled with its class); when ``batch.extras["grid_cell"]`` ([B] row-major indices)
-    is present, the cell is that one of ``grid`` x ``grid`` equal cells (edges floor(i*H/n)).
+    The cell is the explained class's box: the ``grid`` dataset gives each cell as an inclusive
+    box labelled with its class (:func:`grid_pointing_score` scores equal cells given by index).
     Score ``grid_score`` in [0, 1]; NaN without positive mass or cell.
     """
 
     name = "grid_pointing_game"
     category = "localization"
-    preset = "grid_pointing_game"
+    presets = {"grid_pointing_game": {}}
     scores = (ScoreInfo("grid_score", True, "localization"),)
 
-    def __init__(self, grid: int = 2, preset: str = "grid_pointing_game"):
+    def __init__(self, grid: int = 2):
+        super().__init__()
         if grid < 1:
             raise ValueError(f"grid must be >= 1; got {grid}")
-        self.grid, self.preset = int(grid), preset
+        self.grid = int(grid)
 
     def protocol(self) -> Dict[str, Any]:
-        return {"grid": self.grid, "map": "relu", "cell": "target_class_box_or_extras_grid_cell",
+        return {"grid": self.grid, "map": "relu", "cell": "target_class_box",
                 "score": "positive_mass_in_cell_over_total_positive_mass"}
 
-    def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
+    def update_method(self, explained: MethodBatch) -> Dict[str, Tensor]:
         batch = explained.batch
         maps = explained.heatmaps
-        if batch.extras and "grid_cell" in batch.extras:
-            cells = torch.as_tensor(batch.extras["grid_cell"]).long().to(maps.device)
-            return {"grid_score": grid_pointing_score(maps, self.grid, cells)}
         size = tuple(maps.shape[-2:])
         masks = torch.stack([boxes_to_mask(b[l.to(b.device) == c] if len(l) == len(b) else b, size)
                              for b, l, c in zip(batch.boxes, batch.box_labels, explained.targets.tolist())])

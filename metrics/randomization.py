@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salbench.methods.base import trace_forward
-from salbench.metrics.base import ExplainedBatch, Metric, ScoreInfo
+from salbench.methods.hooks import trace_forward
+from salbench.metrics.base import MethodBatch, MethodwiseMetric, Needs, ScoreInfo
 
 if TYPE_CHECKING:  # annotations only
     import pandas
@@ -260,34 +260,28 @@ def summarize(table: "pandas.DataFrame") -> "pandas.DataFrame":  # noqa: F821
 
 # --------------------------------------------------------------------------- the metric
 def rebuild_explainer(explainer: Any, module: nn.Module) -> Any:
-    """The same method with the same options on another model."""
-    from salbench.methods import METHODS, create_method
-
-    name = getattr(explainer, "name", "")
-    options = {k: v for k, v in explainer.options().items() if k != "method"} if hasattr(explainer, "options") else {}
-    if name in METHODS:
-        try:
-            return create_method(name, module, **options)
-        except TypeError:
-            pass  # options() lists something that is not a constructor argument: swap the model
-    clone = copy.copy(explainer)
-    clone.model = module
-    return clone
+    """The same method with the same options (its constructor's, :meth:`Explainer.options`) on
+    another model."""
+    options = {k: v for k, v in explainer.options().items() if k != "method"}
+    return type(explainer)(module, **options)
 
 
-class ModelRandomization(Metric):
+class ModelRandomization(MethodwiseMetric):
     """Adebayo et al.'s model-randomization check as a job metric (registered ``randomization``).
 
     Per batch and method, runs :func:`randomization_check` with the method's own explainer
     rebuilt on randomized copies of the model. Per-image scores: the similarities after the
     full cascade (every group random), lower is better (the map depends on the model);
-    :meth:`tables` gives ``randomization`` (every image, mode, depth and similarity) and
-    ``randomization_summary`` (the similarity-vs-depth plot data).
+    :meth:`tables` gives ``randomization`` (every image, mode, depth and similarity; reports
+    draw the similarity-vs-depth plot from it, :func:`summarize`). The explainers are re-run
+    (``Needs(explainers=True)``).
     """
 
     name = "randomization"
     category = "sanity"
-    preset = "adebayo2018"
+    needs = Needs(explainers=True)
+    presets = {"adebayo2018": {"mode": "both", "init": "reset", "layers": None}}
+    table_kinds = ("randomization",)
     scores = tuple(ScoreInfo(f"cascade_{s}", False, "sanity") for s in SIMILARITIES)
 
     def __init__(
@@ -299,13 +293,14 @@ class ModelRandomization(Metric):
         init_std: float = 0.01,
         max_images: Optional[int] = None,
     ):
+        super().__init__()
         if mode not in (*MODES, "both"):
             raise ValueError(f"unknown mode {mode!r}; valid: cascading, independent, both")
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
         self.mode, self.layers, self.seed = mode, layers, seed
         self.init, self.init_std, self.max_images = init, init_std, max_images
-        self.reset()
+        self._frames: List[Any] = []
 
     def protocol(self) -> Dict[str, Any]:
         return {
@@ -319,24 +314,19 @@ class ModelRandomization(Metric):
             "max_images": self.max_images,
         }
 
-    def reset(self) -> None:
-        self._frames: List[Any] = []
-        self._seen: Dict[str, int] = {}
+    def new_state(self) -> Dict[str, int]:
+        return {"seen": 0}
 
-    def merge(self, other: "ModelRandomization") -> None:
-        self._frames.extend(other._frames)
-        for method, count in other._seen.items():
-            self._seen[method] = self._seen.get(method, 0) + count
-
-    def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
+    def update_method(self, explained: MethodBatch) -> Dict[str, Tensor]:
         x, heatmaps, targets = explained.inputs, explained.heatmaps, explained.targets
         nan = torch.full((x.shape[0],), float("nan"), device=x.device)
         keep = x.shape[0]
+        state = self.state(explained.method)
         if self.max_images is not None:  # the check is costly: a fixed number of images per method
-            keep = max(0, min(keep, self.max_images - self._seen.get(explained.method, 0)))
+            keep = max(0, min(keep, self.max_images - state["seen"]))
         if keep == 0:
             return {s.name: nan for s in self.scores}
-        self._seen[explained.method] = self._seen.get(explained.method, 0) + keep
+        state["seen"] += keep
         model = getattr(explained.model, "module", explained.model)
         table = randomization_check(
             model, lambda m: rebuild_explainer(explained.explainer, m), x[:keep], targets[:keep],
@@ -364,4 +354,4 @@ class ModelRandomization(Metric):
 
         columns = ["image_id", "method", "mode", "depth", "layer", "similarity", "value"]
         table = pd.concat(self._frames, ignore_index=True) if self._frames else pd.DataFrame(columns=columns)
-        return {"randomization": table, "randomization_summary": summarize(table) if len(table) else table}
+        return {"randomization": table}

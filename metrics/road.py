@@ -66,8 +66,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salbench.metrics.base import TRACKED, ExplainedBatch, Metric, ScoreInfo, TracksClass, image_ids, image_seeds
-from salbench.metrics.deletion import AUTOCAST, TIE_BREAKS, _autocast_scope, _check_choice, pixel_ranks
+from salbench.metrics.base import (
+    TRACKED,
+    CurveKind,
+    ExplainedBatch,
+    Metric,
+    ScoreInfo,
+    TracksClass,
+    check_choice,
+    image_ids,
+    image_seeds,
+)
+from salbench.metrics.deletion import TIE_BREAKS, pixel_ranks
+from salbench.metrics.perturbation import AUTOCAST, class_readout, equal_chunk, forward_in_chunks
 
 ORDERS = ("morf", "lerf")
 SCORES = ("softmax", "logit", "correct")
@@ -150,7 +161,7 @@ class ImputationNotConverged(RuntimeError):
 
 def check_solver(solver: str, cg_tol: float, cg_max_iter: int, cg_batch_size: Optional[int] = CG_BATCH_SIZE) -> None:
     """Clear errors for the solver options (checked whatever the solver, so a typo surfaces early)."""
-    _check_choice("solver", solver, SOLVERS)
+    check_choice("solver", solver, SOLVERS)
     if isinstance(cg_tol, bool) or not isinstance(cg_tol, (int, float)) or not (0.0 < cg_tol < 1.0):
         raise ValueError(f"cg_tol must be a relative residual ||r||/||b|| in (0, 1), e.g. 1e-7; got {cg_tol!r}")
     if isinstance(cg_max_iter, bool) or not isinstance(cg_max_iter, int) or cg_max_iter < 1:
@@ -374,9 +385,10 @@ def road_curves(
     ``logit`` or ``correct``) of ``target[b]`` on image ``b`` with ``fractions[i]`` of its pixels
     removed in ``order`` and imputed (:func:`noisy_linear_imputation`, ``seeds`` as there). A
     map holding NaN gives NaN curves (its image is not imputed). Imputed images reach the model
-    in equal chunks of at most ``batch_size`` (order-major, then image, then fraction). A
-    chunk's imputations run on ``workers`` threads (default ``torch.get_num_threads()``;
-    SuperLU releases the GIL); the results do not depend on it.
+    in equal chunks of at most ``batch_size`` (order-major, then image, then fraction;
+    :mod:`salbench.metrics.perturbation`). A chunk's imputations run on ``workers`` threads
+    (default ``torch.get_num_threads()``; SuperLU releases the GIL); the results do not depend
+    on it.
 
     ``solver: cg`` imputes each forward chunk on x's device instead, ``cg_batch_size`` imputed
     images per :func:`cg_linear_imputation` call (null: the whole chunk), to ``cg_tol`` in at
@@ -385,92 +397,124 @@ def road_curves(
     is given, it receives ``{order: [B, F] int64}`` on the CPU, the CG iterations of each
     system (the most over its channels; 0 with ``direct`` and for NaN maps).
     """
+    used: Dict[str, Dict[str, Tensor]] = {}
+    curves = road_curves_of_maps(
+        model, x, {"": maps}, target, fractions=fractions, orders=orders, score=score, noise=noise, seeds=seeds,
+        tie_break=tie_break, batch_size=batch_size, autocast=autocast, workers=workers, solver=solver,
+        cg_tol=cg_tol, cg_max_iter=cg_max_iter, cg_batch_size=cg_batch_size, iterations=used)
+    if iterations is not None:
+        iterations.update(used[""])
+    return curves[""]
+
+
+def road_curves_of_maps(
+    model: nn.Module,
+    x: Tensor,
+    maps: Dict[str, Tensor],
+    target: Tensor,
+    *,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    orders: Sequence[str] = ORDERS,
+    score: str = "softmax",
+    noise: float = 0.01,
+    seeds: Any = None,
+    tie_break: str = "first",
+    batch_size: int = 256,
+    autocast: Optional[str] = None,
+    workers: Optional[int] = None,
+    solver: str = "direct",
+    cg_tol: float = CG_TOL,
+    cg_max_iter: int = CG_MAX_ITER,
+    cg_batch_size: Optional[int] = CG_BATCH_SIZE,
+    iterations: Optional[Dict[str, Dict[str, Tensor]]] = None,
+) -> Dict[str, Dict[str, Tensor]]:
+    """:func:`road_curves` for several maps of the same images (``{method: [B, H, W]}``): every
+    method's imputed images share the forward chunks (method-major; the chunk size depends on one
+    map's imputations only). Returns ``{method: {order: [B, F]}}``; ``iterations`` receives
+    ``{method: {order: [B, F]}}``."""
     fractions = check_fractions(fractions)
     orders = tuple(orders)
     for order in orders:
-        _check_choice("order", order, ORDERS)
-    _check_choice("score", score, SCORES)
-    _check_choice("tie_break", tie_break, TIE_BREAKS)
+        check_choice("order", order, ORDERS)
+    check_choice("score", score, SCORES)
+    check_choice("tie_break", tie_break, TIE_BREAKS)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     workers = torch.get_num_threads() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1; got {workers}")
     check_solver(solver, cg_tol, cg_max_iter, cg_batch_size)
-    if x.ndim != 4 or maps.shape != (x.shape[0], *x.shape[-2:]):
-        raise ValueError(f"need x [B, C, H, W] and maps [B, H, W]; got {tuple(x.shape)}, {tuple(maps.shape)}")
+    keys = list(maps)
+    for key in keys:
+        if x.ndim != 4 or maps[key].shape != (x.shape[0], *x.shape[-2:]):
+            raise ValueError(f"need x [B, C, H, W] and maps [B, H, W]; got {tuple(x.shape)}, {tuple(maps[key].shape)}")
     num_images, channels, height, width = x.shape
     num_pixels = height * width
     seeds = _seed_list(seeds, num_images)
     counts = removed_counts(fractions, num_pixels)
     target = torch.as_tensor(target, device=x.device).long()
-    maps = maps.detach()
-    valid = ~torch.isnan(maps).flatten(1).any(1)  # [B]
-    valid_list = valid.tolist()
-    jobs = [(o, b, i) for o in range(len(orders)) for b in range(num_images) if valid_list[b]
-            for i in range(len(fractions))]
-    values = torch.full((len(orders), num_images, len(fractions)), float("nan"), dtype=torch.float32, device="cpu")
-    used = torch.zeros((len(orders), num_images, len(fractions)), dtype=torch.int64, device="cpu")
+    stacked = torch.stack([maps[key].detach().to(x.device) for key in keys])  # [M, B, H, W]
+    valid = (~torch.isnan(stacked).flatten(2).any(2)).tolist()  # [M][B]
+    # one imputation per (map, order, image, fraction) whose map is finite
+    jobs = [(m, o, b, i) for m in range(len(keys)) for o in range(len(orders)) for b in range(num_images)
+            if valid[m][b] for i in range(len(fractions))]
+    shape = (len(keys), len(orders), num_images, len(fractions))
+    used = torch.zeros(shape, dtype=torch.int64, device="cpu")
+    with torch.inference_mode():
+        ranks = torch.stack([torch.stack([pixel_ranks(stacked[m], _SORDER[order], tie_break) for order in orders])
+                             for m in range(len(keys))])  # [M, O, B, HW]
     if solver == "cg":
         with torch.inference_mode():
-            ranks_on_device = torch.stack([pixel_ranks(maps, _SORDER[order], tie_break) for order in orders])
             fields_on_device = noise_fields(x.shape[1:], seeds).to(x.device) if noise != 0 else None
         counts_on_device = torch.tensor(counts, dtype=torch.int64, device=x.device)
 
-        def impute_chunk(chunk: List[Tuple[int, int, int]]) -> Tensor:
-            o, b, i = (torch.tensor(column, dtype=torch.int64, device=x.device) for column in zip(*chunk))
-            removed = (ranks_on_device[o, b] < counts_on_device[i, None]).view(len(chunk), height, width)
-            step = cg_batch_size or len(chunk)
+        def build(begin: int, end: int) -> Tensor:
+            m, o, b, i = (torch.tensor(column, dtype=torch.int64, device=x.device) for column in zip(*jobs[begin:end]))
+            removed = (ranks[m, o, b] < counts_on_device[i, None]).view(end - begin, height, width)
+            step = cg_batch_size or (end - begin)
             pieces = []
-            for start in range(0, len(chunk), step):
-                part = slice(start, start + step)
-                imputed, its = _impute_cg(x[b[part]], removed[part],
-                                          None if fields_on_device is None else fields_on_device[b[part]],
-                                          noise, cg_tol, cg_max_iter)
-                pieces.append(imputed)
-                used[o[part].cpu(), b[part].cpu(), i[part].cpu()] = its.cpu()
+            with torch.autocast(device_type=x.device.type, enabled=False):  # the solve stays float64
+                for start in range(0, end - begin, step):
+                    part = slice(start, start + step)
+                    imputed, its = _impute_cg(x[b[part]], removed[part],
+                                              None if fields_on_device is None else fields_on_device[b[part]],
+                                              noise, cg_tol, cg_max_iter)
+                    pieces.append(imputed)
+                    used[m[part].cpu(), o[part].cpu(), b[part].cpu(), i[part].cpu()] = its.cpu()
             return torch.cat(pieces)
     else:
-        with torch.inference_mode():
-            ranks = {order: pixel_ranks(maps, _SORDER[order], tie_break).cpu().numpy() for order in orders}
+        host_ranks = ranks.cpu().numpy()
         images = x.detach().to(device="cpu", dtype=torch.float64).numpy()
         fields = noise_fields(x.shape[1:], seeds).double().numpy() if noise != 0 else None
+        pool = ThreadPoolExecutor(max_workers=workers)
 
-    if jobs:
-        # equal chunks (the last padded by repeating its last input), as the rise metric does
-        rows = math.ceil(len(jobs) / math.ceil(len(jobs) / batch_size))
-        def impute(job: Tuple[int, int, int]) -> Tensor:
-            o, b, i = job
-            return _impute_one(images[b], (ranks[orders[o]][b] < counts[i]).reshape(height, width),
+        def impute(job: Tuple[int, int, int, int]) -> Tensor:
+            m, o, b, i = job
+            return _impute_one(images[b], (host_ranks[m, o, b] < counts[i]).reshape(height, width),
                                None if fields is None else fields[b], noise, x.dtype)
 
-        with ThreadPoolExecutor(max_workers=workers if solver == "direct" else 1) as pool, torch.inference_mode(), \
-                _autocast_scope(x.device, autocast):
-            for begin in range(0, len(jobs), rows):
-                chunk = jobs[begin : begin + rows]
-                if solver == "cg":
-                    with torch.autocast(device_type=x.device.type, enabled=False):  # the solve stays float64
-                        inputs = impute_chunk(chunk)
-                else:
-                    inputs = torch.stack(list(pool.map(impute, chunk)) if workers > 1 else [impute(j) for j in chunk])
-                if len(chunk) < rows:
-                    inputs = torch.cat([inputs, inputs[-1:].expand(rows - len(chunk), -1, -1, -1)])
-                inputs = inputs.to(x.device, non_blocking=False)
-                logits = model(inputs).float()[: len(chunk)]
-                which = torch.tensor([b for _, b, _ in chunk], dtype=torch.long, device=x.device)
-                tracked = target[which]
-                if score == "softmax":
-                    got = logits.softmax(dim=1).gather(1, tracked[:, None])[:, 0]
-                elif score == "logit":
-                    got = logits.gather(1, tracked[:, None])[:, 0]
-                else:
-                    got = (logits.argmax(dim=1) == tracked).float()
-                got = got.cpu()
-                for (o, b, i), value in zip(chunk, got.tolist()):
-                    values[o, b, i] = value
+        def build(begin: int, end: int) -> Tensor:
+            chunk = jobs[begin:end]
+            imputed = list(pool.map(impute, chunk)) if workers > 1 else [impute(job) for job in chunk]
+            return torch.stack(imputed).to(x.device)
+
+    def read(logits: Tensor, begin: int, end: int) -> Tensor:
+        which = torch.tensor([b for _, _, b, _ in jobs[begin:end]], dtype=torch.long, device=x.device)
+        return class_readout(logits, target[which], score)
+
+    values = torch.full(shape, float("nan"), dtype=torch.float32, device="cpu")
+    try:
+        if jobs:
+            got = forward_in_chunks(model, len(jobs), build, read, device=x.device, autocast=autocast,
+                                    chunk=equal_chunk(len(orders) * num_images * len(fractions), batch_size))
+            index = torch.tensor(jobs, dtype=torch.long, device="cpu")
+            values[index[:, 0], index[:, 1], index[:, 2], index[:, 3]] = got.cpu()
+    finally:
+        if solver != "cg":
+            pool.shutdown()
     if iterations is not None:
-        iterations.update({order: used[o] for o, order in enumerate(orders)})
-    return {order: values[o].to(x.device) for o, order in enumerate(orders)}
+        iterations.update({key: {order: used[m, o] for o, order in enumerate(orders)} for m, key in enumerate(keys)})
+    return {key: {order: values[m, o].to(x.device) for o, order in enumerate(orders)} for m, key in enumerate(keys)}
 
 
 def curve_mean(curves: Tensor) -> Tensor:
@@ -486,6 +530,7 @@ ROAD_PRESET: Dict[str, Any] = {
     "score": "softmax",
     "noise": 0.01,
     "tie_break": "first",
+    "autocast": None,
 }
 
 
@@ -519,6 +564,13 @@ class RemoveAndDebias(TracksClass, Metric):
 
     name = "road"
     category = "faithfulness"
+    presets = {"road": ROAD_PRESET}
+    table_kinds = ("curves",)
+    curve_kinds = {
+        "morf": CurveKind(lower_is_better=True, x_label="fraction removed, most relevant first (imputed)", summary="mean"),
+        "lerf": CurveKind(lower_is_better=False, x_label="fraction removed, least relevant first (imputed)",
+                          summary="mean"),
+    }
     scores = (
         ScoreInfo("road_morf_auc", False, "faithfulness"),
         ScoreInfo("road_lerf_auc", True, "faithfulness"),
@@ -547,13 +599,13 @@ class RemoveAndDebias(TracksClass, Metric):
         if not orders:
             raise ValueError(f"orders must name at least one of {', '.join(ORDERS)}")
         for order in orders:
-            _check_choice("order", order, ORDERS)
+            check_choice("order", order, ORDERS)
         if len(set(orders)) != len(orders):
             raise ValueError(f"orders repeats an order: {list(orders)}")
-        _check_choice("target", target, TRACKED)
-        _check_choice("score", score, SCORES)
-        _check_choice("tie_break", tie_break, TIE_BREAKS)
-        _check_choice("autocast", autocast, tuple(AUTOCAST))
+        check_choice("target", target, TRACKED)
+        check_choice("score", score, SCORES)
+        check_choice("tie_break", tie_break, TIE_BREAKS)
+        check_choice("autocast", autocast, tuple(AUTOCAST))
         if not (math.isfinite(noise) and noise >= 0):
             raise ValueError(f"noise must be a finite std >= 0; got {noise!r}")
         if batch_size < 1:
@@ -573,11 +625,7 @@ class RemoveAndDebias(TracksClass, Metric):
             infos += [ScoreInfo(f"road_{order}_accuracy_{_percent(f)}", order == "lerf", "faithfulness", "dataset")
                       for order in orders for f in self.fractions]
         self.scores = tuple(infos)
-        same = all(
-            (tuple(getattr(self, k)) if isinstance(v, tuple) else getattr(self, k)) == v for k, v in ROAD_PRESET.items()
-        )
-        self.preset = "road" if same and autocast is None else "custom"
-        self.reset()
+        self._records: List[Dict[str, Any]] = []
 
     def protocol(self) -> Dict[str, Any]:
         protocol = {
@@ -607,9 +655,6 @@ class RemoveAndDebias(TracksClass, Metric):
             protocol.update(cg_tol=self.cg_tol, cg_max_iter=self.cg_max_iter)
         return protocol
 
-    def reset(self) -> None:
-        self._records: List[Dict[str, Any]] = []
-
     @property
     def cg_iterations_max(self) -> Optional[int]:
         """With ``solver: cg``: the most CG iterations any system took so far (None before any
@@ -618,74 +663,72 @@ class RemoveAndDebias(TracksClass, Metric):
                  and r["iterations"].numel()]
         return max(taken) if taken and self.solver == "cg" else None
 
-    def merge(self, other: "RemoveAndDebias") -> None:
-        self._records.extend(other._records)
-
-    def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
+    def update(self, explained: ExplainedBatch) -> Dict[str, Dict[str, Tensor]]:
+        """Every method's ROAD curves of the batch, in shared forward chunks; ``{method: {score: [N]}}``."""
         x = explained.inputs
         model = getattr(explained.model, "module", explained.model)
-        seeds = image_seeds(explained, self.seed).tolist()
-        iterations: Dict[str, Tensor] = {}
-        curves = road_curves(
-            model, x, explained.heatmaps.to(x.device), self.tracked_class(explained), fractions=self.fractions,
-            orders=self.orders, score=self.score, noise=self.noise, seeds=seeds, tie_break=self.tie_break,
-            batch_size=self.batch_size, autocast=self.autocast, workers=self.workers, solver=self.solver,
-            cg_tol=self.cg_tol, cg_max_iter=self.cg_max_iter, cg_batch_size=self.cg_batch_size,
-            iterations=iterations,
+        iterations: Dict[str, Dict[str, Tensor]] = {}
+        curves = road_curves_of_maps(
+            model, x, {m: maps.to(x.device) for m, maps in explained.maps.items()}, self.tracked_class(explained),
+            fractions=self.fractions, orders=self.orders, score=self.score, noise=self.noise,
+            seeds=image_seeds(explained, self.seed).tolist(), tie_break=self.tie_break, batch_size=self.batch_size,
+            autocast=self.autocast, workers=self.workers, solver=self.solver, cg_tol=self.cg_tol,
+            cg_max_iter=self.cg_max_iter, cg_batch_size=self.cg_batch_size, iterations=iterations,
         )
         ids = image_ids(explained)
-        out: Dict[str, Tensor] = {}
-        for order in self.orders:
-            out[f"road_{order}_auc"] = curve_mean(curves[order])
-            self._records.append({"image_id": list(ids), "method": explained.method, "curve": order,
-                                  "values": curves[order].cpu(),
-                                  "iterations": iterations[order] if self.solver == "cg" else None})
-        if len(self.orders) == 2:
-            out["road_gap"] = out["road_lerf_auc"] - out["road_morf_auc"]
+        out: Dict[str, Dict[str, Tensor]] = {}
+        for method, by_order in curves.items():
+            scores: Dict[str, Tensor] = {}
+            for order in self.orders:
+                scores[f"road_{order}_auc"] = curve_mean(by_order[order])
+                self._records.append({"image_id": list(ids), "method": method, "curve": order,
+                                      "values": by_order[order].cpu(),
+                                      "iterations": iterations[method][order] if self.solver == "cg" else None})
+            if len(self.orders) == 2:
+                scores["road_gap"] = scores["road_lerf_auc"] - scores["road_morf_auc"]
+            out[method] = scores
         return out
 
-    def compute(self) -> Dict[str, float]:
-        """With ``score: correct``: the accuracy at each (order, fraction) over the images seen
-        (images with a NaN map left out). Otherwise nothing."""
-        if self.score != "correct" or not self._records:
+    def compute(self) -> Dict[str, Dict[str, float]]:
+        """With ``score: correct``: per method, the accuracy at each (order, fraction) over the
+        images seen (images with a NaN map left out). Otherwise nothing."""
+        if self.score != "correct":
             return {}
-        out: Dict[str, float] = {}
-        for order in self.orders:
-            values = [r["values"] for r in self._records if r["curve"] == order]
-            stacked = torch.cat(values).double()  # [N, F]
-            accuracy = stacked.nanmean(dim=0)
-            for f, value in zip(self.fractions, accuracy.tolist()):
-                out[f"road_{order}_accuracy_{_percent(f)}"] = value
+        out: Dict[str, Dict[str, float]] = {}
+        for method in dict.fromkeys(r["method"] for r in self._records):
+            scores = out.setdefault(method, {})
+            for order in self.orders:
+                values = [r["values"] for r in self._records if r["curve"] == order and r["method"] == method]
+                accuracy = torch.cat(values).double().nanmean(dim=0)  # [F]
+                for f, value in zip(self.fractions, accuracy.tolist()):
+                    scores[f"road_{order}_accuracy_{_percent(f)}"] = value
         return out
 
     def tables(self) -> Dict[str, Any]:
         """``curves``: one row per (image, method, curve, step) with columns image_id, method,
-        metric, curve (``morf`` | ``lerf``), step (index of the fraction), fraction, value.
-        With ``solver: cg`` also ``cg_iterations``: the same rows with ``iterations`` (the CG
-        iterations of that imputation, the most over its channels; 0 for a NaN map) in place of
-        value."""
-        out = {"curves": self._table("values", "value")}
-        if self.solver == "cg":
-            out["cg_iterations"] = self._table("iterations", "iterations")
-        return out
-
-    def _table(self, key: str, column: str) -> Any:
+        metric, curve (``morf`` | ``lerf``), step (index of the fraction), fraction, value; with
+        ``solver: cg`` also ``cg_iterations`` (the CG iterations of that imputation, the most over
+        its channels; 0 for a NaN map)."""
         import pandas as pd
 
-        columns = ["image_id", "method", "metric", "curve", "step", "fraction", column]
+        columns = ["image_id", "method", "metric", "curve", "step", "fraction", "value"]
+        columns += ["cg_iterations"] if self.solver == "cg" else []
         frames = []
         for record in self._records:
-            values = record[key]
+            values = record["values"]
             num_images, points = values.shape
-            frames.append(pd.DataFrame({
+            frame = pd.DataFrame({
                 "image_id": [i for i in record["image_id"] for _ in range(points)],
                 "method": record["method"],
                 "metric": self.name,
                 "curve": record["curve"],
                 "step": np.tile(np.arange(points), num_images),
                 "fraction": np.tile(np.asarray(self.fractions, dtype=np.float64), num_images),
-                column: values.flatten().double().numpy() if key == "values" else values.flatten().numpy(),
-            }))
+                "value": values.flatten().double().numpy(),
+            })
+            if self.solver == "cg":
+                frame["cg_iterations"] = record["iterations"].flatten().numpy()
+            frames.append(frame)
         if not frames:
-            return pd.DataFrame(columns=columns)
-        return pd.concat(frames, ignore_index=True)[columns]
+            return {"curves": pd.DataFrame(columns=columns)}
+        return {"curves": pd.concat(frames, ignore_index=True)[columns]}

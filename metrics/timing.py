@@ -1,7 +1,7 @@
 """Cost of each method: time per image, throughput and peak memory (``timing``).
 
 The runner measures, for every batch and method, the explainer call and every other metric's
-``update`` with :class:`salbench.timing.Stopwatch` (CUDA events around the call, synchronized,
+``update`` with :class:`salbench.harness.timing.Stopwatch` (CUDA events around the call, synchronized,
 on CUDA; ``time.perf_counter`` on CPU) and hands the durations to this metric through
 ``ExplainedBatch.timing``; the runner updates ``timing`` after the other metrics of a batch.
 
@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor
 
-from salbench.metrics.base import ExplainedBatch, Metric, ScoreInfo
+from salbench.metrics.base import ExplainedBatch, Metric, Needs, ScoreInfo
 
 SUFFIX = "_ms_per_image"
 
@@ -43,8 +43,9 @@ class Timing(Metric):
 
     name = "timing"
     category = "cost"
-    preset = "timing"
-    wants_timing = True  # the runner fills ExplainedBatch.timing and updates this metric last
+    presets = {"timing": {}}
+    needs = Needs(costs=True)
+    table_kinds = ("timing",)
     scores = (
         ScoreInfo("ms_per_image", False, "cost"),
         ScoreInfo("images_per_second", True, "cost", scope="dataset"),
@@ -58,14 +59,7 @@ class Timing(Metric):
         self.warmup_batches = warmup_batches
         self.device: Optional[str] = None
         self.clock: Optional[str] = None
-        self.reset()
-
-    def reset(self) -> None:
         self._records: List[Dict[str, Any]] = []
-
-    def merge(self, other: "Timing") -> None:
-        self._records.extend(other._records)
-        self.device, self.clock = self.device or other.device, self.clock or other.clock
 
     def protocol(self) -> Dict[str, Any]:
         return {
@@ -81,36 +75,44 @@ class Timing(Metric):
             return ScoreInfo(score, False, "cost")
         return super().score_info(score)
 
-    def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
-        timing = getattr(explained, "timing", None)
-        if not timing:
-            raise ValueError("the timing metric needs ExplainedBatch.timing (set by the runner)")
-        num_images = int(explained.heatmaps.shape[0])
-        warm = sum(1 for r in self._records if r["method"] == explained.method) < self.warmup_batches
-        self.device = self.device or timing.get("device")
-        self.clock = self.clock or timing.get("clock")
-        record = {"method": explained.method, "warm": warm, "images": num_images,
-                  "seconds": float(timing["seconds"]), "metric_seconds": dict(timing.get("metric_seconds", {})),
-                  "peak_memory_bytes": float(timing.get("peak_memory_bytes", float("nan"))),
-                  "shared_with": list(timing.get("shared_with", [explained.method]))}
-        self._records.append(record)
-        device = explained.heatmaps.device
+    def update(self, explained: ExplainedBatch) -> Dict[str, Dict[str, Tensor]]:
+        costs = explained.costs
+        if costs is None:
+            raise ValueError("the timing metric needs the batch's measured costs (ExplainedBatch.costs, set by the job loop)")
+        num_images = int(explained.inputs.shape[0])
+        device = explained.inputs.device
+        self.device, self.clock = self.device or costs.device, self.clock or costs.clock
+        share = {metric: seconds / max(len(explained.maps), 1) for metric, seconds in costs.metrics.items()}
+        out: Dict[str, Dict[str, Tensor]] = {}
+        for method in explained.maps:
+            cost = costs.explain[method]
+            batch = sum(1 for r in self._records if r["method"] == method)
+            warm = batch < self.warmup_batches
+            record = {"batch": batch, "method": method, "warm": warm, "images": num_images, "seconds": float(cost["seconds"]),
+                      "metric_seconds": dict(share),
+                      "peak_memory_bytes": float(cost.get("peak_memory_bytes", float("nan"))),
+                      "shared_with": list(cost.get("shared_with", [method]))}
+            self._records.append(record)
 
-        def per_image(seconds: float) -> Tensor:
-            value = float("nan") if warm else 1000.0 * seconds / num_images
-            return torch.full((num_images,), value, device=device)
+            def per_image(seconds: float) -> Tensor:
+                value = float("nan") if warm else 1000.0 * seconds / num_images
+                return torch.full((num_images,), value, device=device)
 
-        out = {"ms_per_image": per_image(record["seconds"])}
-        for metric, seconds in record["metric_seconds"].items():
-            out[f"{metric}{SUFFIX}"] = per_image(seconds)
+            out[method] = {"ms_per_image": per_image(record["seconds"]),
+                           **{f"{metric}{SUFFIX}": per_image(seconds) for metric, seconds in share.items()}}
         return out
 
-    def compute(self) -> Dict[str, float]:
-        timed = [r for r in self._records if not r["warm"]]
-        warm = [r for r in self._records if r["warm"]]
+    def compute(self) -> Dict[str, Dict[str, float]]:
+        methods = dict.fromkeys(r["method"] for r in self._records)
+        return {method: self._summary([r for r in self._records if r["method"] == method]) for method in methods}
+
+    @staticmethod
+    def _summary(records: List[Dict[str, Any]]) -> Dict[str, float]:
+        timed = [r for r in records if not r["warm"]]
+        warm = [r for r in records if r["warm"]]
         images = sum(r["images"] for r in timed)
         seconds = sum(r["seconds"] for r in timed)
-        peaks = [r["peak_memory_bytes"] for r in self._records if math.isfinite(r["peak_memory_bytes"])]
+        peaks = [r["peak_memory_bytes"] for r in records if math.isfinite(r["peak_memory_bytes"])]
         return {
             "images_per_second": images / seconds if seconds > 0 else float("nan"),
             "peak_memory_mb": max(peaks) / 2**20 if peaks else float("nan"),
@@ -123,9 +125,9 @@ class Timing(Metric):
         and of every metric, peak memory and the methods that shared the pass."""
         import pandas as pd
 
-        rows = [{"batch": i, "method": r["method"], "images": r["images"], "warmup": r["warm"],
+        rows = [{"batch": r["batch"], "method": r["method"], "images": r["images"], "warmup": r["warm"],
                  "explain_seconds": r["seconds"], **{f"{k}_seconds": v for k, v in r["metric_seconds"].items()},
                  "peak_memory_mb": r["peak_memory_bytes"] / 2**20, "shared_with": ",".join(r["shared_with"]),
                  "device": self.device}
-                for i, r in enumerate(self._records)]
+                for r in self._records]
         return {"timing": pd.DataFrame(rows)}

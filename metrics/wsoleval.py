@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from salbench.metrics.base import ExplainedBatch, Metric, ScoreInfo
+from salbench.metrics.base import MethodBatch, MethodwiseMetric, Needs, ScoreInfo
 from salbench.metrics.localization import FRAMES, minmax_normalize
 
 V2_IOU_THRESHOLDS = (0.3, 0.5, 0.7)
@@ -156,7 +156,6 @@ class MaxBoxAccumulator:
     """Dataset state of MaxBoxAcc: correct counts [n_iou, n_tau] int64 and the image count.
 
     ``update(best_iou [B, T])`` counts images whose best IoU >= each IoU threshold at each tau;
-    ``merge(other)`` adds another shard's counts (exactly equal to one pass);
     ``accuracies() -> [n_iou, n_tau]`` in percent; ``compute()`` the max over tau, its tau.
     """
 
@@ -177,13 +176,6 @@ class MaxBoxAccumulator:
         self.correct += (best_iou[None] >= thresholds[:, None, None]).sum(1)
         self.count += int(valid.sum())
 
-    def merge(self, other: "MaxBoxAccumulator") -> "MaxBoxAccumulator":
-        if not np.array_equal(self.taus, other.taus) or self.iou_thresholds != other.iou_thresholds:
-            raise ValueError("cannot merge MaxBoxAcc accumulators with different taus or IoU thresholds")
-        self.correct += other.correct
-        self.count += other.count
-        return self
-
     def accuracies(self) -> np.ndarray:
         return self.correct.numpy() * 100.0 / float(self.count)
 
@@ -201,7 +193,7 @@ def _iou_tag(threshold: float) -> str:
     return f"iou{int(round(threshold * 100))}"
 
 
-class WsolEvalLocalization(Metric):
+class WsolEvalLocalization(MethodwiseMetric):
     """MaxBoxAcc and MaxBoxAccV2 with wsolevaluation's exact conventions (preset ``wsoleval``).
 
     Dataset scores: ``maxboxacc`` (largest contour, IoU >= ``iou_threshold``) and its
@@ -216,7 +208,10 @@ class WsolEvalLocalization(Metric):
 
     name = "wsoleval"
     category = "localization"
-    preset = "wsoleval"
+    needs = Needs(maps="label")
+    presets = {"wsoleval": {"tau_step": 0.001, "iou_threshold": 0.5, "v2_iou_thresholds": V2_IOU_THRESHOLDS,
+                            "frame": "input", "resize_to": None}}
+    table_kinds = ("tau_curves",)
 
     def __init__(
         self,
@@ -225,15 +220,15 @@ class WsolEvalLocalization(Metric):
         v2_iou_thresholds: Sequence[float] = V2_IOU_THRESHOLDS,
         frame: str = "input",
         resize_to: Optional[int] = None,
-        preset: str = "wsoleval",
     ):
+        super().__init__()
         if frame not in FRAMES:
             raise ValueError(f"frame must be one of {FRAMES}; got {frame!r}")
         self.tau_step, self.iou_threshold = float(tau_step), float(iou_threshold)
         self.v2_iou_thresholds = tuple(float(t) for t in v2_iou_thresholds)
         if not self.v2_iou_thresholds:
             raise ValueError("v2_iou_thresholds must not be empty")
-        self.frame, self.resize_to, self.preset = frame, resize_to, preset
+        self.frame, self.resize_to = frame, resize_to
         self.taus = tau_grid(self.tau_step)
         tags = [_iou_tag(t) for t in self.v2_iou_thresholds]
         self.scores = (
@@ -244,11 +239,10 @@ class WsolEvalLocalization(Metric):
             *[ScoreInfo(f"maxboxacc_v2_{t}", True, "localization", "dataset") for t in tags],
             *[ScoreInfo(f"maxboxacc_v2_{t}_tau", True, "parameter", "dataset") for t in tags],
         )
-        self.reset()
 
-    def reset(self) -> None:
-        self.v1 = MaxBoxAccumulator(self.taus, (self.iou_threshold,))
-        self.v2 = MaxBoxAccumulator(self.taus, self.v2_iou_thresholds)
+    def new_state(self) -> Dict[str, "MaxBoxAccumulator"]:
+        return {"v1": MaxBoxAccumulator(self.taus, (self.iou_threshold,)),
+                "v2": MaxBoxAccumulator(self.taus, self.v2_iou_thresholds)}
 
     def protocol(self) -> Dict[str, Any]:
         return {
@@ -271,7 +265,7 @@ class WsolEvalLocalization(Metric):
                              "tau": "best_per_iou_threshold"},
         }
 
-    def prepare(self, explained: ExplainedBatch) -> Tuple[Any, List[Tensor]]:
+    def prepare(self, explained: MethodBatch) -> Tuple[Any, List[Tensor]]:
         """(uint8 maps: a [B, H, W] tensor, or B tensors [h_i, w_i] in the original frame;
         ground-truth boxes per image in the same frame)."""
         batch = explained.batch
@@ -285,27 +279,23 @@ class WsolEvalLocalization(Metric):
                 for m, s in zip(explained.heatmaps, batch.orig_sizes)]
         return maps, [b.double().trunc() for b in batch.orig_boxes]
 
-    def best_ious(self, explained: ExplainedBatch) -> Tuple[Tensor, Tensor]:
+    def best_ious(self, explained: MethodBatch) -> Tuple[Tensor, Tensor]:
         q, gt = self.prepare(explained)
         if isinstance(q, Tensor):
             return wsol_best_ious(q, gt, self.taus)
         pairs = [wsol_best_ious(m[None], [g], self.taus) for m, g in zip(q, gt)]
         return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
-    def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
+    def update_method(self, explained: MethodBatch) -> Dict[str, Tensor]:
         largest, every = self.best_ious(explained)
-        self.v1.update(largest)
-        self.v2.update(every)
+        state = self.state(explained.method)
+        state["v1"].update(largest)
+        state["v2"].update(every)
         return {"oracle_iou": every.amax(1).float().to(explained.heatmaps.device)}
 
-    def merge(self, other: "WsolEvalLocalization") -> "WsolEvalLocalization":
-        self.v1.merge(other.v1)
-        self.v2.merge(other.v2)
-        return self
-
-    def compute(self) -> Dict[str, float]:
-        acc1, tau1 = self.v1.compute()
-        acc2, tau2 = self.v2.compute()
+    def compute_state(self, state: Dict[str, "MaxBoxAccumulator"]) -> Dict[str, float]:
+        acc1, tau1 = state["v1"].compute()
+        acc2, tau2 = state["v2"].compute()
         out = {"maxboxacc": float(acc1[0]), "maxboxacc_tau": float(tau1[0]),
                "maxboxacc_v2": float(np.average(acc2))}
         for threshold, acc, tau in zip(self.v2_iou_thresholds, acc2, tau2):
@@ -314,18 +304,20 @@ class WsolEvalLocalization(Metric):
         return out
 
     def tables(self) -> Dict[str, Any]:
-        """``wsoleval_curves``: box accuracy (percent) at every tau, per variant and IoU threshold."""
+        """``tau_curves``: box accuracy (percent) at every tau, per method, variant and IoU
+        threshold (columns method, variant, iou_threshold, tau, box_accuracy)."""
         import pandas as pd
 
-        if self.v1.count == 0:
-            return {}
         frames = []
-        for variant, acc in (("maxboxacc", self.v1), ("maxboxacc_v2", self.v2)):
-            values = acc.accuracies()
-            for k, threshold in enumerate(acc.iou_thresholds):
-                frames.append(pd.DataFrame({"variant": variant, "iou_threshold": threshold,
-                                            "tau": acc.taus, "box_accuracy": values[k]}))
-        return {"wsoleval_curves": pd.concat(frames, ignore_index=True)}
+        for method, state in self._states.items():
+            if state["v1"].count == 0:
+                continue
+            for variant, acc in (("maxboxacc", state["v1"]), ("maxboxacc_v2", state["v2"])):
+                values = acc.accuracies()
+                for k, threshold in enumerate(acc.iou_thresholds):
+                    frames.append(pd.DataFrame({"method": method, "variant": variant, "iou_threshold": threshold,
+                                                "tau": acc.taus, "box_accuracy": values[k]}))
+        return {"tau_curves": pd.concat(frames, ignore_index=True)} if frames else {}
 
 
 def scale_gt(boxes: Tensor, orig_size: Tuple[int, int], size: Tuple[int, int]) -> Tensor:
@@ -389,7 +381,7 @@ def pxap_from_histograms(fg: np.ndarray, bg: np.ndarray) -> float:
 
 
 class PxAPAccumulator:
-    """Dataset state of PxAP: summed foreground / background histograms; ``merge`` adds."""
+    """Dataset state of PxAP: summed foreground / background histograms."""
 
     def __init__(self, taus: np.ndarray):
         self.taus = np.asarray(taus, dtype=np.float64)
@@ -403,18 +395,11 @@ class PxAPAccumulator:
         self.fg += fg.sum(0).cpu().numpy()
         self.bg += bg.sum(0).cpu().numpy()
 
-    def merge(self, other: "PxAPAccumulator") -> "PxAPAccumulator":
-        if not np.array_equal(self.taus, other.taus):
-            raise ValueError("cannot merge PxAP accumulators with different taus")
-        self.fg += other.fg
-        self.bg += other.bg
-        return self
-
     def compute(self) -> float:
         return pxap_from_histograms(self.fg, self.bg)
 
 
-class PixelAveragePrecision(Metric):
+class PixelAveragePrecision(MethodwiseMetric):
     """PxAP (wsolevaluation, preset ``wsoleval``) for datasets with masks.
 
     Dataset score ``pxap`` (percent); per-image ``pxap_image``: the same AP from the image's
@@ -424,19 +409,20 @@ class PixelAveragePrecision(Metric):
 
     name = "pxap"
     category = "localization"
-    preset = "wsoleval"
+    needs = Needs(maps="label")
+    presets = {"wsoleval": {"tau_step": 0.001}}
     scores = (
         ScoreInfo("pxap_image", True, "localization"),
         ScoreInfo("pxap", True, "localization", "dataset"),
     )
 
-    def __init__(self, tau_step: float = 0.001, preset: str = "wsoleval"):
-        self.tau_step, self.preset = float(tau_step), preset
+    def __init__(self, tau_step: float = 0.001):
+        super().__init__()
+        self.tau_step = float(tau_step)
         self.taus = tau_grid(self.tau_step)
-        self.reset()
 
-    def reset(self) -> None:
-        self.state = PxAPAccumulator(self.taus)
+    def new_state(self) -> "PxAPAccumulator":
+        return PxAPAccumulator(self.taus)
 
     def protocol(self) -> Dict[str, Any]:
         return {
@@ -450,19 +436,15 @@ class PixelAveragePrecision(Metric):
             "ap": "100 * sum_i P_i (R_i - R_{i-1}), thresholds descending, skip no-prediction",
         }
 
-    def update(self, explained: ExplainedBatch) -> Dict[str, Tensor]:
+    def update_method(self, explained: MethodBatch) -> Dict[str, Tensor]:
         batch = explained.batch
         if batch.masks is None:
             raise ValueError("pxap needs a dataset with masks (batch.masks is None)")
         scoremaps = wsol_scoremaps(explained.heatmaps, tuple(batch.masks.shape[-2:]))
         fg, bg = pxap_histograms(scoremaps, batch.masks, batch.ignore, self.taus)
-        self.state.update(fg, bg)
+        self.state(explained.method).update(fg, bg)
         per_image = [pxap_from_histograms(f, b) for f, b in zip(fg.cpu().numpy(), bg.cpu().numpy())]
         return {"pxap_image": torch.tensor(per_image, dtype=torch.float32, device=explained.heatmaps.device)}
 
-    def merge(self, other: "PixelAveragePrecision") -> "PixelAveragePrecision":
-        self.state.merge(other.state)
-        return self
-
-    def compute(self) -> Dict[str, float]:
-        return {"pxap": self.state.compute()}
+    def compute_state(self, state: "PxAPAccumulator") -> Dict[str, float]:
+        return {"pxap": state.compute()}

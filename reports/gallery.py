@@ -4,15 +4,15 @@ map's max, largest 8-connected component) drawn."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
 
-def save_gallery(path: Path, gallery: Dict[str, List[torch.Tensor]], methods: Sequence[str],
+def save_gallery(path: Path, gallery: Dict[str, Any], methods: Sequence[str],
                  class_names: Sequence[str], box_threshold: Optional[float] = 0.2) -> None:
-    """``gallery``: ``images`` ([3, H, W] in [0, 1]), ``boxes`` ([N, 4] inclusive), ``labels`` and one
-    list of heatmaps [H, W] per method. Each heatmap is min-max scaled for display only;
+    """``gallery``: ``images`` ([3, H, W] in [0, 1]), ``boxes`` ([N, 4] inclusive), ``labels`` and
+    ``maps``: one list of heatmaps [H, W] per method. Each heatmap is min-max scaled for display only;
     ``box_threshold`` None: no predicted boxes."""
     from salbench.metrics.localization import largest_component_box, threshold_by_max
 
@@ -30,7 +30,7 @@ def save_gallery(path: Path, gallery: Dict[str, List[torch.Tensor]], methods: Se
             ax = axes[row, col]
             ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
             if col:
-                raw = gallery[methods[col - 1]][row].float()
+                raw = gallery["maps"][methods[col - 1]][row].float()
                 heat = (raw - raw.min()) / (raw.max() - raw.min()).clamp_min(1e-12)
                 ax.imshow(heat.numpy(), cmap="jet", alpha=0.5)
                 if box_threshold is not None and torch.isfinite(raw).all():

@@ -1,9 +1,11 @@
 """Load every score of any set of run or multirun directories into one tidy frame.
 
-A job directory holds ``scores.parquet`` (columns :data:`salbench.store.SCORE_COLUMNS`), its
-``run.json`` and, beside them, optional tables written by metrics (``curves.parquet``: deletion /
-insertion curves; ``randomization.parquet``: the sanity check; a localization threshold sweep)
-and ``gallery.png``. :func:`load` reads the scores, :func:`load_table` one named side table.
+A job directory holds ``scores.parquet`` (columns :data:`salbench.harness.store.SCORE_COLUMNS`), its
+``run.json`` (with the components' declarations: which methods are baselines, each metric's
+curve kinds), one table per kind of side output (``curves.parquet``, ``tau_curves.parquet``,
+``randomization.parquet``, ``timing.parquet``: each with ``method`` and ``metric`` columns) and
+``gallery.png``. :func:`load` reads the scores, :func:`load_table` one kind of side table,
+:func:`components` the declarations; nothing is read from file names.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Dict, Iterable, List, Optional, Union
 
 import pandas as pd
 
-from salbench.store import SCORE_COLUMNS
+from salbench.harness.store import SCORE_COLUMNS
 
 PathLike = Union[str, Path]
 # what a column holds when a run predates it
@@ -51,16 +53,58 @@ def run_info(run: Path) -> Dict:
         return {}
 
 
+def _declared_methods(run: Path) -> Dict[str, Dict]:
+    return (run_info(run).get("components") or {}).get("methods") or {}
+
+
+def is_baseline_method(name: Optional[str]) -> bool:
+    """Whether the registered method ``name`` declares itself a baseline (False when unknown)."""
+    from salbench.methods import METHODS
+
+    try:
+        return bool(getattr(METHODS.get(str(name)), "baseline", False))
+    except KeyError:
+        return False
+
+
+def expected_baselines() -> List[str]:
+    """The registered methods that declare themselves baselines (every table shows them)."""
+    from salbench.methods import METHODS
+
+    return [name for name in METHODS.names() if is_baseline_method(name)]
+
+
+def baseline_column(frame: pd.DataFrame, run: Optional[Path] = None) -> pd.Series:
+    """Per row: the method is a baseline, as the run's recorded components declare (else as its
+    registered class declares; the registered name is read from ``method_options``)."""
+    declared = {key: bool(info.get("baseline", False)) for key, info in _declared_methods(run).items()} if run else {}
+    if "method_options" not in frame.columns:
+        frame = frame.assign(method_options="{}")
+    flags = {}
+    for method, options in frame[["method", "method_options"]].drop_duplicates().itertuples(index=False):
+        if method in declared:
+            flags[method] = declared[method]
+        else:
+            try:
+                name = json.loads(options or "{}").get("method", method)
+            except ValueError:
+                name = method
+            flags[method] = is_baseline_method(name)
+    return frame["method"].map(flags).fillna(False).astype(bool)
+
+
 def load(paths: Union[PathLike, Iterable[PathLike]]) -> pd.DataFrame:
     """Every score under ``paths`` (run or multirun directories) as one tidy frame: the columns of
-    ``scores.parquet`` plus ``run`` (the job directory) and ``status`` (from run.json)."""
+    ``scores.parquet`` plus ``run`` (the job directory), ``status`` (from run.json) and
+    ``baseline`` (the method declares itself a baseline)."""
     frames = []
     for run in find_runs(paths):
         frame = pd.read_parquet(run / "scores.parquet")
         for column, default in COLUMN_DEFAULTS.items():
             if column not in frame.columns:
                 frame[column] = default
-        frames.append(frame.assign(run=str(run), status=run_info(run).get("status")))
+        frames.append(frame.assign(run=str(run), status=run_info(run).get("status"),
+                                   baseline=baseline_column(frame, run)))
     scores = pd.concat(frames, ignore_index=True)
     scores["flag"] = scores["flag"].fillna("").astype(str)
     ordered = [c for c in SCORE_COLUMNS if c in scores.columns]
@@ -79,42 +123,41 @@ def _identity(run: Path) -> Dict[str, Optional[str]]:
     return {"model": model, "dataset": dataset}
 
 
-def table_files(run: Path, name: str) -> List[Path]:
-    """The job's files of side table ``name``: ``<name>.parquet`` and the runner's per-method,
-    per-metric ``<name>-<method>-<metric>.parquet``."""
-    run = Path(run)
-    single = [run / f"{name}.parquet"] if (run / f"{name}.parquet").exists() else []
-    return single + sorted(run.glob(f"{name}-*.parquet"))
-
-
 def table_names(run: Path) -> List[str]:
-    """Names of the side tables in a job directory (``scores`` left out)."""
-    names = {p.stem.split("-", 1)[0] for p in Path(run).glob("*.parquet")}
-    return sorted(names - {"scores"})
+    """Kinds of side table in a job directory (``scores`` left out)."""
+    return sorted({p.stem for p in Path(run).glob("*.parquet")} - {"scores"})
 
 
-def load_table(paths: Union[PathLike, Iterable[PathLike]], name: str) -> pd.DataFrame:
-    """The side table ``name`` of every job under ``paths``, concatenated, with ``run``, ``model``
-    and ``dataset`` columns added where missing (and ``method``, ``metric`` taken from a
-    ``<name>-<method>-<metric>.parquet`` file name); an empty frame when no job has one."""
+def load_table(paths: Union[PathLike, Iterable[PathLike]], kind: str) -> pd.DataFrame:
+    """The side table ``kind`` (``<kind>.parquet``) of every job under ``paths``, concatenated,
+    with ``run``, ``model`` and ``dataset`` columns added where missing; an empty frame when no
+    job has one."""
     frames = []
     for run in find_runs(paths):
-        files = table_files(run, name)
-        identity = _identity(run) if files else {}
-        for path in files:
-            frame = pd.read_parquet(path)
-            extra = dict(identity)
-            if path.stem != name:
-                method, _, metric = path.stem[len(name) + 1:].rpartition("-")
-                extra.update({"method": method or metric, "metric": metric} if method else {"method": metric})
-            for key, value in extra.items():
-                if key not in frame.columns:
-                    frame[key] = value
-            frames.append(frame.assign(run=str(run)))
+        path = run / f"{kind}.parquet"
+        if not path.exists():
+            continue
+        frame = pd.read_parquet(path)
+        for key, value in _identity(run).items():
+            if key not in frame.columns:
+                frame[key] = value
+        frames.append(frame.assign(run=str(run)))
     if not frames:
         return pd.DataFrame()
     table = pd.concat(frames, ignore_index=True)
     return table.drop_duplicates(subset=[c for c in table.columns if c != "run"], ignore_index=True)
+
+
+def components(paths: Union[PathLike, Iterable[PathLike]]) -> Dict[str, Dict]:
+    """The declarations the runs recorded (run.json ``components``): ``{"methods": {key: {...}},
+    "metrics": {key: {...}}}``, the first run's entry where runs repeat a key."""
+    merged: Dict[str, Dict] = {"methods": {}, "metrics": {}}
+    for run in find_runs(paths):
+        declared = run_info(run).get("components") or {}
+        for kind in merged:
+            for key, value in (declared.get(kind) or {}).items():
+                merged[kind].setdefault(key, value)
+    return merged
 
 
 def galleries(paths: Union[PathLike, Iterable[PathLike]]) -> List[Dict]:

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Collection, Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from salbench import store
-from salbench.reports.stats import BASELINES
+from salbench.harness import store
 from salbench.reports.tables import arrow
 
-BASELINE_COLOURS = {"random": "0.55", "center": "0.3"}
+BASELINE_GREYS = ("0.55", "0.3", "0.7", "0.15")
 FORMATS = ("png", "pdf")
 
 
@@ -36,20 +35,28 @@ def _pyplot():
     return plt
 
 
-def method_colours(methods: Sequence[str]) -> dict:
-    """A fixed colour per method (tab10 in order for methods, greys for the baselines)."""
+def method_colours(methods: Sequence[str], baselines: Collection[str] = ()) -> dict:
+    """A fixed colour per method (tab10 in order for methods, greys for the ``baselines``)."""
     plt = _pyplot()
     palette = plt.get_cmap("tab10").colors
-    others = [m for m in dict.fromkeys(methods) if m not in BASELINES]
+    ordered = list(dict.fromkeys(methods))
+    others = [m for m in ordered if m not in baselines]
     colours = {m: palette[i % len(palette)] for i, m in enumerate(others)}
-    colours.update({b: BASELINE_COLOURS[b] for b in BASELINES})
+    colours.update({b: BASELINE_GREYS[i % len(BASELINE_GREYS)] for i, b in enumerate(m for m in ordered if m in baselines)})
     return colours
 
 
-def method_order(methods: Sequence[str]) -> List[str]:
-    """Methods in first-seen order, baselines last."""
+def method_order(methods: Sequence[str], baselines: Collection[str] = ()) -> List[str]:
+    """Methods in first-seen order, ``baselines`` last."""
     methods = list(dict.fromkeys(methods))
-    return [m for m in methods if m not in BASELINES] + [b for b in BASELINES if b in methods]
+    return [m for m in methods if m not in baselines] + [m for m in methods if m in baselines]
+
+
+def summary_baselines(frame: pd.DataFrame) -> List[str]:
+    """The methods of a summary (or scores) frame whose ``baseline`` column is set."""
+    if "baseline" not in frame.columns:
+        return []
+    return list(dict.fromkeys(frame.loc[frame["baseline"].fillna(False).astype(bool), "method"]))
 
 
 def save_figure(fig, stem: Path, dpi: int = 110) -> List[Path]:
@@ -86,8 +93,9 @@ def plot_scores(summary: pd.DataFrame, stem: Path, exclude_categories: Sequence[
     columns = list(dict.fromkeys(zip(part["metric"], part["score"])))
     ncols = min(4, len(columns))
     per_pair_rows = math.ceil(len(columns) / ncols)
-    methods = method_order(part["method"])
-    colours = method_colours(part["method"])
+    baselines = summary_baselines(part)
+    methods = method_order(part["method"], baselines)
+    colours = method_colours(part["method"], baselines)
     fig, axes = plt.subplots(len(pairs) * per_pair_rows, ncols, figsize=(3.3 * ncols, 0.35 * len(methods) * len(pairs)
                                                                          * per_pair_rows + 1.1 * per_pair_rows * len(pairs)),
                              squeeze=False)
@@ -131,33 +139,34 @@ def _mean(fraction: np.ndarray, values: np.ndarray) -> float:
     return float(np.mean(values))
 
 
-# curve name -> (lower is better, x-axis label, legend summary, the metric's own summary rule):
-# rise's AUC is the trapezoid over [0, 1]; ROAD's score is the mean of the curve values
-CURVE_KINDS = {
-    "deletion": (True, "fraction of pixels removed", "AUC", _auc),
-    "insertion": (False, "fraction of pixels inserted", "AUC", _auc),
-    "morf": (True, "fraction removed, most relevant first (imputed)", "mean", _mean),
-    "lerf": (False, "fraction removed, least relevant first (imputed)", "mean", _mean),
-}
+# a curve kind's summary (:class:`salbench.metrics.base.CurveKind`) -> (legend label, rule)
+SUMMARY_RULES = {"auc": ("AUC", _auc), "mean": ("mean", _mean)}
+DEFAULT_KIND = {"lower_is_better": False, "x_label": "fraction of pixels", "summary": "auc"}
 
 
-def plot_curves(bands: pd.DataFrame, stem: Path, confidence: float = 0.95) -> List[Path]:
-    """bands: :func:`salbench.reports.stats.curve_bands` rows for one (model, dataset)."""
+def plot_curves(bands: pd.DataFrame, stem: Path, confidence: float = 0.95,
+                curve_kinds: Optional[Dict[str, Dict]] = None, baselines: Collection[str] = ()) -> List[Path]:
+    """bands: :func:`salbench.reports.stats.curve_bands` rows for one (model, dataset);
+    ``curve_kinds``: ``{curve: {"lower_is_better", "x_label", "summary"}}`` as the metric declares
+    them (:class:`salbench.metrics.base.CurveKind`), in the order drawn; ``baselines`` dashed."""
     if bands.empty:
         return []
     plt = _pyplot()
-    kinds = [k for k in CURVE_KINDS if k in set(bands["curve"])] + sorted(set(bands["curve"]) - set(CURVE_KINDS))
-    colours = method_colours(bands["method"])
+    declared = dict(curve_kinds or {})
+    kinds = [k for k in declared if k in set(bands["curve"])] + sorted(set(bands["curve"]) - set(declared))
+    colours = method_colours(bands["method"], baselines)
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.6), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         part = bands[bands["curve"] == kind]
-        lower, xlabel, summary, rule = CURVE_KINDS.get(kind, (False, "fraction of pixels", "AUC", _auc))
-        for method in method_order(part["method"]):
+        info = {**DEFAULT_KIND, **declared.get(kind, {})}
+        lower, xlabel = info["lower_is_better"], info["x_label"]
+        summary, rule = SUMMARY_RULES[info["summary"]]
+        for method in method_order(part["method"], baselines):
             line = part[part["method"] == method].sort_values("step")
             x = line["fraction"].to_numpy(dtype=float)
             mean = line["mean"].to_numpy(dtype=float)
             label = f"{method} ({summary} {rule(x, mean):.3f}, n={int(line['n'].iloc[0])})"
-            style = "--" if method in BASELINES else "-"
+            style = "--" if method in baselines else "-"
             ax.plot(x, mean, style, color=colours[method], label=label, lw=1.6)
             ax.fill_between(x, line["ci_low"].to_numpy(dtype=float), line["ci_high"].to_numpy(dtype=float),
                             color=colours[method], alpha=0.18, lw=0)
@@ -175,7 +184,7 @@ def plot_curves(bands: pd.DataFrame, stem: Path, confidence: float = 0.95) -> Li
 
 # --------------------------------------------------------------------------- randomization
 def plot_randomization(bands: pd.DataFrame, stem: Path, layers: Optional[pd.Series] = None,
-                       confidence: float = 0.95) -> List[Path]:
+                       confidence: float = 0.95, baselines: Collection[str] = ()) -> List[Path]:
     """bands: mean/ci per (method, mode, similarity, depth) for one (model, dataset); ``layers``:
     depth -> layer name for the x ticks. Rows: modes; columns: similarities."""
     if bands.empty:
@@ -183,17 +192,17 @@ def plot_randomization(bands: pd.DataFrame, stem: Path, layers: Optional[pd.Seri
     plt = _pyplot()
     modes = [m for m in ("cascading", "independent") if m in set(bands["mode"])]
     similarities = list(dict.fromkeys(bands["similarity"]))
-    colours = method_colours(bands["method"])
+    colours = method_colours(bands["method"], baselines)
     fig, axes = plt.subplots(len(modes), len(similarities), figsize=(3.8 * len(similarities), 3.2 * len(modes)),
                              squeeze=False)
     for r, mode in enumerate(modes):
         for c, similarity in enumerate(similarities):
             ax = axes[r, c]
             part = bands[(bands["mode"] == mode) & (bands["similarity"] == similarity)]
-            for method in method_order(part["method"]):
+            for method in method_order(part["method"], baselines):
                 line = part[part["method"] == method].sort_values("depth")
                 x = line["depth"].to_numpy(dtype=float)
-                ax.plot(x, line["mean"], "o-" if method not in BASELINES else "o--", ms=3, color=colours[method],
+                ax.plot(x, line["mean"], "o-" if method not in baselines else "o--", ms=3, color=colours[method],
                         label=method)
                 ax.fill_between(x, line["ci_low"].to_numpy(dtype=float), line["ci_high"].to_numpy(dtype=float),
                                 color=colours[method], alpha=0.18, lw=0)
@@ -218,7 +227,8 @@ def plot_randomization(bands: pd.DataFrame, stem: Path, layers: Optional[pd.Seri
 
 
 # --------------------------------------------------------------------------- box accuracy
-def plot_box_accuracy(table: pd.DataFrame, stem: Path, threshold: str = "tau", value: str = "box_accuracy") -> List[Path]:
+def plot_box_accuracy(table: pd.DataFrame, stem: Path, threshold: str = "tau", value: str = "box_accuracy",
+                      baselines: Collection[str] = ()) -> List[Path]:
     """Box accuracy vs map threshold (one model, dataset): a line per method, a panel per
     (``variant``, ``iou_threshold``) when those columns exist; the max of each line is marked."""
     if table.empty:
@@ -229,17 +239,17 @@ def plot_box_accuracy(table: pd.DataFrame, stem: Path, threshold: str = "tau", v
         if column not in table.columns:
             table[column] = None
     panels = list(dict.fromkeys(zip(table["variant"], table["iou_threshold"])))
-    colours = method_colours(table["method"])
+    colours = method_colours(table["method"], baselines)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.4), squeeze=False)
     for ax, (variant, level) in zip(axes[0], panels):
         part = table[(table["variant"].isna() if variant is None else table["variant"] == variant)
                      & (table["iou_threshold"].isna() if level is None else table["iou_threshold"] == level)]
-        for method in method_order(part["method"]):
+        for method in method_order(part["method"], baselines):
             line = part[part["method"] == method].groupby(threshold)[value].mean().sort_index()
             if line.empty:
                 continue
             best = line.idxmax()
-            ax.plot(line.index, line.to_numpy(), "--" if method in BASELINES else "-", color=colours[method],
+            ax.plot(line.index, line.to_numpy(), "--" if method in baselines else "-", color=colours[method],
                     label=f"{method} (max {line.max():.3g} at {best:.3g})", lw=1.5)
             ax.plot([best], [line.max()], "o", color=colours[method], ms=4)
         title = " ".join(str(v) for v in (variant,) if v is not None)
@@ -264,13 +274,14 @@ def plot_timing(summary: pd.DataFrame, stem: Path) -> List[Path]:
         return []
     plt = _pyplot()
     columns = list(dict.fromkeys(zip(part["model"], part["dataset"], part["metric"], part["score"])))
-    colours = method_colours(part["method"])
+    baselines = summary_baselines(part)
+    colours = method_colours(part["method"], baselines)
     fig, axes = plt.subplots(1, len(columns), figsize=(4.0 * len(columns), 0.4 * part["method"].nunique() + 1.4),
                              squeeze=False)
     for ax, (model, dataset, metric, score) in zip(axes[0], columns):
         cell = part[(part["model"] == model) & (part["dataset"] == dataset) & (part["metric"] == metric)
                     & (part["score"] == score)].set_index("method")
-        shown = [m for m in method_order(cell.index) if m in cell.index]
+        shown = [m for m in method_order(cell.index, baselines) if m in cell.index]
         y = np.arange(len(shown))[::-1]
         means = cell.loc[shown, "mean"].to_numpy(dtype=float)
         low = np.clip(means - cell.loc[shown, "ci_low"].to_numpy(dtype=float), 0, None)

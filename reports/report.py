@@ -5,8 +5,12 @@ Files (``REPORT_DIR/``):
 * ``summary.csv`` (one row per model, dataset, method, metric, score: mean, ci_low, ci_high,
   std, n, n_flagged, n_undefined, best, arrow, ...), ``summary.md``, ``summary.tex`` (booktabs);
 * ``scores.{png,pdf}`` (means with intervals), ``curves-<model>-<dataset>[-<metric>].{png,pdf}``,
-  ``box_accuracy-<...>.{png,pdf}``, ``randomization-<model>-<dataset>.{png,pdf}``,
+  ``tau_curves-<model>-<dataset>.{png,pdf}``, ``randomization-<model>-<dataset>.{png,pdf}``,
   ``timing.{png,pdf}`` and ``gallery-<i>.{png,pdf}`` when the runs hold the data;
+
+What the figures need to know of a method or metric (which methods are baselines, how each
+kind of curve is summarized and oriented) comes from the declarations the runs recorded
+(:func:`salbench.reports.load.components`), never from names.
 * ``index.html``: everything above on one self-contained page (images embedded as base64).
 """
 from __future__ import annotations
@@ -23,14 +27,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from salbench import store
+from salbench.harness import store
 from salbench.reports import html as page
 from salbench.reports import plots, stats, tables
-from salbench.reports.load import find_runs, galleries, load, load_table, run_info, table_names
+from salbench.reports.load import components, find_runs, galleries, load, load_table, run_info
 
-KNOWN_TABLES = ("scores", "curves", "randomization", "randomization_summary")
-THRESHOLD_COLUMNS = ("tau", "threshold", "cam_threshold")
-ACCURACY_COLUMNS = ("box_accuracy", "accuracy")
 
 
 @dataclass
@@ -48,42 +49,19 @@ def _with_images(section: List[str], paths: List[Path], caption: str) -> None:
         section.append(page.figure(png, f"{caption} (files: {png.name}, {pdf.name})"))
 
 
-def box_accuracy_tables(paths: Sequence[str]) -> List[Tuple[str, pd.DataFrame, str, str]]:
-    """Box accuracy vs map threshold tables that localization metrics wrote beside the scores
-    (e.g. ``wsoleval_curves``): any side table with a ``method`` column, a threshold column
-    (:data:`THRESHOLD_COLUMNS`) and an accuracy column (:data:`ACCURACY_COLUMNS`); ``variant``
-    and ``iou_threshold`` columns are optional. Returns (name, table, threshold col, accuracy col)."""
-    names = sorted({n for run in find_runs(paths) for n in table_names(run)} - set(KNOWN_TABLES))
-    found = []
-    for name in names:
-        table = load_table(paths, name)
-        threshold = next((c for c in THRESHOLD_COLUMNS if c in table.columns), None)
-        value = next((c for c in ACCURACY_COLUMNS if c in table.columns), None)
-        if table.empty or "method" not in table.columns or threshold is None or value is None:
-            continue
-        found.append((name, table, threshold, value))
-    return found
-
-
 def randomization_bands(paths: Sequence[str], options: ReportOptions) -> Tuple[pd.DataFrame, Dict]:
     """Mean and bootstrap band of each similarity per (model, dataset, method, mode, depth) from
-    ``randomization.parquet`` (else a normal interval from ``randomization_summary.parquet``),
-    and the layer name of each depth per (model, dataset)."""
+    ``randomization.parquet``, and the layer name of each depth per (model, dataset)."""
     keys = ["model", "dataset", "method", "mode", "similarity"]
     table = load_table(paths, "randomization")
     layers: Dict = {}
-    if not table.empty and {"method", "mode", "depth", "similarity", "value"} <= set(table.columns):
-        if "image_id" not in table.columns:
-            table["image_id"] = np.arange(len(table))
-        long = table.assign(step=table["depth"], fraction=table["depth"])
-        bands = stats.curve_bands(long, options.resamples, options.confidence, options.seed, keys=keys)
-        bands = bands.rename(columns={"step": "depth"}).drop(columns="fraction")
-    else:
-        table = load_table(paths, "randomization_summary")
-        if table.empty or not {"method", "mode", "depth", "similarity", "mean"} <= set(table.columns):
-            return pd.DataFrame(), layers
-        half = 1.959964 * table["std"].fillna(0) / np.sqrt(table["count"].clip(lower=1))
-        bands = table.assign(ci_low=table["mean"] - half, ci_high=table["mean"] + half, n=table["count"])
+    if table.empty or not {"method", "mode", "depth", "similarity", "value"} <= set(table.columns):
+        return pd.DataFrame(), layers
+    if "image_id" not in table.columns:
+        table["image_id"] = np.arange(len(table))
+    long = table.assign(step=table["depth"], fraction=table["depth"])
+    bands = stats.curve_bands(long, options.resamples, options.confidence, options.seed, keys=keys)
+    bands = bands.rename(columns={"step": "depth"}).drop(columns="fraction")
     if "layer" in table.columns:
         for (model, dataset), part in table.groupby(["model", "dataset"], sort=False):
             layers[(model, dataset)] = part.groupby("depth")["layer"].first()
@@ -136,6 +114,8 @@ def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOption
     out.mkdir(parents=True, exist_ok=True)
     runs = find_runs(paths)
     scores = stats.label_variants(load(paths))
+    declared = components(paths)
+    baselines = plots.summary_baselines(scores)
     summary = stats.summarize(scores, options.resamples, options.confidence, options.seed)
     built = tables.build_tables(summary, options.digits)
     written: Dict[str, List[Path]] = {"tables": [], "figures": [], "page": []}
@@ -171,16 +151,18 @@ def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOption
             bands = stats.curve_bands(part, options.resamples, options.confidence, options.seed)
             several = curves["metric"].nunique() > 1
             stem = out / ("curves-" + plots.slug(model, dataset, *([metric] if several else [])))
-            made = plots.plot_curves(bands, stem, options.confidence)
+            kinds = (declared["metrics"].get(metric) or {}).get("curve_kinds") or {}
+            made = plots.plot_curves(bands, stem, options.confidence, curve_kinds=kinds, baselines=baselines)
             _with_images(curve_html, made, f"{model} on {dataset} ({metric}): perturbation curves, mean "
                          f"over images with a {options.confidence:.0%} pointwise bootstrap band.")
             written["figures"] += made
 
     box_html: List[str] = []
-    for name, table, threshold, value in box_accuracy_tables(paths):
-        for (model, dataset), part in table.groupby(["model", "dataset"], sort=False):
-            made = plots.plot_box_accuracy(part, out / f"{name}-{plots.slug(model, dataset)}", threshold, value)
-            _with_images(box_html, made, f"{model} on {dataset}: box accuracy vs threshold ({name}).")
+    tau_curves = load_table(paths, "tau_curves")
+    if not tau_curves.empty:
+        for (model, dataset), part in tau_curves.groupby(["model", "dataset"], sort=False):
+            made = plots.plot_box_accuracy(part, out / f"tau_curves-{plots.slug(model, dataset)}", baselines=baselines)
+            _with_images(box_html, made, f"{model} on {dataset}: box accuracy vs map threshold.")
             written["figures"] += made
 
     random_html: List[str] = []
@@ -188,7 +170,7 @@ def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOption
     if not bands.empty:
         for (model, dataset), part in bands.groupby(["model", "dataset"], sort=False):
             made = plots.plot_randomization(part, out / f"randomization-{plots.slug(model, dataset)}",
-                                            layers.get((model, dataset)), options.confidence)
+                                            layers.get((model, dataset)), options.confidence, baselines)
             _with_images(random_html, made, f"{model} on {dataset}: similarity between maps of the trained model "
                          "and of randomized copies (Adebayo et al. 2018); lower = the map depends on the weights.")
             written["figures"] += made
@@ -214,7 +196,7 @@ def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOption
              f"{options.seed}, paired across methods (same resampled images). Flagged maps (constant or "
              "non-finite) are excluded from means and counted.</p>")
     sections += [("Summary tables", table_html), ("Scores", "\n".join(figures)),
-                 ("Deletion and insertion", "\n".join(curve_html)),
+                 ("Perturbation curves", "\n".join(curve_html)),
                  ("Box accuracy vs threshold", "\n".join(box_html)),
                  ("Model-randomization check", "\n".join(random_html)), ("Timing", "\n".join(timing_html)),
                  ("Heatmap gallery", "\n".join(gallery_html)), ("Jobs", _runs_table(runs)),

@@ -26,7 +26,6 @@ BLOCK_ELEMENTS = 4_000_000
 DEFAULT_RESAMPLES = 1000
 DEFAULT_CONFIDENCE = 0.95
 CELL_KEYS = ["model", "dataset", "method", "metric", "score"]
-BASELINES = ("random", "center")
 
 
 def bootstrap_means(values: np.ndarray, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
@@ -104,10 +103,10 @@ def summarize(scores: pd.DataFrame, resamples: int = DEFAULT_RESAMPLES, confiden
     counts once, with the mean of its values), ``n_flagged`` (maps flagged nonfinite/constant),
     ``n_undefined`` (other NaN/inf values), ``n_images`` (distinct images, flagged included),
     ``n_runs``, plus ``category``, ``higher_is_better``, ``scope``,
-    ``preset``. Flagged and non-finite values are excluded from every statistic;
+    ``preset`` and ``baseline`` (the method declares itself a baseline). Flagged and non-finite values are excluded from every statistic;
     a cell with fewer than 2 units has no interval (NaN bounds).
     """
-    columns = [*CELL_KEYS, "category", "higher_is_better", "scope", "preset", "mean", "ci_low", "ci_high", "std",
+    columns = [*CELL_KEYS, "category", "higher_is_better", "scope", "preset", "baseline", "mean", "ci_low", "ci_high", "std",
                "n", "n_flagged", "n_undefined", "n_images", "n_runs"]
     if scores.empty:
         return pd.DataFrame(columns=columns)
@@ -121,6 +120,10 @@ def summarize(scores: pd.DataFrame, resamples: int = DEFAULT_RESAMPLES, confiden
             frame[key] = None
     if "run" not in frame.columns:
         frame["run"] = ""
+    if "baseline" not in frame.columns:
+        from salbench.reports.load import baseline_column
+
+        frame["baseline"] = baseline_column(frame)
     rows: List[Dict[str, object]] = []
     for keys, cell in frame.groupby(CELL_KEYS, sort=False, dropna=False):
         flagged = (cell["flag"] != "").to_numpy()
@@ -140,6 +143,7 @@ def summarize(scores: pd.DataFrame, resamples: int = DEFAULT_RESAMPLES, confiden
             "higher_is_better": _first(cell["higher_is_better"]) if "higher_is_better" in cell else None,
             "scope": _first(cell["scope"]) if "scope" in cell else "image",
             "preset": _first(cell["preset"]) if "preset" in cell else None,
+            "baseline": bool(cell["baseline"].any()),
             "mean": float(values.mean()) if len(values) else float("nan"),
             "ci_low": low, "ci_high": high,
             "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),

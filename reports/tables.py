@@ -1,6 +1,7 @@
 """Publication tables from :func:`salbench.reports.stats.summarize`: method x score per (model,
 dataset, category), ``mean [ci_low, ci_high]``, arrows from ``higher_is_better``, best in bold,
-the trivial baselines (random, center) always present as the last rows.
+the baselines (the methods that declare themselves baselines: random, center) always present as
+the last rows.
 
 Formats: Markdown (GitHub), LaTeX (booktabs: ``\\usepackage{booktabs}``), HTML (the report page)
 and a tidy CSV (one row per cell, every statistic).
@@ -15,7 +16,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from salbench.reports.stats import BASELINES
 
 CATEGORY_ORDER = ("localization", "faithfulness", "sanity", "cost", "parameter")
 # categories whose values are settings chosen by a metric (e.g. MaxBoxAcc's best tau): no best, no arrow
@@ -50,6 +50,7 @@ class Table:
     n: Dict[str, int] = field(default_factory=dict)  # images per method (max over columns)
     flagged: Dict[str, int] = field(default_factory=dict)  # flagged maps per method
     missing: List[str] = field(default_factory=list)  # baselines absent from the runs
+    baselines: List[str] = field(default_factory=list)  # the rows that are baselines
     part: str = ""  # the metrics of this table when a category is split over several
 
     @property
@@ -89,11 +90,16 @@ def _chunks(columns: List[Tuple[str, str]], max_columns: int) -> List[List[Tuple
     return chunks
 
 
-def build_tables(summary: pd.DataFrame, digits: int = 3, baselines: Sequence[str] = BASELINES,
+def build_tables(summary: pd.DataFrame, digits: int = 3, expected_baselines: Optional[Sequence[str]] = None,
                  max_columns: int = 6) -> List[Table]:
     """Tables per (model, dataset, category) in first-seen order of model/dataset and
-    :data:`CATEGORY_ORDER` for categories. Best: the top mean in the column's direction (ties at
-    ``digits`` precision all bold); columns without a direction get no bold."""
+    :data:`CATEGORY_ORDER` for categories. Rows: the methods, then the baselines (the summary's
+    ``baseline`` column), then the ``expected_baselines`` (default: every registered baseline
+    method) absent from the runs, listed as missing. Best: the top mean in the column's
+    direction (ties at ``digits`` precision all bold); columns without a direction get no bold."""
+    from salbench.reports.load import expected_baselines as registered_baselines
+
+    expected = list(registered_baselines() if expected_baselines is None else expected_baselines)
     tables: List[Table] = []
     if summary.empty:
         return tables
@@ -101,7 +107,10 @@ def build_tables(summary: pd.DataFrame, digits: int = 3, baselines: Sequence[str
     order = {c: i for i, c in enumerate(CATEGORY_ORDER)}
     for (model, dataset), pair in summary.groupby(["model", "dataset"], sort=False):
         methods = list(dict.fromkeys(pair["method"]))
-        rows = [m for m in methods if m not in baselines] + list(baselines)
+        flagged = set(pair.loc[pair["baseline"].fillna(False).astype(bool), "method"]) if "baseline" in pair else set()
+        present = [m for m in methods if m in flagged]
+        baselines = present + [b for b in expected if b not in methods]
+        rows = [m for m in methods if m not in flagged] + baselines
         categories = sorted(dict.fromkeys(pair["category"]), key=lambda c: (order.get(c, len(order)), c))
         chunked = {c: _chunks(list(dict.fromkeys(zip(pair.loc[pair["category"] == c, "metric"],
                                                       pair.loc[pair["category"] == c, "score"]))), max_columns)
@@ -114,7 +123,7 @@ def build_tables(summary: pd.DataFrame, digits: int = 3, baselines: Sequence[str
                           _direction(part[(part["metric"] == m) & (part["score"] == s)]["higher_is_better"].iloc[0])
                           for m, s in columns]
             table = Table(model, dataset, category, columns, directions, rows,
-                          missing=[b for b in baselines if b not in set(part["method"])],
+                          missing=[b for b in baselines if b not in set(part["method"])], baselines=baselines,
                           part=", ".join(dict.fromkeys(m for m, _ in columns)) if len(chunked[category]) > 1 else "")
             for record in part.itertuples(index=False):
                 table.cells[(record.method, (record.metric, record.score))] = Cell(
@@ -176,7 +185,7 @@ def to_markdown(table: Table, digits: int = 3, confidence: float = 0.95, resampl
                 text += f" [{fmt(cell.low, digits)}, {fmt(cell.high, digits)}]"
             text += _count_note(table, method, cell)
             cells.append(f"**{text}**" if cell.best else text)
-        name = f"*{method}*" if method in BASELINES else method
+        name = f"*{method}*" if method in table.baselines else method
         lines.append("| " + " | ".join([name, *cells, str(table.n[method]), str(table.flagged[method])]) + " |")
     notes = "\n".join(f"> {n}" for n in _notes(table, confidence, resamples))
     return f"### {table.title}\n\n" + "\n".join(lines) + "\n\n" + notes + "\n"
@@ -219,7 +228,7 @@ def to_latex(table: Table, digits: int = 3, confidence: float = 0.95, resamples:
                    "$n$", "flagged"]
     body = []
     for i, method in enumerate(table.rows):
-        if i and method == next((r for r in table.rows if r in BASELINES), None):
+        if i and method == next((r for r in table.rows if r in table.baselines), None):
             body.append(r"\midrule")
         cells = [latex_escape(method)]
         for column in table.columns:
@@ -265,7 +274,7 @@ def to_html(table: Table, digits: int = 3, confidence: float = 0.95, resamples: 
     head_score = [f"<th>{esc(s)} {arrow(d)}</th>" for (_, s), d in zip(table.columns, table.directions)]
     body = []
     for method in table.rows:
-        cls = ' class="baseline"' if method in BASELINES else ""
+        cls = ' class="baseline"' if method in table.baselines else ""
         cells = [f"<th>{esc(method)}</th>"]
         for column in table.columns:
             cell = table.cells.get((method, column))

@@ -22,8 +22,8 @@ def compose_config():
     """compose(overrides, config_name="config") through Hydra's compose API, schemas registered."""
     from hydra import compose, initialize_config_dir
 
-    from salbench.cli import config_dir
-    from salbench.schema import register_schemas
+    from salbench.harness.cli import config_dir
+    from salbench.harness.schema import register_schemas
 
     register_schemas()
 

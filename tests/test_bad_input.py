@@ -12,10 +12,12 @@ from torch import nn
 from salbench.datasets import collate, create_dataset
 from salbench.methods import METHODS, create_method
 from salbench.methods.base import Explainer
-from salbench.metrics import ExplainedBatch, create_metric
+from salbench.metrics import create_metric
 from salbench.metrics.localization import box_iou
 from salbench.models import create_model
-from salbench.registry import UnknownNameError
+from salbench.harness.registry import UnknownNameError
+
+from helpers import explained, scores_of
 
 
 def tiny_cnn(gap: bool = True) -> nn.Module:
@@ -44,7 +46,7 @@ def test_unknown_name_lists_close_matches(build, typo, suggestion):
 
 
 def test_unknown_registry_name_in_a_config_node_lists_close_matches(compose_config):
-    from salbench.schema import validate_config
+    from salbench.harness.schema import validate_config
 
     cfg = compose_config(["debug=fast", "method=[gradcam]"])
     with open_dict(cfg):
@@ -146,7 +148,7 @@ def broken_maps(monkeypatch):
 
 def test_nonfinite_and_constant_maps_are_flagged_scored_nan_and_the_job_goes_on(
         tmp_path, compose_config, synthetic_bundle, broken_maps):
-    from salbench.runner import run_job
+    from salbench.harness.runner import run_job
 
     cfg = compose_config(["debug=fast", "method=[gradcam]", "dataset.limit=6", "gallery_images=0"])
     with open_dict(cfg):
@@ -179,8 +181,7 @@ def test_empty_ground_truth_gives_nan_not_zero():
     heatmaps = torch.zeros(2, 16, 16)
     heatmaps[:, 4:12, 4:12] = 1.0
     logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
-    explained = ExplainedBatch(batch, batch.images, heatmaps, batch.labels, logits, None, None, "m")
-    values = create_metric("cam_paper").update(explained)
+    values = scores_of(create_metric("cam_paper"), explained(batch, heatmaps, logits=logits))
     for score in ("iou", "gt_known_loc", "top1_loc", "top5_loc"):
         assert torch.isnan(values[score][0]), score
         assert values[score][1] == 1.0, score
@@ -188,7 +189,7 @@ def test_empty_ground_truth_gives_nan_not_zero():
 
 # --------------------------------------------------------------------------- results directories
 def test_a_directory_without_results_is_a_clear_error_for_report_and_check(tmp_path, capsys):
-    from salbench.check import main as check_main
+    from salbench.harness.check import main as check_main
     from salbench.reports.load import load
 
     (tmp_path / "notes.txt").write_text("not a run")

@@ -4,7 +4,6 @@ import json
 import math
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from salbench import check
+from salbench.harness import check
 from salbench.methods import METHODS
 from salbench.methods.gradcam import GradCAM
 
@@ -163,7 +162,7 @@ FAST = ["debug=fast", "dataset.limit=16", "method=[gradcam,random]", "gallery_im
 
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory, compose_config, synthetic_bundle):
-    from salbench.runner import run_job
+    from salbench.harness.runner import run_job
 
     out = tmp_path_factory.mktemp("good") / "run"
     run_job(compose_config(FAST), out)
@@ -172,7 +171,7 @@ def good_run(tmp_path_factory, compose_config, synthetic_bundle):
 
 def test_check_passes_on_the_same_run_and_fails_on_a_degraded_explainer(
         tmp_path, good_run, compose_config, shifted_gradcam, capsys):
-    from salbench.runner import run_job
+    from salbench.harness.runner import run_job
 
     baseline = tmp_path / "baseline.yaml"
     assert check.main([str(good_run), "--baseline", str(baseline), "--update", "--method", "gradcam",
@@ -244,11 +243,11 @@ def test_plugin_is_registered_as_a_pytest11_entry_point():
     from importlib.metadata import entry_points
 
     found = {e.name: e.value for e in entry_points(group="pytest11")}
-    assert found.get("salbench") == "salbench.pytest_plugin"
+    assert found.get("salbench") == "salbench.harness.pytest_plugin"
 
 
 def test_gate_expect_passes_and_fails_with_a_readable_message(tmp_path, good_run):
-    from salbench.pytest_plugin import SalbenchGate
+    from salbench.harness.pytest_plugin import SalbenchGate
 
     gate = SalbenchGate(tmp_path)
     scores = pd.read_parquet(good_run / "scores.parquet")
@@ -267,7 +266,7 @@ def test_gate_expect_passes_and_fails_with_a_readable_message(tmp_path, good_run
 
 
 def test_gate_check_writes_then_compares_a_baseline(tmp_path, good_run):
-    from salbench.pytest_plugin import SalbenchGate
+    from salbench.harness.pytest_plugin import SalbenchGate
 
     gate = SalbenchGate(tmp_path)
     scores = pd.read_parquet(good_run / "scores.parquet")

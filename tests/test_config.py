@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from salbench.cli import config_dir
+from salbench.harness.cli import config_dir
 from salbench.datasets import create_dataset
 from salbench.methods import create_method
 from salbench.metrics import create_metric
 from salbench.models import create_model
-from salbench.schema import options_of, validate_config
+from salbench.harness.schema import options_of, validate_config
 
 CONF = Path(config_dir())
 MULTI = ("method", "metric")

@@ -286,7 +286,8 @@ def test_coco(tmp_path):
 
     # pointing game with mask ground truth: every class with a mask is scored against its own mask
     from salbench.metrics import create_metric
-    from salbench.metrics.base import ExplainedBatch
+
+    from helpers import explained
 
     batch = collate([s])
     metric = create_metric("pointing_game", ground_truth="mask", frame="input", tolerance=0)
@@ -295,9 +296,9 @@ def test_coco(tmp_path):
     maps = torch.zeros(4, 30, 40)
     maps[0, 5, 3] = maps[1, 5, 3] = 1.0  # a person pixel
     maps[2, 20, 20] = maps[3, 20, 20] = 1.0  # a dog pixel
-    view = ExplainedBatch(pairs, pairs.images, maps, torch.tensor([0, 1, 0, 1]), torch.zeros(4, 2), None, None, "m")
-    assert metric.update(view)["pointing_hit"].tolist() == [1.0, 0.0, 0.0, 1.0]
-    assert metric.compute()["pointing_acc"] == 0.5
+    view = explained(pairs, maps, targets=torch.tensor([0, 1, 0, 1]), logits=torch.zeros(4, 2))
+    assert metric.update(view)["m"]["pointing_hit"].tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert metric.compute()["m"]["pointing_acc"] == 0.5
 
 
 def test_compressed_rle_hand_example_and_errors():

@@ -13,20 +13,20 @@ def per_image(scores: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, compose_config, synthetic_bundle):
-    from salbench.runner import run_job
+    from salbench.harness.runner import run_job
 
     return run_job(compose_config([*JOB, "batch_size=8"]), tmp_path_factory.mktemp("ref") / "run")
 
 
 def test_same_seed_gives_identical_scores(tmp_path, compose_config, reference):
-    from salbench.runner import run_job
+    from salbench.harness.runner import run_job
 
     again = run_job(compose_config([*JOB, "batch_size=8"]), tmp_path / "again")
     pd.testing.assert_frame_equal(again, reference, check_exact=True)
 
 
 def test_batch_size_never_changes_a_score(tmp_path, compose_config, reference):
-    from salbench.runner import run_job
+    from salbench.harness.runner import run_job
 
     small = per_image(run_job(compose_config([*JOB, "batch_size=2"]), tmp_path / "b2"))
     big = per_image(reference)

@@ -1,11 +1,9 @@
 """Device hygiene of every registered method and metric.
 
-CPU (always run): each method and metric runs with torch's default device set to ``meta``
-(``with torch.device("meta")``), so a tensor created without ``device=`` lands on ``meta`` and
-the first op that mixes it with the input's CPU tensors raises -- the bug that on a GPU mixes
-CPU and CUDA tensors. (The check is stricter than CUDA, which accepts 0-dim CPU tensors: code
-that means the CPU says ``device="cpu"``.) Outputs must be on the input's device and equal to
-a plain run; channels_last models and inputs must give the contiguous results.
+CPU (always run): channels_last models and inputs give the contiguous results; the meta-device
+check (a tensor created without ``device=``) runs for every method and metric in
+tests/test_components.py. (It is stricter than CUDA, which accepts 0-dim CPU tensors: code that
+means the CPU says ``device="cpu"``.)
 
 CUDA (skipped without a GPU): every registered method, the shared passes and every metric
 preset run on CUDA and match their CPU results. Tolerances: heatmaps rtol 1e-3 and atol 1e-4 x
@@ -18,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 from typing import Any, Dict
 
@@ -25,34 +24,15 @@ import pytest
 import torch
 from torch import nn
 
+from salbench.harness.timing import Stopwatch
 from salbench.methods import create_method, list_methods
 from salbench.methods.shared import explain_all
 from salbench.metrics import ExplainedBatch, create_metric, list_metrics
-from salbench.timing import Stopwatch
 
-SIZE = 32
+from helpers import SIZE, bundle_of, small_cnn
+from test_components import make_metric, metric_case
+
 METHOD_OPTIONS: Dict[str, Dict[str, Any]] = {"occlusion": {"window": 8, "stride": 4, "batch_size": 16}}
-# small settings of the costly metrics; every other option is the registered preset's
-METRIC_OPTIONS: Dict[str, Dict[str, Any]] = {
-    "rise": {"n_steps": 8, "batch_size": 24},
-    "randomization": {"max_images": 2},
-}
-
-
-def small_cnn(num_classes: int = 5) -> nn.Module:
-    """conv-BN-ReLU-maxpool-conv-BN-ReLU(in place)-GAP-linear (CAM applies), eval mode, seeded."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes),
-        )
-    for bn in (model[1], model[5]):  # non-trivial running statistics
-        bn.running_mean.copy_(torch.randn(bn.num_features, generator=generator) * 0.1)
-        bn.running_var.copy_(torch.rand(bn.num_features, generator=generator) + 0.5)
-    return model.eval()
 
 
 def inputs(batch: int = 3):
@@ -60,85 +40,20 @@ def inputs(batch: int = 3):
     return torch.randn(batch, 3, SIZE, SIZE, generator=generator), torch.tensor([0, 3, 1, 4, 2][:batch])
 
 
-def explained_batch(model: nn.Module, method: str = "saliency", images: int = 3) -> ExplainedBatch:
-    """Synthetic images (boxes and masks), heatmaps of ``method`` and ``timing`` like the runner's."""
-    from salbench.datasets import collate, create_dataset
-
-    dataset = create_dataset("synthetic", limit=images, image_size=SIZE)
-    batch = collate([dataset[i] for i in range(len(dataset))])
-    x = (batch.images - 0.5) / 0.25
-    explainer = create_method(method, model, **METHOD_OPTIONS.get(method, {}))
-    with torch.no_grad():
-        logits = model(x)
-    heatmaps = explainer(x, batch.labels)
-    timing = {"seconds": 0.25, "metric_seconds": {"rise": 0.5}, "peak_memory_bytes": 2.0**20, "shared_with": [method],
-              "device": "test", "clock": "perf_counter"}
-    return ExplainedBatch(batch, x, heatmaps, batch.labels, logits, model, explainer, method, timing=timing)
+def score(case: ExplainedBatch, name: str):
+    """(per-row scores of the case's methods, dataset scores, tables) of a fresh metric ``name``."""
+    metric = make_metric(name)
+    per_row = metric.update(case)
+    return per_row, metric.compute(), metric.tables()
 
 
-def score(explained: ExplainedBatch, name: str):
-    """(per-image scores, dataset scores, tables) of a fresh metric ``name`` on one batch."""
-    metric = create_metric(name, **METRIC_OPTIONS.get(name, {}))
-    per_image = metric.update(explained)
-    return per_image, metric.compute(), metric.tables()
-
-
-def assert_same_dataset_scores(got: Dict[str, float], expected: Dict[str, float], tol: float = 0.0) -> None:
+def assert_same_dataset_scores(got: Dict[str, Dict[str, float]], expected: Dict[str, Dict[str, float]],
+                               tol: float = 0.0) -> None:
     assert set(got) == set(expected)
-    for key, value in expected.items():
-        assert (math.isnan(value) and math.isnan(got[key])) or abs(got[key] - value) <= tol, key
-
-
-# --------------------------------------------------------------------------- CPU: no tensor off the input's device
-@pytest.mark.parametrize("name", list_methods())
-def test_method_creates_no_tensor_off_the_input_device(name):
-    model, (x, target) = small_cnn(), inputs()
-    reference = create_method(name, model, **METHOD_OPTIONS.get(name, {}))(x, target)
-    with torch.device("meta"):  # a factory call without device= now makes a meta tensor
-        explainer = create_method(name, model, **METHOD_OPTIONS.get(name, {}))
-        attribution = explainer.attribute(x, target)
-        heatmaps = explainer(x, target)
-    assert attribution.device == x.device and heatmaps.device == x.device
-    assert heatmaps.dtype == torch.float32 and heatmaps.shape == (x.shape[0], SIZE, SIZE)
-    assert torch.equal(heatmaps, reference)
-
-
-def test_shared_passes_create_no_tensor_off_the_input_device():
-    model, (x, target) = small_cnn(), inputs()
-    names = [n for n in list_methods() if n != "occlusion"]
-    reference, _ = explain_all({n: create_method(n, model) for n in names}, x, target)
-    with torch.device("meta"):
-        heatmaps, costs = explain_all({n: create_method(n, model) for n in names}, x, target,
-                                      stopwatch=lambda: Stopwatch("cpu"))
-    for name in names:
-        assert heatmaps[name].device == x.device
-        assert torch.equal(heatmaps[name], reference[name]), name
-        assert math.isfinite(costs[name]["seconds"])
-
-
-@pytest.mark.parametrize("name", list_metrics())
-def test_metric_creates_no_tensor_off_the_input_device(name):
-    model = small_cnn()
-    explained = explained_batch(model)
-    reference = score(explained, name)
-    with torch.device("meta"):
-        per_image, dataset, tables = score(explained, name)
-    assert set(per_image) == set(reference[0])
-    for key, values in per_image.items():
-        assert values.device == explained.heatmaps.device, key
-        assert values.shape == (len(explained.batch),), key
-        torch.testing.assert_close(values, reference[0][key], rtol=0, atol=0, equal_nan=True)
-    assert_same_dataset_scores(dataset, reference[1])
-    assert set(tables) == set(reference[2])
-    for key, table in tables.items():
-        assert table.equals(reference[2][key]), key
-
-
-def test_meta_default_device_catches_a_tensor_made_without_device():
-    """The check above can fail: a metric that builds its per-image tensor without device=."""
-    x = torch.randn(2, 3)
-    with torch.device("meta"), pytest.raises(RuntimeError, match="device"):
-        torch.where(x > 0, x, torch.zeros(2, 3))
+    for method, values in expected.items():
+        assert set(got[method]) == set(values)
+        for key, value in values.items():
+            assert (math.isnan(value) and math.isnan(got[method][key])) or abs(got[method][key] - value) <= tol, key
 
 
 # --------------------------------------------------------------------------- CPU: channels_last
@@ -154,17 +69,16 @@ def test_method_channels_last_matches_contiguous(name):
 
 
 def test_metrics_channels_last_match_contiguous():
-    model = small_cnn()
-    explained = explained_batch(model)
+    case, model = metric_case()
     nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    channels_last = copy.copy(explained)
-    channels_last.inputs = explained.inputs.contiguous(memory_format=torch.channels_last)
-    channels_last.model = nhwc
-    channels_last.explainer = create_method("saliency", nhwc)
-    for name in ("rise", "randomization"):
-        got, expected = score(channels_last, name)[0], score(explained, name)[0]
-        for key in expected:
-            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-3, equal_nan=True)
+    channels_last = dataclasses.replace(
+        case, inputs=case.inputs.contiguous(memory_format=torch.channels_last), model=bundle_of(nhwc),
+        explainers={key: create_method(key, nhwc) for key in case.maps})
+    for name in ("rise", "road", "randomization"):
+        got, expected = score(channels_last, name)[0], score(case, name)[0]
+        for method in expected:
+            for key in expected[method]:
+                torch.testing.assert_close(got[method][key], expected[method][key], rtol=0, atol=1e-3, equal_nan=True)
 
 
 # --------------------------------------------------------------------------- CUDA
@@ -197,7 +111,7 @@ def test_method_on_cuda_matches_cpu(name, memory_format):
         attribution = explainer.attribute(x_gpu, target.cuda())
         gpu = explainer(x_gpu, target)  # a CPU target is moved to x's device
     assert attribution.device.type == "cuda"
-    if name in ("random", "center"):  # drawn on the CPU / closed form: identical on every device
+    if explainer.baseline:  # drawn on the CPU / closed form: identical on every device
         assert torch.equal(gpu.cpu(), cpu)
     else:
         assert_maps_close(gpu, cpu, name)
@@ -208,13 +122,14 @@ def test_method_on_cuda_matches_cpu(name, memory_format):
 def test_shared_passes_on_cuda_match_cpu_and_one_at_a_time():
     model, (x, target) = small_cnn(), inputs()
     names = [n for n in list_methods() if n != "occlusion"]
-    cpu, _ = explain_all({n: create_method(n, model) for n in names}, x, target)
+    cpu = explain_all({n: create_method(n, model) for n in names}, x, target).maps
     gpu_model = copy.deepcopy(model).cuda()
     explainers = {n: create_method(n, gpu_model) for n in names}
     with full_precision_cuda():
-        shared, costs = explain_all(explainers, x.cuda(), target.cuda(),
+        explained = explain_all(explainers, x.cuda(), target.cuda(),
                                     stopwatch=lambda: Stopwatch(torch.device("cuda")))
-        alone, _ = explain_all(explainers, x.cuda(), target.cuda(), shared=False)
+        shared, costs = explained.maps, explained.costs
+        alone = explain_all(explainers, x.cuda(), target.cuda(), shared=False).maps
     for name in names:
         assert_maps_close(shared[name], cpu[name], name)
         # cuDNN may pick other kernels per call: equal to rounding, not bit for bit (methods/shared.py)
@@ -222,11 +137,12 @@ def test_shared_passes_on_cuda_match_cpu_and_one_at_a_time():
         assert costs[name]["seconds"] > 0
 
 
-def _to_cuda(explained: ExplainedBatch, model: nn.Module) -> ExplainedBatch:
+def _to_cuda(case: ExplainedBatch, model: nn.Module) -> ExplainedBatch:
     device = torch.device("cuda")
-    return ExplainedBatch(explained.batch.to(device), explained.inputs.to(device), explained.heatmaps.to(device),
-                          explained.targets.to(device), explained.logits.to(device), model,
-                          create_method(explained.method, model), explained.method, timing=explained.timing)
+    return dataclasses.replace(
+        case, batch=case.batch.to(device), inputs=case.inputs.to(device), logits=case.logits.to(device),
+        targets=case.targets.to(device), maps={key: maps.to(device) for key, maps in case.maps.items()},
+        model=bundle_of(model), explainers={key: create_method(key, model) for key in case.maps})
 
 
 METRIC_TOLERANCE = {"rise": 1e-4, "road": 1e-4, "randomization": 1e-3}  # others exact: same heatmaps on both devices
@@ -236,17 +152,20 @@ METRIC_TOLERANCE = {"rise": 1e-4, "road": 1e-4, "randomization": 1e-3}  # others
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", list_metrics())
 def test_metric_on_cuda_matches_cpu(name):
-    model = small_cnn()
-    explained = explained_batch(model)
-    cpu = score(explained, name)
+    case, model = metric_case()
+    cpu = score(case, name)
     with full_precision_cuda():
-        gpu = score(_to_cuda(explained, copy.deepcopy(model).cuda()), name)
+        gpu = score(_to_cuda(case, copy.deepcopy(model).cuda()), name)
     tol = METRIC_TOLERANCE.get(name, 0.0)
     assert set(gpu[0]) == set(cpu[0])
-    for key, values in gpu[0].items():
-        assert values.device.type == "cuda", key
-        torch.testing.assert_close(values.cpu(), cpu[0][key], rtol=0, atol=tol, equal_nan=True)
-    assert_same_dataset_scores(gpu[1], cpu[1], tol)
+    for method, values in gpu[0].items():
+        for key, value in values.items():
+            assert value.device.type == "cuda", key
+            if key.endswith("ms_per_image"):
+                continue  # measured times differ
+            torch.testing.assert_close(value.cpu(), cpu[0][method][key], rtol=0, atol=tol, equal_nan=True)
+    if name != "timing":
+        assert_same_dataset_scores(gpu[1], cpu[1], tol)
     assert set(gpu[2]) == set(cpu[2])
 
 
@@ -256,13 +175,14 @@ def test_metric_on_cuda_matches_cpu(name):
 def test_rise_autocast_on_cuda_is_close_to_float32(precision):
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bfloat16")
-    model = copy.deepcopy(small_cnn()).cuda()
-    explained = _to_cuda(explained_batch(small_cnn()), model)
-    reference = create_metric("rise", n_steps=8).update(explained)
-    scores = create_metric("rise", n_steps=8, autocast=precision).update(explained)
-    for key, values in scores.items():
-        assert values.dtype == torch.float32 and values.device.type == "cuda"
-        torch.testing.assert_close(values, reference[key], rtol=0, atol=0.05)
+    case, model = metric_case()
+    case = _to_cuda(case, copy.deepcopy(model).cuda())
+    reference = create_metric("rise", n_steps=8).update(case)
+    scores = create_metric("rise", n_steps=8, autocast=precision).update(case)
+    for method, values in scores.items():
+        for key, value in values.items():
+            assert value.dtype == torch.float32 and value.device.type == "cuda"
+            torch.testing.assert_close(value, reference[method][key], rtol=0, atol=0.05)
 
 
 @pytest.mark.cuda
@@ -270,7 +190,7 @@ def test_rise_autocast_on_cuda_is_close_to_float32(precision):
 def test_stopwatch_and_peak_memory_on_a_named_cuda_device():
     import time
 
-    from salbench.timing import device_name, peak_memory_bytes, reset_peak_memory
+    from salbench.harness.timing import device_name, peak_memory_bytes, reset_peak_memory
 
     device = torch.device("cuda", torch.cuda.current_device())
     torch.cuda.synchronize(device)
@@ -301,7 +221,7 @@ def test_cuda_job_matches_cpu_job(compose_config, tmp_path, channels_last):
 
     import numpy as np
 
-    from salbench.runner import run_job
+    from salbench.harness.runner import run_job
 
     base = ["debug=fast", "dataset.limit=4", "model.pretrained=false",
             "method=[cam,gradcam,guided_gradcam,saliency,occlusion,random,center]",
@@ -343,7 +263,7 @@ def test_tf32_is_a_job_setting_recorded_in_run_json_and_restored(compose_config,
     are process-wide), and run.json records the numerics the job ran with."""
     import json
 
-    from salbench.runner import run_job
+    from salbench.harness.runner import run_job
 
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True

@@ -5,9 +5,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
-from salbench.store import SCORE_COLUMNS
+from salbench.harness.store import SCORE_COLUMNS
 
 SALBENCH = str(Path(sys.executable).with_name("salbench"))
 
@@ -56,7 +55,7 @@ def test_unknown_method_fails_with_close_matches(tmp_path):
 
 
 def test_gradcam_localizes_far_better_than_random_and_center(tmp_path, compose_config, synthetic_bundle):
-    from salbench.runner import run_job
+    from salbench.harness.runner import run_job
 
     cfg = compose_config(["dataset.limit=96", "progress=false", "gallery_images=0"])
     scores = run_job(cfg, tmp_path / "job")
@@ -86,7 +85,7 @@ def test_metric_map_target_explains_the_predicted_class_like_a_predicted_job(tmp
     images whose prediction differs again, giving the rows of a target=predicted job."""
     import numpy as np
 
-    from salbench.runner import run_job
+    from salbench.harness.runner import run_job
 
     common = ["debug=fast", "model.pretrained=false", "method=[gradcam,saliency]", "metric=[cam_paper,rise]",
               "metric.rise.n_steps=6", "dataset.limit=12"]

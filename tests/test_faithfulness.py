@@ -2,7 +2,6 @@
 of RISE's published CausalMetric, an analytic linear model, and invariances."""
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +10,6 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from salbench.metrics import create_metric
-from salbench.metrics.base import ExplainedBatch
 from salbench.metrics.deletion import (
     DeletionInsertion,
     curve_auc,
@@ -21,6 +19,8 @@ from salbench.metrics.deletion import (
     pixel_ranks,
     resolve_step,
 )
+
+from helpers import model_explained, scores_of, tiny_net
 
 
 # --------------------------------------------------------------------------- references
@@ -66,16 +66,6 @@ def reference_auc(arr):
     return (arr.sum() - arr[0] / 2 - arr[-1] / 2) / (arr.shape[0] - 1)
 
 
-def tiny_net(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
-    )
-    with torch.no_grad():  # make the classes clearly separated so softmax curves move
-        net[-1].weight.mul_(8.0)
-    return net.eval()
-
 
 class LinearPixelModel(nn.Module):
     """logits = [sum_{c,p} w_cp x_cp, 0]: a pixel's exact contribution is sum_c w_cp x_cp."""
@@ -88,16 +78,6 @@ class LinearPixelModel(nn.Module):
         score = (x * self.weight).flatten(1).sum(1)
         return torch.stack([score, torch.zeros_like(score)], dim=1)
 
-
-def explained_batch(model, x, maps, labels=None, indices=None):
-    logits = model(x).detach()
-    batch = SimpleNamespace(
-        labels=labels if labels is not None else logits.argmax(1),
-        image_ids=[f"img{i}" for i in (indices if indices is not None else range(x.shape[0]))],
-        indices=torch.as_tensor(indices if indices is not None else range(x.shape[0])),
-    )
-    return ExplainedBatch(batch=batch, inputs=x, heatmaps=maps, targets=logits.argmax(1), logits=logits,
-                          model=SimpleNamespace(module=model), explainer=None, method="m")
 
 
 # --------------------------------------------------------------------------- RISE exactness
@@ -117,7 +97,7 @@ def test_rise_preset_equals_loop_reference(size, step, mode):
     x = torch.randn(3, 3, *size)
     maps = torch.rand(3, *size)  # continuous: no ties
     metric = create_metric("rise", step=step, batch_size=50)
-    out = metric.update(explained_batch(net, x, maps))
+    out = scores_of(metric, model_explained(net, x, maps))
     curves = metric.tables()["curves"]
     used_step = step if step is not None else resolve_step(size[0] * size[1])[0]
     substrate = (lambda t: torch.zeros_like(t)) if mode == "del" else reference_blur
@@ -198,7 +178,7 @@ def test_scores_do_not_depend_on_forward_batch_size():
     results = []
     for batch_size in (1, 13, 10_000):
         metric = create_metric("rise", batch_size=batch_size, n_steps=40)
-        results.append(metric.update(explained_batch(net, x, maps)))
+        results.append(scores_of(metric, model_explained(net, x, maps)))
     for other in results[1:]:
         for key in results[0]:
             torch.testing.assert_close(other[key], results[0][key], atol=1e-6, rtol=0)
@@ -213,10 +193,10 @@ def test_same_seed_identical_curves_and_batch_split_invariance():
     def curves(seed=7, split=False):
         metric = create_metric("rise", **{**options, "seed": seed})
         if split:
-            metric.update(explained_batch(net, x[:1], maps[:1], indices=[0]))
-            metric.update(explained_batch(net, x[1:], maps[1:], indices=[1, 2, 3]))
+            scores_of(metric, model_explained(net, x[:1], maps[:1], indices=[0]))
+            scores_of(metric, model_explained(net, x[1:], maps[1:], indices=[1, 2, 3]))
         else:
-            metric.update(explained_batch(net, x, maps))
+            scores_of(metric, model_explained(net, x, maps))
         table = metric.tables()["curves"]
         return table.sort_values(["curve", "image_id", "step"])["value"].to_numpy()
 
@@ -236,7 +216,7 @@ def test_substrates_and_tables_layout():
         make_substrate(x, "gray")
     net = tiny_net()
     metric = create_metric("rise", curves=["deletion"], step=16)
-    out = metric.update(explained_batch(net, x, torch.rand(2, 8, 8)))
+    out = scores_of(metric, model_explained(net, x, torch.rand(2, 8, 8)))
     assert set(out) == {"deletion_auc"}
     table = metric.tables()["curves"]
     assert list(table.columns) == ["image_id", "method", "metric", "curve", "step", "fraction", "value"]
@@ -248,7 +228,7 @@ def test_nan_map_gives_nan_auc():
     x = torch.randn(2, 3, 8, 8)
     maps = torch.rand(2, 8, 8)
     maps[1, 0, 0] = float("nan")
-    out = create_metric("rise").update(explained_batch(net, x, maps))
+    out = scores_of(create_metric("rise"), model_explained(net, x, maps))
     assert not torch.isnan(out["deletion_auc"][0]) and torch.isnan(out["deletion_auc"][1])
 
 
@@ -256,9 +236,9 @@ def test_nan_map_gives_nan_auc():
 def test_cuda_matches_cpu():
     net = tiny_net()
     x, maps = torch.randn(3, 3, 32, 32), torch.rand(3, 32, 32)
-    cpu = create_metric("rise").update(explained_batch(net, x, maps))
+    cpu = scores_of(create_metric("rise"), model_explained(net, x, maps))
     net_cuda = tiny_net().cuda()
-    gpu = create_metric("rise").update(explained_batch(net_cuda, x.cuda(), maps.cuda()))
+    gpu = scores_of(create_metric("rise"), model_explained(net_cuda, x.cuda(), maps.cuda()))
     for key in cpu:
         assert gpu[key].device.type == "cuda"
         torch.testing.assert_close(gpu[key].cpu(), cpu[key], atol=1e-4, rtol=0)

@@ -36,7 +36,7 @@ def sweep(*overrides, out: Path, timeout: int = 600):
 @pytest.fixture(scope="module")
 def unsharded(tmp_path_factory, compose_config, synthetic_bundle):
     """Per-image scores of one in-process run over the same 10 images, indexed by KEY."""
-    from salbench.runner import run_job
+    from salbench.harness.runner import run_job
 
     scores = run_job(compose_config([*FAST, "method=[gradcam,random]"]), tmp_path_factory.mktemp("one") / "run")
     return scores[scores["scope"] == "image"].set_index(KEY).sort_index()

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision
 
-from salbench.methods.base import default_target_layer, trace_forward
+from salbench.methods.hooks import default_target_layer, trace_forward
 
 
 @pytest.mark.parametrize(

@@ -2,16 +2,15 @@
 property tests, and the torch / scipy connected-component backends against each other."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from salbench.datasets.base import collate
-from salbench.metrics import ExplainedBatch, create_metric
+from salbench.metrics import create_metric
 from salbench.metrics.localization import (
     box_iou,
     best_box_iou,
@@ -26,29 +25,14 @@ from salbench.metrics.localization import (
     threshold_by_max,
 )
 
+import helpers
+from helpers import box_batch, scores_of
 
-def explained(maps, boxes, labels=None, logits=None, orig_sizes=None, orig_boxes=None, masks=None, extras=None,
-              box_labels=None):
-    """An ExplainedBatch from plain per-image lists (boxes: lists of [x0, y0, x1, y1])."""
-    batch_size, height, width = maps.shape
-    labels = labels if labels is not None else [0] * batch_size
-    samples = []
-    for i in range(batch_size):
-        sample = {"image": torch.zeros(3, height, width), "label": labels[i],
-                  "boxes": torch.tensor(boxes[i], dtype=torch.float32).reshape(-1, 4), "image_id": str(i)}
-        if orig_sizes is not None:
-            sample["orig_size"] = orig_sizes[i]
-            sample["orig_boxes"] = torch.tensor(orig_boxes[i], dtype=torch.float32).reshape(-1, 4)
-        if masks is not None:
-            sample["mask"] = masks[i]
-        if box_labels is not None:
-            sample["box_labels"] = torch.tensor(box_labels[i], dtype=torch.long)
-        samples.append(sample)
-    batch = collate(samples)
-    if extras:
-        batch.extras.update(extras)
-    logits = logits if logits is not None else torch.nn.functional.one_hot(batch.labels, 5).float()
-    return ExplainedBatch(batch, batch.images, maps, batch.labels, logits, None, None, "toy")
+
+def explained(maps, boxes, labels=None, logits=None, orig_sizes=None, orig_boxes=None, masks=None, box_labels=None):
+    """An ExplainedBatch of method "toy" from plain per-image lists (boxes: lists of [x0, y0, x1, y1])."""
+    batch = box_batch(maps, boxes, labels, orig_sizes, orig_boxes, masks, box_labels)
+    return helpers.explained(batch, maps, logits=logits, method="toy")
 
 
 # --------------------------------------------------------------------------- thresholds
@@ -174,7 +158,7 @@ def test_cam_paper_toy_scores():
     maps[1, 0:2, 0:2] = 1.0  # box [0, 0, 1, 1]
     logits = torch.tensor([[5.0, 1, 0, 0, 0], [0.0, 5, 1, 1, 1]])
     ex = explained(maps, [[[3, 2, 6, 5]], [[0, 0, 3, 3]]], labels=[0, 2], logits=logits)
-    out = create_metric("cam_paper").update(ex)
+    out = scores_of(create_metric("cam_paper"), ex)
     assert out["iou"].tolist() == pytest.approx([1.0, 4 / 16])
     assert out["gt_known_loc"].tolist() == [1.0, 0.0]
     assert out["top1_loc"].tolist() == [1.0, 0.0]
@@ -186,7 +170,7 @@ def test_cam_paper_original_frame():
     maps[0, 1:3, 1:3] = 1.0
     ex = explained(maps, [[[1, 1, 2, 2]]], orig_sizes=[(8, 8)], orig_boxes=[[[2, 2, 5, 5]]])
     metric = create_metric("cam_paper", frame="original", resize_mode="nearest")
-    assert metric.update(ex)["iou"].item() == 1.0
+    assert scores_of(metric, ex)["iou"].item() == 1.0
     assert metric.protocol()["frame"] == "original"
 
 
@@ -199,10 +183,9 @@ def test_cuda_components_and_metrics_match_cpu():
                            largest_component_box(masks, connectivity, "scipy"))
     maps = torch.rand(2, 16, 16, generator=generator)
     ex = explained(maps, [[[2, 2, 9, 9]], [[0, 0, 15, 15]]])
-    cpu = create_metric("cam_paper").update(ex)
-    ex.heatmaps = maps.cuda()
-    ex.batch = ex.batch.to(torch.device("cuda"))
-    ex.targets, ex.logits = ex.targets.cuda(), ex.logits.cuda()
-    gpu = create_metric("cam_paper").update(ex)
+    cpu = scores_of(create_metric("cam_paper"), ex)
+    ex = dataclasses.replace(ex, maps={"toy": maps.cuda()}, batch=ex.batch.to(torch.device("cuda")),
+                             inputs=ex.inputs.cuda(), targets=ex.targets.cuda(), logits=ex.logits.cuda())
+    gpu = scores_of(create_metric("cam_paper"), ex)
     for key in cpu:
         torch.testing.assert_close(gpu[key].cpu(), cpu[key], equal_nan=True)

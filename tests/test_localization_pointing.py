@@ -1,8 +1,9 @@
 """Pointing game (TorchRay rules), energy and grid pointing games: hand-computed toys, the
 Quantus PointingGame reference on non-empty masks (and the empty-mask difference), class
-averaging, the difficult subset and shard merging."""
+averaging, the difficult subset, every class present and empty classes through a job."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 from salbench.metrics import create_metric
 from salbench.metrics.pointing import boxes_to_mask, energy_pointing, grid_pointing_score, max_points, pointing_hits
+from helpers import scores_of
 from test_localization import explained
 
 
@@ -68,7 +70,7 @@ def test_grid_pointing_game_metric_uses_target_box():
     maps = torch.ones(2, 8, 8)
     maps[1, 4:, 4:] = 5.0
     ex = explained(maps, [[[0, 0, 3, 3]], [[4, 4, 7, 7]]], labels=[1, 2])
-    out = create_metric("grid_pointing_game").update(ex)["grid_score"]
+    out = scores_of(create_metric("grid_pointing_game"), ex)["grid_score"]
     assert out.tolist() == pytest.approx([1 / 4, 80 / 128])
 
 
@@ -106,12 +108,12 @@ def make_batch():
 def test_pointing_game_metric_class_average_and_difficult():
     ex = make_batch()
     metric = create_metric("pointing_game", frame="input")
-    out = metric.update(ex)
+    out = scores_of(metric, ex)
     assert out["pointing_hit"].tolist() == [1.0, 0.0, 1.0]
     # difficult rule: image 0's class-0 box covers 36 px < 400 / 4 and a distractor is present
     hard = out["pointing_hit_difficult"].tolist()
     assert hard[0] == 1.0 and math.isnan(hard[1]) and math.isnan(hard[2])
-    result = metric.compute()
+    result = metric.compute()["toy"]
     assert result["pointing_acc"] == pytest.approx((2 / 2 + 0 / 1) / 2)  # mean over classes
     assert result["pointing_acc_difficult"] == 1.0
 
@@ -119,15 +121,9 @@ def test_pointing_game_metric_class_average_and_difficult():
 def test_pointing_game_skips_all_difficult_and_absent_classes():
     ex = make_batch()
     ex.batch.difficult[1] = torch.tensor([True])
-    ex.targets = torch.tensor([0, 1, 3])  # class 3 is not in image 2
-    out = create_metric("pointing_game", frame="input").update(ex)["pointing_hit"]
+    ex = dataclasses.replace(ex, targets=torch.tensor([0, 1, 3]))  # class 3 is not in image 2
+    out = scores_of(create_metric("pointing_game", frame="input"), ex)["pointing_hit"]
     assert out[0].item() == 1.0 and math.isnan(out[1].item()) and math.isnan(out[2].item())
-    flags = {"pointing_difficult": [torch.tensor([False, False, False]), torch.tensor([False, True, False]),
-                                    torch.tensor([False, False, False])]}
-    ex2 = make_batch()
-    ex2.batch.extras.update(flags)
-    hard = create_metric("pointing_game", frame="input").update(ex2)["pointing_hit_difficult"].tolist()
-    assert math.isnan(hard[0]) and hard[1] == 0.0 and math.isnan(hard[2])
 
 
 def test_pointing_game_original_frame():
@@ -135,32 +131,9 @@ def test_pointing_game_original_frame():
     maps[0, 1, 1] = 1.0
     ex = explained(maps, [[[0, 0, 1, 1]]], orig_sizes=[(100, 100)], orig_boxes=[[[60, 60, 90, 90]]])
     metric = create_metric("pointing_game", resize_mode="nearest")
-    assert metric.update(ex)["pointing_hit"].item() == 0.0  # max near (10..19) is > 15 px from (60, 60)
+    assert scores_of(metric, ex)["pointing_hit"].item() == 0.0  # max near (10..19) is > 15 px from (60, 60)
     ex = explained(maps, [[[0, 0, 1, 1]]], orig_sizes=[(100, 100)], orig_boxes=[[[20, 20, 90, 90]]])  # (10, 10) to (20, 20): 14.1 px
-    assert metric.update(ex)["pointing_hit"].item() == 1.0
-
-
-def test_pointing_game_shard_merge_equals_one_pass():
-    generator = torch.Generator().manual_seed(3)
-    rng = np.random.default_rng(3)
-    maps = torch.rand(9, 24, 24, generator=generator)
-    labels = [int(v) for v in rng.integers(0, 3, size=9)]
-    boxes, box_labels = [], []
-    for label in labels:
-        x0, y0 = (int(v) for v in rng.integers(0, 16, size=2))
-        boxes.append([[x0, y0, x0 + 6, y0 + 6], [0, 0, 3, 3]])  # the second: a distractor
-        box_labels.append([label, (label + 1) % 3])
-    whole = create_metric("pointing_game", frame="input", tolerance=3)
-    whole.update(explained(maps, boxes, labels=labels, box_labels=box_labels))
-    merged = None
-    for part in (slice(0, 4), slice(4, 9)):
-        shard = create_metric("pointing_game", frame="input", tolerance=3)
-        shard.update(explained(maps[part], boxes[part], labels=labels[part], box_labels=box_labels[part]))
-        merged = shard if merged is None else merged.merge(shard)
-    result = whole.compute()
-    assert not math.isnan(result["pointing_acc_difficult"])
-    assert merged.compute() == result
-    assert merged.class_accuracies() == whole.class_accuracies()
+    assert scores_of(metric, ex)["pointing_hit"].item() == 1.0
 
 
 def test_energy_pointing_game_metric():
@@ -168,7 +141,7 @@ def test_energy_pointing_game_metric():
     maps[0, 0:2, 0:2] = 1.0
     maps[0, 5, 5] = 4.0
     ex = explained(maps, [[[0, 0, 1, 1]]])
-    assert create_metric("energy_pointing_game").update(ex)["energy"].item() == pytest.approx(0.5)
+    assert scores_of(create_metric("energy_pointing_game"), ex)["energy"].item() == pytest.approx(0.5)
 
 
 # --------------------------------------------------------------------------- every class present
@@ -177,25 +150,25 @@ def test_present_classes_lists_each_box_class_once_without_all_difficult_ones():
     ex.batch.box_labels[0] = torch.tensor([1, 0])
     ex.batch.difficult[2] = torch.tensor([True])
     metric = create_metric("pointing_game", frame="input")
-    assert metric.map_target == "present"
+    assert metric.needs.maps == "present"
     # image 2's only class is all-difficult: it stays (scored NaN) so the image keeps a row
     assert metric.present_classes(ex.batch) == [[0, 1], [1], [0]]
     assert create_metric("pointing_game", frame="input", ground_truth="mask").present_classes(ex.batch) == [[0], [1], [0]]
     explained_only = create_metric("pointing_game", classes="explained")
-    assert explained_only.map_target is None and explained_only.protocol()["map_class"] == "explained_target"
+    assert explained_only.needs.maps == "target" and explained_only.protocol()["map_class"] == "explained_target"
     with pytest.raises(ValueError, match="classes must be one of"):
         create_metric("pointing_game", classes="all")
 
 
 def test_batch_select_repeats_rows_and_per_sample_extras():
     ex = make_batch()
-    ex.batch.extras["frames"] = ["a", "b", "c"]
+    ex.batch.extras["class_mask_labels"] = ["a", "b", "c"]
     ex.batch.extras["skipped"] = [{"image_id": "x", "index": 9, "reason": "corrupt"}]
     picked = ex.batch.select([0, 0, 2])
     assert picked.image_ids == [ex.batch.image_ids[i] for i in (0, 0, 2)]
     assert torch.equal(picked.images, ex.batch.images[[0, 0, 2]])
     assert torch.equal(picked.box_labels[1], ex.batch.box_labels[0]) and len(picked.boxes) == 3
-    assert picked.extras["frames"] == ["a", "a", "c"] and picked.extras["skipped"] == []
+    assert picked.extras["class_mask_labels"] == ["a", "a", "c"] and picked.extras["skipped"] == []
 
 
 @pytest.mark.usefixtures("synthetic_bundle")
@@ -205,7 +178,7 @@ def test_job_scores_every_class_present_like_explaining_each_class_by_hand(tmp_p
     that class's boxes, and pointing_acc is the mean over classes of the hand-made hit rates."""
     from salbench.datasets import create_dataset
     from salbench.methods import create_method
-    from salbench.runner import run_job
+    from salbench.harness.runner import run_job
 
     grid = {"source": "synthetic", "source_options": {"num_images": 40}, "per_cell": False, "num_grids": 3,
             "threshold": 0.3}

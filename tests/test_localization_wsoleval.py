@@ -3,7 +3,6 @@ reimplementation of the published definitions (Choe et al. 2020), hand-computed 
 shard merging and monotonicity in the IoU threshold."""
 from __future__ import annotations
 
-import math
 
 import cv2
 import numpy as np
@@ -23,6 +22,7 @@ from salbench.metrics.wsoleval import (
     wsol_best_ious,
     wsol_scoremaps,
 )
+from helpers import scores_of
 from test_localization import explained
 
 
@@ -187,7 +187,7 @@ def test_wsoleval_equals_loop_reference(step):
     ex = explained(maps, [[[0, 0, 1, 1]]] * batch, orig_sizes=orig_sizes, orig_boxes=orig_boxes)
     metric = create_metric("wsoleval", tau_step=step)
     metric.update(ex)
-    got = metric.compute()
+    got = metric.compute()["toy"]
     np_maps = [m.numpy() for m in maps]
     v1 = ref_maxboxacc(np_maps, orig_boxes, orig_sizes, step, [0.5], all_contours=False)
     v2 = ref_maxboxacc(np_maps, orig_boxes, orig_sizes, step, [0.3, 0.5, 0.7], all_contours=True)
@@ -207,7 +207,7 @@ def test_wsoleval_bicubic_resize_matches_cv2():
     resized = [cv2.resize(m, (32, 32), interpolation=cv2.INTER_CUBIC) for m in maps.numpy()]
     ref = ref_maxboxacc(resized, [[[4, 4, 30, 20]], [[0, 10, 39, 39]], [[5, 5, 10, 10]]], [(40, 40)] * 3, 0.01,
                         [0.3, 0.5, 0.7], True)
-    got = metric.compute()
+    got = metric.compute()["toy"]
     assert [got["maxboxacc_v2_iou30"], got["maxboxacc_v2_iou50"], got["maxboxacc_v2_iou70"]] == [
         ref[t][0] for t in (0.3, 0.5, 0.7)]
 
@@ -223,15 +223,15 @@ def test_pxap_equals_loop_reference_with_ignore():
     ex.batch.ignore = ignore
     for step in (0.01, 0.001):
         metric = create_metric("pxap", tau_step=step)
-        per_image = metric.update(ex)["pxap_image"]
+        per_image = scores_of(metric, ex)["pxap_image"]
         expected = ref_pxap(maps.numpy(), masks.numpy(), ignore.numpy(), step)
-        assert metric.compute()["pxap"] == expected
+        assert metric.compute()["toy"]["pxap"] == expected
         assert per_image.shape == (batch,)
     # ignoring changes the result on these inputs (the ignore region is not background)
     plain = create_metric("pxap", tau_step=0.01)
     ex.batch.ignore = None
     plain.update(ex)
-    assert plain.compute()["pxap"] != ref_pxap(maps.numpy(), masks.numpy(), ignore.numpy(), 0.01)
+    assert plain.compute()["toy"]["pxap"] != ref_pxap(maps.numpy(), masks.numpy(), ignore.numpy(), 0.01)
 
 
 def test_pxap_histograms_follow_numpy_rule():
@@ -242,33 +242,7 @@ def test_pxap_histograms_follow_numpy_rule():
     assert fg[0].tolist() == expected.tolist() and bg.sum() == 0
 
 
-# --------------------------------------------------------------------------- merging, monotone
-def test_shard_merge_equals_one_pass():
-    rng = np.random.default_rng(2)
-    batch, height, width = 8, 20, 20
-    maps = smooth_maps(11, batch, height, width)
-    boxes = [random_boxes(rng, height, width, 2) for _ in range(batch)]
-    masks = smooth_maps(12, batch, height, width) > 0.5
-    sizes = [(height, width)] * batch
-    one = explained(maps, boxes, orig_sizes=sizes, orig_boxes=boxes, masks=list(masks))
-    whole_box, whole_px = create_metric("wsoleval", tau_step=0.01), create_metric("pxap", tau_step=0.01)
-    whole_box.update(one)
-    whole_px.update(one)
-    shards = []
-    for part in (slice(0, 3), slice(3, 5), slice(5, 8)):
-        ex = explained(maps[part], boxes[part], orig_sizes=sizes[part], orig_boxes=boxes[part], masks=list(masks[part]))
-        box_metric, px_metric = create_metric("wsoleval", tau_step=0.01), create_metric("pxap", tau_step=0.01)
-        box_metric.update(ex)
-        px_metric.update(ex)
-        shards.append((box_metric, px_metric))
-    merged_box, merged_px = shards[0]
-    for box_metric, px_metric in shards[1:]:
-        merged_box.merge(box_metric)
-        merged_px.merge(px_metric)
-    assert merged_box.compute() == whole_box.compute()
-    assert merged_px.compute() == whole_px.compute()
-
-
+# --------------------------------------------------------------------------- monotone
 @settings(max_examples=15, deadline=None)
 @given(st.integers(0, 2**31 - 1))
 def test_maxboxacc_monotone_in_iou_threshold(seed):
@@ -299,9 +273,10 @@ def test_wsoleval_protocol_and_tables():
     protocol = metric.protocol()
     assert protocol["tau_step"] == 0.1 and protocol["maxboxacc_v2"]["iou_thresholds"] == [0.3, 0.5, 0.7]
     assert {s.name for s in metric.scores if s.scope == "dataset"} >= {"maxboxacc", "maxboxacc_v2"}
-    assert math.isnan(metric.compute()["maxboxacc"])  # no image yet
+    assert metric.compute() == {} and metric.tables() == {}  # no image yet
     ex = explained(smooth_maps(1, 2, 10, 10), [[[0, 0, 4, 4]]] * 2, orig_sizes=[(10, 10)] * 2,
                    orig_boxes=[[[0, 0, 4, 4]]] * 2)
     metric.update(ex)
-    curves = metric.tables()["wsoleval_curves"]
+    curves = metric.tables()["tau_curves"]
     assert len(curves) == 4 * 10 and set(curves["variant"]) == {"maxboxacc", "maxboxacc_v2"}
+    assert set(curves["method"]) == {"toy"} and metric.table_kinds == ("tau_curves",)

@@ -8,6 +8,8 @@ from torch import nn
 
 from salbench.methods import create_method, list_methods
 
+from helpers import small_cnn
+
 SEED_METHODS = ["cam", "gradcam", "counterfactual_gradcam", "guided_gradcam", "saliency", "guided_backprop",
                 "deconvnet", "occlusion", "random", "center"]
 
@@ -53,7 +55,10 @@ def test_toy_cam_gradcam_hand_computed():
     torch.testing.assert_close(gradcam[0], a0 / 9)  # alpha = w / Z, Z = 9
     counter = create_method("counterfactual_gradcam", model, layer="act").attribute(x, torch.tensor([1]))
     torch.testing.assert_close(counter[0], a0 / 9)  # class 1: w = (-1, .5) -> -alpha0 = 1/9
-    assert create_method("gradcam", model, layer="act").attribute(x, torch.tensor([1])).abs().max() == 0
+    # class 1: alpha0 = -1/9, so the raw map is negative everywhere and the heatmap's ReLU zeroes it
+    gradcam_1 = create_method("gradcam", model, layer="act")
+    torch.testing.assert_close(gradcam_1.attribute(x, torch.tensor([1]))[0], -a0 / 9)
+    assert gradcam_1(x, torch.tensor([1])).abs().max() == 0
 
 
 def test_toy_saliency_guided_deconv_hand_computed():
@@ -99,71 +104,6 @@ def test_occlusion_hand_computed():
             torch.testing.assert_close(occ[0, 0, top, left], expected.detach())
 
 
-def small_cnn():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3, padding=1),
-                         nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
-
-
-@pytest.mark.parametrize("name", SEED_METHODS)
-def test_shapes_batching_determinism(name):
-    model = small_cnn()
-    x = torch.randn(3, 3, 12, 12, generator=torch.Generator().manual_seed(0))
-    target = torch.tensor([0, 4, 2])
-    options = {"window": 4, "stride": 2, "batch_size": 5} if name == "occlusion" else {}
-    explainer = create_method(name, model, **options)
-    heat = explainer(x, target)
-    assert heat.shape == (3, 12, 12) and heat.dtype == torch.float32
-    torch.testing.assert_close(explainer(x, target), heat, rtol=0, atol=0)
-    single = torch.cat([explainer(x[i:i + 1], target[i:i + 1]) for i in range(3)])
-    torch.testing.assert_close(single, heat, rtol=1e-5, atol=1e-6)
-    native = explainer.attribute(x, target)
-    if name in ("cam", "gradcam", "counterfactual_gradcam"):
-        assert native.ndim == 3
-    elif name not in ("random", "center"):
-        assert native.shape == x.shape
-
-
-class Exploding(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.armed = model, False
-
-    def forward(self, x):
-        out = self.model(x)
-        if self.armed:
-            raise RuntimeError("boom")
-        return out
-
-
-@pytest.mark.parametrize("name", SEED_METHODS[:8])
-def test_model_left_exactly_as_it_was(name):
-    inner = small_cnn()
-    model = Exploding(inner)
-    model.train()
-    inner[0].weight.requires_grad_(False)
-    grads_before = {n: p.grad for n, p in model.named_parameters()}
-    x, target = torch.randn(2, 3, 12, 12), torch.tensor([1, 2])
-    options = {"window": 4, "stride": 4} if name == "occlusion" else {}
-    explainer = create_method(name, model, layer="model.2", **options) if "cam" in name and name != "cam" \
-        else create_method(name, model, **options)
-    for armed in (False, True):
-        model.armed = armed
-        if armed:
-            with pytest.raises(RuntimeError, match="boom"):
-                explainer(x, target)
-        else:
-            model.eval()
-            explainer(x, target)
-            model.train()
-        assert model.training and all(m.training for m in model.modules())
-        assert not inner[0].weight.requires_grad and inner[2].weight.requires_grad
-        assert all(p.grad is grads_before[n] for n, p in model.named_parameters())
-        assert all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in model.modules())
-    assert not torch.overrides._get_current_function_mode_stack()
-    assert F.relu(torch.tensor([-1.0])).item() == 0  # no mode left behind
-
-
 def test_cam_rejects_non_gap_models():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
     with pytest.raises(ValueError, match="gradcam"):
@@ -174,21 +114,8 @@ def test_cam_rejects_non_gap_models():
 
 
 def test_cam_equals_gradcam_times_z_on_gap_model():
-    model = small_cnn()
+    model = small_cnn()  # layer "8" (its last ReLU6) feeds the global average pool
     x, target = torch.randn(2, 3, 12, 12), torch.tensor([1, 3])
     cam = create_method("cam", model).attribute(x, target)
-    gradcam = create_method("gradcam", model, layer="3", relu=False).attribute(x, target)
-    torch.testing.assert_close(cam, gradcam * 144, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", SEED_METHODS)
-def test_cuda_matches_cpu(name):
-    model = small_cnn()
-    x, target = torch.randn(2, 3, 12, 12), torch.tensor([1, 3])
-    options = {"window": 4, "stride": 2} if name == "occlusion" else {}
-    cpu = create_method(name, model, **options)(x, target)
-    gpu = create_method(name, model.cuda(), **options)(x.cuda(), target.cuda())
-    assert gpu.device.type == "cuda"
-    if name != "random":
-        torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-5)
+    gradcam = create_method("gradcam", model, layer="8", relu=False).attribute(x, target)
+    torch.testing.assert_close(cam, gradcam * 36, rtol=1e-5, atol=1e-5)  # Z = 6 x 6 after the max pool

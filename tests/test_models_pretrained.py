@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from salbench.datasets import collate, create_dataset
-from salbench.methods.base import default_target_layer
-from salbench.models import EfficientNetLiteClassifier, create_model
+from salbench.methods.hooks import default_target_layer
+from salbench.models import create_model
+from salbench.models.efficientnet_lite import EfficientNetLiteClassifier
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from salbench.datasets import create_dataset, list_datasets
 from salbench.methods import create_method, list_methods
 from salbench.metrics import create_metric, list_metrics
 from salbench.models import list_models
-from salbench.registry import Registry, UnknownNameError
+from salbench.harness.registry import Registry, UnknownNameError
 
 
 def test_glob_listing_and_lazy_entries():

@@ -13,7 +13,7 @@ import pytest
 from salbench.reports import load, summarize
 from salbench.reports.stats import bootstrap_ci, curve_bands
 from salbench.reports.tables import build_tables, to_html, to_latex, to_markdown
-from salbench.store import SCORE_COLUMNS
+from salbench.harness.store import SCORE_COLUMNS
 
 LOC = {"iou": [0.9, 0.5, 0.7, 0.6, np.nan, 0.8], "random": [0.1, 0.3, 0.2, 0.2, 0.4, 0.1],
        "center": [0.3, 0.2, 0.25, 0.35, 0.3, 0.2]}
@@ -240,15 +240,20 @@ def make_job(job: Path, results: pd.DataFrame, side_tables: bool = True) -> Path
     """A job directory as the runner writes it, with (``side_tables``) every side table a report
     can draw and a gallery."""
     from salbench.reports.gallery import save_gallery
-    from salbench.store import write_json
+    from salbench.harness.store import write_json
 
     import torch
 
     job.mkdir(parents=True)
     results.to_parquet(job / "scores.parquet", index=False)
+    from salbench.metrics import create_metric
+
     write_json(job / "run.json", {"status": "completed", "config": {"model": {"name": "toy_net"},
                                   "dataset": {"name": "toy_set"}, "method": {"gradcam": {}}, "metric": {"loc": {}}},
-                                  "counts": {"images": 6, "flagged_maps": 1}})
+                                  "counts": {"images": 6, "flagged_maps": 1},
+                                  "components": {"methods": {m: {"name": m, "baseline": m in ("random", "center")}
+                                                             for m in results["method"].unique()},
+                                                 "metrics": {"rise": create_metric("rise").describe()}}})
     if not side_tables:
         return job
     rng = np.random.default_rng(0)
@@ -271,12 +276,12 @@ def make_job(job: Path, results: pd.DataFrame, side_tables: bool = True) -> Path
     wsol = [pd.DataFrame({"variant": v, "iou_threshold": t, "tau": taus, "box_accuracy": 100 * a * np.sin(np.pi * taus),
                           "method": m}) for m, a in (("gradcam", 0.7), ("random", 0.2))
             for v, t in (("maxboxacc", 0.5), ("maxboxacc_v2", 0.3), ("maxboxacc_v2", 0.7))]
-    pd.concat(wsol).to_parquet(job / "wsoleval_curves.parquet", index=False)
+    pd.concat(wsol).assign(metric="wsol").to_parquet(job / "tau_curves.parquet", index=False)
     images = [torch.rand(3, 24, 24) for _ in range(2)]
     blob = torch.zeros(24, 24)
     blob[6:14, 8:18] = 1.0
     save_gallery(job / "gallery.png", {"images": images, "boxes": [torch.tensor([[8, 6, 17, 13]])] * 2, "labels": [0, 1],
-                                       "gradcam": [blob, blob], "random": [torch.rand(24, 24), torch.rand(24, 24)]},
+                                       "maps": {"gradcam": [blob, blob], "random": [torch.rand(24, 24), torch.rand(24, 24)]}},
                  ["gradcam", "random"], ["zero", "one"])
     return job
 
@@ -305,7 +310,7 @@ def test_report_writes_every_table_and_figure(report_dir):
     out, written = report_dir
     names = {p.name for p in written["figures"]}
     for stem in ("scores", "curves-toy_net-toy_set", "randomization-toy_net-toy_set",
-                 "wsoleval_curves-toy_net-toy_set", "timing", "gallery-0"):
+                 "tau_curves-toy_net-toy_set", "timing", "gallery-0"):
         assert {f"{stem}.png", f"{stem}.pdf"} <= names, stem
     for path in written["figures"] + written["tables"] + written["page"]:
         assert path.exists() and path.stat().st_size > 500, path
@@ -355,7 +360,10 @@ def test_curve_plot_titles_and_legends_follow_each_curve_kind(tmp_path, monkeypa
         for step, (fraction, value) in enumerate(zip(fractions, values)):
             rows.append({"model": "m", "dataset": "d", "method": "gradcam", "curve": curve, "step": step,
                          "fraction": fraction, "mean": value, "ci_low": value, "ci_high": value, "n": 4})
-    plots.plot_curves(pd.DataFrame(rows), tmp_path / "curves")
+    from salbench.metrics import create_metric
+
+    kinds = {**create_metric("rise").describe()["curve_kinds"], **create_metric("road").describe()["curve_kinds"]}
+    plots.plot_curves(pd.DataFrame(rows), tmp_path / "curves", curve_kinds=kinds)
     axes = figures[0].axes
     titles = [ax.get_title() for ax in axes]
     assert titles == ["deletion (lower AUC is better)", "morf (lower mean is better)", "lerf (higher mean is better)"]

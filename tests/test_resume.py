@@ -50,7 +50,7 @@ def test_sigkill_mid_job_then_rerun_completes_and_equals_uninterrupted(tmp_path,
 
 
 def test_changed_config_in_the_same_directory_starts_afresh(tmp_path, compose_config, synthetic_bundle):
-    from salbench.runner import job_id, run_job
+    from salbench.harness.runner import job_id, run_job
 
     first = compose_config(["debug=fast", "method=[random]"])
     second = compose_config(["debug=fast", "method=[center]"])
@@ -62,7 +62,7 @@ def test_changed_config_in_the_same_directory_starts_afresh(tmp_path, compose_co
 
 
 def test_atomic_write_leaves_no_partial_file_on_failure(tmp_path):
-    from salbench.store import atomic_path
+    from salbench.harness.store import atomic_path
 
     target = tmp_path / "scores.parquet"
     try:
@@ -78,7 +78,7 @@ def test_atomic_write_gives_ordinary_file_permissions(tmp_path):
     import os
     import stat
 
-    from salbench.store import write_json
+    from salbench.harness.store import write_json
 
     write_json(tmp_path / "run.json", {"a": 1})
     umask = os.umask(0)

@@ -3,7 +3,6 @@ reference, the noise's properties, an analytic model, the metric's plumbing, a j
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +10,6 @@ import torch
 from torch import nn
 
 from salbench.metrics import create_metric
-from salbench.metrics.base import ExplainedBatch
 from salbench.metrics.road import (
     ImputationNotConverged,
     RemoveAndDebias,
@@ -22,6 +20,8 @@ from salbench.metrics.road import (
     removed_counts,
     road_curves,
 )
+
+from helpers import model_explained, scores_of, tiny_net
 
 D, G = 1.0 / 6.0, 1.0 / 12.0  # direct and diagonal neighbour weights
 
@@ -73,24 +73,6 @@ class BlobEvidenceModel(nn.Module):
         return torch.stack([score, torch.zeros_like(score)], dim=1)
 
 
-def tiny_net(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
-    )
-    with torch.no_grad():
-        net[-1].weight.mul_(8.0)
-    return net.eval()
-
-
-def explained_batch(model, x, maps, labels=None, indices=None):
-    logits = model(x).detach()
-    indices = list(indices if indices is not None else range(x.shape[0]))
-    batch = SimpleNamespace(labels=labels if labels is not None else logits.argmax(1),
-                            image_ids=[f"img{i}" for i in indices], indices=torch.as_tensor(indices))
-    return ExplainedBatch(batch=batch, inputs=x, heatmaps=maps, targets=logits.argmax(1), logits=logits,
-                          model=SimpleNamespace(module=model), explainer=None, method="m")
 
 
 # --------------------------------------------------------------------------- 1. hand toys
@@ -219,10 +201,10 @@ def test_metric_curves_do_not_depend_on_batch_composition():
     def curves(split: bool, seed: int = 3):
         metric = create_metric("road", **{**options, "seed": seed})
         if split:
-            metric.update(explained_batch(net, x[2:], maps[2:], indices=[2]))
-            metric.update(explained_batch(net, x[:2], maps[:2], indices=[0, 1]))
+            scores_of(metric, model_explained(net, x[2:], maps[2:], indices=[2]))
+            scores_of(metric, model_explained(net, x[:2], maps[:2], indices=[0, 1]))
         else:
-            metric.update(explained_batch(net, x, maps))
+            scores_of(metric, model_explained(net, x, maps))
         return metric.tables()["curves"].sort_values(["curve", "image_id", "step"])["value"].to_numpy()
 
     whole = curves(split=False)
@@ -272,7 +254,7 @@ def test_metric_equals_its_definition_built_from_the_pieces():
     x, maps = torch.randn(2, 3, 12, 12, generator=generator), torch.rand(2, 12, 12, generator=generator)
     fractions = [0.3, 0.5, 0.7]  # 43.2, 72, 100.8 of 144 pixels: 43, 72, 101 removed
     metric = create_metric("road", fractions=fractions, seed=5, batch_size=4)
-    out = metric.update(explained_batch(net, x, maps, indices=[7, 9]))
+    out = scores_of(metric, model_explained(net, x, maps, indices=[7, 9]))
     predicted = net(x).argmax(1)
     for b, index in enumerate([7, 9]):
         for order, sign in (("morf", -1.0), ("lerf", 1.0)):
@@ -297,7 +279,7 @@ def test_metric_layout_protocol_scores_and_tables():
     metric = create_metric("road", fractions=[0.2, 0.6], score="correct", target="label",
                            batch_size=5)
     labels = torch.tensor([0, 1, 2])
-    out = metric.update(explained_batch(net, x, maps, labels=labels))
+    out = scores_of(metric, model_explained(net, x, maps, labels=labels))
     assert set(out) == {"road_morf_auc", "road_lerf_auc", "road_gap"}
     assert all(v.shape == (3,) for v in out.values())
     assert torch.isnan(out["road_gap"][2]) and not torch.isnan(out["road_gap"][:2]).any()
@@ -308,35 +290,38 @@ def test_metric_layout_protocol_scores_and_tables():
     table = metric.tables()["curves"]
     assert list(table.columns) == ["image_id", "method", "metric", "curve", "step", "fraction", "value"]
     assert len(table) == 3 * 2 * 2 and set(table.curve) == {"morf", "lerf"} and set(table.fraction) == {0.2, 0.6}
-    dataset = metric.compute()
+    dataset = metric.compute()["m"]
     assert set(dataset) == {f"road_{o}_accuracy_{p}" for o in ("morf", "lerf") for p in ("20", "60")}
     finite = table[table.image_id != "img2"]
     for (order, fraction), group in finite.groupby(["curve", "fraction"]):
         assert dataset[f"road_{order}_accuracy_{round(fraction * 100)}"] == pytest.approx(group.value.mean())
     protocol = metric.protocol()
     assert protocol["fractions"] == [0.2, 0.6] and protocol["noise"] == 0.01 and protocol["score"] == "correct"
-    assert "mean" in protocol["auc"] and metric.preset == "custom" and metric.map_target == "label"
+    assert "mean" in protocol["auc"] and metric.preset == "custom" and metric.needs.maps == "label"
     json.dumps(protocol)
     default = RemoveAndDebias()
-    assert default.preset == "road" and default.map_target == "predicted"
+    assert default.preset == "road" and default.needs.maps == "predicted" and default.needs.model
     assert [s.name for s in default.scores] == ["road_morf_auc", "road_lerf_auc", "road_gap"]
-    assert RemoveAndDebias(target="explained").map_target is None
+    assert RemoveAndDebias(target="explained").needs.maps == "target"
     only = create_metric("road", orders=["lerf"], fractions=[0.5])
-    assert set(only.update(explained_batch(net, x[:1], maps[:1]))) == {"road_lerf_auc"}
-    other = create_metric("road", fractions=[0.2, 0.6], score="correct", target="label")
-    other.update(explained_batch(net, x[:1], maps[:1], labels=labels[:1]))
-    metric.merge(other)
-    assert len(metric.tables()["curves"]) == 4 * 2 * 2
+    assert set(scores_of(only, model_explained(net, x[:1], maps[:1]))) == {"road_lerf_auc"}
+    # several methods in one update: each method's rows, and its own curves
+    both = create_metric("road", fractions=[0.2, 0.6], score="correct", target="label", batch_size=5)
+    pair = both.update(model_explained(net, x, {"a": maps, "b": maps.flip(-1)}, labels=labels))
+    assert set(pair) == {"a", "b"} and set(both.compute()) == {"a", "b"}
+    for key, value in pair["a"].items():
+        torch.testing.assert_close(value, out[key], equal_nan=True)  # same as alone
+    assert set(both.tables()["curves"].method) == {"a", "b"}
 
 
 def test_metric_makes_no_tensor_off_the_input_device():
     net = tiny_net(4)
     generator = torch.Generator().manual_seed(10)
     x, maps = torch.randn(2, 3, 8, 8, generator=generator), torch.rand(2, 8, 8, generator=generator)
-    explained = explained_batch(net, x, maps)
-    reference = create_metric("road", fractions=[0.5]).update(explained)
+    explained = model_explained(net, x, maps)
+    reference = scores_of(create_metric("road", fractions=[0.5]), explained)
     with torch.device("meta"):  # a factory call without device= would land on meta
-        got = create_metric("road", fractions=[0.5]).update(explained)
+        got = scores_of(create_metric("road", fractions=[0.5]), explained)
     for key, value in reference.items():
         assert got[key].device == x.device
         torch.testing.assert_close(got[key], value, rtol=0, atol=0)
@@ -345,7 +330,7 @@ def test_metric_makes_no_tensor_off_the_input_device():
 def test_job_through_the_runner_records_road(tmp_path, compose_config):
     import pandas as pd
 
-    from salbench.runner import run_job
+    from salbench.harness.runner import run_job
 
     cfg = compose_config(["debug=fast", "model.pretrained=false", "method=[gradcam,random]", "metric=[road]",
                           "metric.road.fractions=[0.25,0.75]", "dataset.limit=4", "gallery_images=0"])
@@ -361,8 +346,9 @@ def test_job_through_the_runner_records_road(tmp_path, compose_config):
     lerf = road[road.score == "road_lerf_auc"].set_index(["method", "image_index"])["value"]
     np.testing.assert_allclose(gap, lerf - morf, atol=1e-6)
     assert road["value"].notna().all()
-    curves = pd.read_parquet(out / "curves-gradcam-road.parquet")
-    assert len(curves) == 4 * 2 * 2 and set(curves.curve) == {"morf", "lerf"}
+    curves = pd.read_parquet(out / "curves.parquet")  # one table for every method and metric
+    assert len(curves) == 2 * 4 * 2 * 2 and set(curves.curve) == {"morf", "lerf"}
+    assert set(curves.method) == {"gradcam", "random"} and set(curves.metric) == {"road"}
 
 
 # --------------------------------------------------------------------------- 6. option errors
@@ -539,21 +525,21 @@ def test_metric_scores_with_cg_match_direct(score, atol):
     x = torch.randn(3, 3, 24, 24, generator=generator)
     maps = torch.stack([smooth_map(24, 24, 18), torch.rand(24, 24, generator=generator), smooth_map(24, 24, 19)])
     maps[2, 3, 3] = float("nan")
-    explained = explained_batch(net, x, maps, indices=[4, 5, 6])
+    explained = model_explained(net, x, maps, indices=[4, 5, 6])
     direct = create_metric("road", score=score, batch_size=16, seed=2)
     cg = create_metric("road", score=score, batch_size=16, seed=2, solver="cg", cg_batch_size=5)
-    expected, got = direct.update(explained), cg.update(explained)
+    expected, got = scores_of(direct, explained), scores_of(cg, explained)
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=atol, equal_nan=True)
     assert torch.isnan(got["road_gap"][2])
     # measured: the curves differ by at most 3e-7 (softmax) here
     np.testing.assert_allclose(cg.tables()["curves"]["value"], direct.tables()["curves"]["value"], rtol=0, atol=atol)
-    table = cg.tables()["cg_iterations"]
-    assert list(table.columns) == ["image_id", "method", "metric", "curve", "step", "fraction", "iterations"]
-    assert len(table) == 3 * 2 * 9 and (table[table.image_id == "img6"].iterations == 0).all()
+    table = cg.tables()["curves"]
+    assert list(table.columns) == ["image_id", "method", "metric", "curve", "step", "fraction", "value", "cg_iterations"]
+    assert len(table) == 3 * 2 * 9 and (table[table.image_id == "img6"].cg_iterations == 0).all()
     finite = table[table.image_id != "img6"]
-    assert (finite.iterations > 0).all() and cg.cg_iterations_max == finite.iterations.max()
-    assert "cg_iterations" not in direct.tables() and direct.cg_iterations_max is None
+    assert (finite.cg_iterations > 0).all() and cg.cg_iterations_max == finite.cg_iterations.max()
+    assert "cg_iterations" not in direct.tables()["curves"] and direct.cg_iterations_max is None
     protocol, reference = cg.protocol(), direct.protocol()
     assert protocol["solver"] == "cg" and protocol["cg_tol"] == 1e-7 and protocol["cg_max_iter"] == 5000
     assert "conjugate gradient" in protocol["imputation"] and "sparse LU" in reference["imputation"]
@@ -575,7 +561,7 @@ def test_cg_stops_with_a_clear_error_when_it_does_not_converge():
     net = tiny_net(6)
     metric = create_metric("road", fractions=[0.5], solver="cg", cg_max_iter=1)
     with pytest.raises(ImputationNotConverged, match="cg_max_iter=1"):
-        metric.update(explained_batch(net, image, torch.rand(2, 24, 24)))
+        scores_of(metric, model_explained(net, image, torch.rand(2, 24, 24)))
     with pytest.raises(RuntimeError):  # a RuntimeError for callers that catch those
         noisy_linear_imputation(image, removed, solver="cg", cg_max_iter=2)
 
@@ -584,10 +570,10 @@ def test_cg_makes_no_tensor_off_the_input_device():
     net = tiny_net(4)
     generator = torch.Generator().manual_seed(10)
     x, maps = torch.randn(2, 3, 8, 8, generator=generator), torch.rand(2, 8, 8, generator=generator)
-    explained = explained_batch(net, x, maps)
-    reference = create_metric("road", fractions=[0.5], solver="cg").update(explained)
+    explained = model_explained(net, x, maps)
+    reference = scores_of(create_metric("road", fractions=[0.5], solver="cg"), explained)
     with torch.device("meta"):
-        got = create_metric("road", fractions=[0.5], solver="cg").update(explained)
+        got = scores_of(create_metric("road", fractions=[0.5], solver="cg"), explained)
     for key, value in reference.items():
         assert got[key].device == x.device
         torch.testing.assert_close(got[key], value, rtol=0, atol=0)
@@ -609,11 +595,11 @@ def test_cg_on_cuda_matches_direct_on_cpu():
     generator = torch.Generator().manual_seed(22)
     x, maps = torch.randn(3, 3, 32, 32, generator=generator), torch.rand(3, 32, 32, generator=generator)
     maps[0] = smooth_map(32, 32, 23)
-    reference = create_metric("road", batch_size=20).update(explained_batch(net, x, maps))
+    reference = scores_of(create_metric("road", batch_size=20), model_explained(net, x, maps))
     gpu_net = tiny_net(7).cuda()
     with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
-        got = create_metric("road", batch_size=20, solver="cg").update(
-            explained_batch(gpu_net, x.cuda(), maps.cuda()))
+        got = scores_of(create_metric("road", batch_size=20, solver="cg"), 
+            model_explained(gpu_net, x.cuda(), maps.cuda()))
     for key, value in reference.items():
         assert got[key].device.type == "cuda"
         torch.testing.assert_close(got[key].cpu(), value, rtol=0, atol=1e-4)  # as test_devices' road tolerance

@@ -36,7 +36,8 @@ def _check_combinations(resnet, combos):
     explainers = _explainers(resnet, layer="layer3")
     alone = _alone(explainers, x, target)
     for combo in combos:
-        heatmaps, costs = explain_all({n: explainers[n] for n in combo}, x, target)
+        explained = explain_all({n: explainers[n] for n in combo}, x, target)
+        heatmaps, costs = explained.maps, explained.costs
         for name in combo:
             assert torch.equal(heatmaps[name], alone[name]), (combo, name)
             assert costs[name]["shared_with"] == list(combo)
@@ -66,7 +67,7 @@ def test_synthetic_cnn_all_and_leave_one_out():
     explainers = _explainers(bundle)
     alone = _alone(explainers, x, target)
     for combo in [SHAREABLE, *(tuple(n for n in SHAREABLE if n != m) for m in SHAREABLE)]:
-        heatmaps, _ = explain_all({n: explainers[n] for n in combo}, x, target)
+        heatmaps = explain_all({n: explainers[n] for n in combo}, x, target).maps
         for name in combo:
             assert torch.equal(heatmaps[name], alone[name]), (combo, name)
 
@@ -81,7 +82,7 @@ def test_unshareable_methods_run_alone_and_model_is_untouched(resnet):
     assert groups == [["gradcam", "saliency"], ["occlusion"], ["random"]]
     assert set(requests) == {"gradcam", "saliency"}
     flags = [p.requires_grad for p in resnet.parameters()]
-    heatmaps, _ = explain_all(explainers, x, target)
+    heatmaps = explain_all(explainers, x, target).maps
     alone = _alone(explainers, x, target)
     for name in explainers:
         assert torch.equal(heatmaps[name], alone[name]), name
@@ -100,12 +101,15 @@ def test_one_backward_per_rule(resnet, monkeypatch):
 
     monkeypatch.setattr(torch.autograd, "grad", counting)
     x = torch.randn(2, 3, 32, 32)
+    from salbench.methods.cam import HEAD_RECORDER
+
     request = PassRequest(layer_gradients=frozenset({"layer4", "layer3"}), input_rules=frozenset({"gradient", "guided"}),
-                          head=True)
+                          recorders=frozenset({HEAD_RECORDER}))
     result = shared_pass(resnet, x, torch.tensor([0, 1]), request)
     assert calls == [3, 1]  # d/dx and both layers at once, then the guided rule
     assert set(result.input_gradients) == {"gradient", "guided"}
     assert set(result.layer_gradients) == {"layer3", "layer4"}
+    assert result.recorded["head"].heads and result.recorded["head"].pooled_inputs  # CAM's recorder ran
 
 
 # --------------------------------------------------------------------------- deletion / insertion
@@ -130,35 +134,38 @@ def test_shared_deletion_batches_equal_per_method(resnet, batch_size):
     assert torch.isnan(shared["c"][1]).all() and not torch.isnan(shared["c"][0]).any()
 
 
-def test_update_many_equals_update(resnet):
+def test_one_update_of_several_methods_equals_each_method_alone(resnet):
+    """rise packs every method's perturbed inputs into shared forward batches: each method's
+    scores and curves equal those of an update with that method alone, bit for bit."""
     from types import SimpleNamespace
 
-    from salbench.metrics import create_metric
-    from salbench.metrics.base import ExplainedBatch
-    from salbench.metrics.deletion import update_many
+    from salbench.metrics import ExplainedBatch, create_metric
 
     torch.manual_seed(3)
     x = torch.randn(2, 3, 32, 32)
     logits = resnet(x).detach()
     batch = SimpleNamespace(indices=torch.tensor([4, 5]), image_ids=["p", "q"], labels=torch.tensor([0, 1]))
-    explained = {m: ExplainedBatch(batch, x, torch.rand(2, 32, 32), torch.tensor([0, 1]), logits, resnet, None, m)
-                 for m in ("one", "two", "three")}
+    maps = {m: torch.rand(2, 32, 32) for m in ("one", "two", "three")}
+
+    def explained(methods):
+        return ExplainedBatch(batch=batch, inputs=x, logits=logits, targets=torch.tensor([0, 1]),
+                              maps={m: maps[m] for m in methods}, model=resnet)
+
     options = dict(n_steps=10, batch_size=9, deletion_substrate="noise")
-    together = {m: create_metric("rise", **options) for m in explained}
-    shared = update_many(together, explained)
-    for method, item in explained.items():
+    together = create_metric("rise", **options)
+    shared = together.update(explained(list(maps)))
+    curves = together.tables()["curves"]
+    for method in maps:
         alone = create_metric("rise", **options)
-        scores = alone.update(item)
+        scores = alone.update(explained([method]))[method]
         for score, values in scores.items():
             assert torch.equal(shared[method][score], values), (method, score)
-        assert alone.tables()["curves"].equals(together[method].tables()["curves"])
-    with pytest.raises(ValueError, match="differ"):
-        update_many({"one": create_metric("rise", n_steps=10), "two": create_metric("rise", n_steps=11)},
-                    {"one": explained["one"], "two": explained["two"]})
+        mine = curves[curves.method == method].reset_index(drop=True)
+        assert alone.tables()["curves"].equals(mine)
 
 
 def test_runner_shared_and_unshared_scores_equal(compose_config, tmp_path):
-    from salbench.runner import run_job
+    from salbench.harness.runner import run_job
 
     base = ["debug=fast", "dataset.limit=4", "metric=[cam_paper,rise]", "metric.rise.n_steps=8",
             "method=[cam,gradcam,saliency,guided_gradcam,random]", "model.pretrained=false", "device=cpu"]
@@ -177,7 +184,7 @@ def test_shared_pass_cuda(resnet):
     x = torch.randn(2, 3, 32, 32, device="cuda")
     target = torch.tensor([1, 2], device="cuda")
     explainers = _explainers(model, layer="layer4")
-    heatmaps, _ = explain_all(explainers, x, target)
+    heatmaps = explain_all(explainers, x, target).maps
     alone = _alone(explainers, x, target)
     for name in explainers:
         torch.testing.assert_close(heatmaps[name], alone[name])  # cuDNN may pick other kernels per call
@@ -185,20 +192,18 @@ def test_shared_pass_cuda(resnet):
 
 def test_clean_logits_of_the_shared_pass_equal_an_inference_forward(resnet):
     x = torch.randn(3, 3, 32, 32)
-    captured = []
-    explain_all(_explainers(resnet, layer="layer4"), x, torch.tensor([1, 2, 3]), clean_logits=captured)
+    explained = explain_all(_explainers(resnet, layer="layer4"), x, torch.tensor([1, 2, 3]))
     with torch.inference_mode():
-        assert len(captured) == 1 and torch.equal(captured[0], resnet(x))
-    none_shared = []  # occlusion alone shares no pass: the caller must run its own forward
-    explain_all({"occlusion": create_method("occlusion", resnet, window=16, stride=16)}, x, torch.tensor([1, 2, 3]),
-                clean_logits=none_shared)
-    assert none_shared == []
+        assert torch.equal(explained.logits, resnet(x))
+    # occlusion alone shares no pass: the caller must run its own forward
+    alone = explain_all({"occlusion": create_method("occlusion", resnet, window=16, stride=16)}, x, torch.tensor([1, 2, 3]))
+    assert alone.logits is None
 
 
 @pytest.mark.parametrize("target,forwards", [("label", 1), ("predicted", 2)])
 def test_a_label_job_reuses_the_shared_pass_forward(compose_config, tmp_path, monkeypatch, target, forwards):
     """target=label: the batch costs one forward (the shared pass), not a separate one for logits."""
-    import salbench.runner as runner
+    import salbench.harness.runner as runner
 
     calls = []
     original = runner.create_model
@@ -209,7 +214,8 @@ def test_a_label_job_reuses_the_shared_pass_forward(compose_config, tmp_path, mo
         return bundle
 
     monkeypatch.setattr(runner, "create_model", counting)
-    runner.run_job(compose_config(["debug=fast", "dataset.limit=4", "model.pretrained=false", "metric=[cam_paper]",
+    # energy_pointing_game scores the job's own maps (cam_paper would ask for the label's maps)
+    runner.run_job(compose_config(["debug=fast", "dataset.limit=4", "model.pretrained=false", "metric=[energy_pointing_game]",
                                    "method=[gradcam,saliency]", f"target={target}", "gallery_images=0"]),
                    tmp_path / target)
     assert calls == [4] * forwards

@@ -1,7 +1,7 @@
 import torch
 
 from salbench.datasets import collate, create_dataset
-from salbench.training import evaluate_accuracy
+from salbench.models.training import evaluate_accuracy
 
 
 def test_trained_cnn_reaches_95_percent_on_held_out_images(synthetic_bundle):

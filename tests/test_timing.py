@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from salbench.timing import Stopwatch, device_name, peak_memory_bytes
+from salbench.harness.timing import Stopwatch, device_name, peak_memory_bytes
 
 
 def test_stopwatch_cpu_measures_wall_clock():
@@ -37,9 +37,9 @@ def test_explain_all_reports_each_methods_peak_memory(synthetic_bundle):
 
     explainers = {name: create_method(name, synthetic_bundle) for name in ("gradcam", "saliency", "occlusion")}
     x = torch.randn(2, 3, 64, 64)
-    _, costs = explain_all(explainers, x, torch.tensor([0, 1]), stopwatch=functools.partial(Stopwatch, "cpu", memory=True))
+    costs = explain_all(explainers, x, torch.tensor([0, 1]), stopwatch=functools.partial(Stopwatch, "cpu", memory=True)).costs
     assert all(math.isfinite(cost["peak_memory_bytes"]) and cost["peak_memory_bytes"] > 0 for cost in costs.values())
-    _, untimed = explain_all(explainers, x, torch.tensor([0, 1]))
+    untimed = explain_all(explainers, x, torch.tensor([0, 1])).costs
     assert all("peak_memory_bytes" not in cost for cost in untimed.values())
 
 
@@ -56,30 +56,39 @@ def test_stopwatch_memory_is_the_blocks_own_cuda_peak():
     assert held.numel() <= small.peak_bytes < big.peak_bytes - 2**26
 
 
-def test_timing_metric_needs_the_runner_timing():
-    from salbench.metrics import create_metric
-    from salbench.metrics.base import ExplainedBatch
+def test_timing_metric_reads_the_loops_measured_costs():
+    import dataclasses
+
+    from salbench.metrics import BatchCosts, ExplainedBatch, create_metric
 
     metric = create_metric("timing")
-    explained = ExplainedBatch(None, torch.zeros(2, 3, 8, 8), torch.zeros(2, 8, 8), torch.zeros(2), torch.zeros(2, 3),
-                               None, None, "m")
+    assert metric.needs.costs  # the loop hands it the batch's costs after every other metric
+    explained = ExplainedBatch(batch=None, inputs=torch.zeros(2, 3, 8, 8), logits=torch.zeros(2, 3),
+                               targets=torch.zeros(2), maps={"a": torch.zeros(2, 8, 8), "b": torch.zeros(2, 8, 8)})
     with pytest.raises(ValueError, match="timing"):
         metric.update(explained)
-    explained.timing = {"seconds": 0.5, "metric_seconds": {"rise": 1.0}, "peak_memory_bytes": 2**20}
+    costs = BatchCosts(explain={"a": {"seconds": 0.5, "peak_memory_bytes": 2**20, "shared_with": ["a", "b"]},
+                                "b": {"seconds": 0.25, "shared_with": ["a", "b"]}},
+                       metrics={"rise": 1.0}, device="test", clock="perf_counter")
+    explained = dataclasses.replace(explained, costs=costs)
     first = metric.update(explained)  # warm-up batch: NaN per image
-    assert torch.isnan(first["ms_per_image"]).all()
+    assert torch.isnan(first["a"]["ms_per_image"]).all()
     second = metric.update(explained)
-    assert torch.allclose(second["ms_per_image"], torch.full((2,), 250.0))
-    assert torch.allclose(second["rise_ms_per_image"], torch.full((2,), 500.0))
+    assert torch.allclose(second["a"]["ms_per_image"], torch.full((2,), 250.0))
+    assert torch.allclose(second["b"]["ms_per_image"], torch.full((2,), 125.0))
+    # a metric's update covers both methods: each is charged half of it
+    assert torch.allclose(second["a"]["rise_ms_per_image"], torch.full((2,), 250.0))
     figures = metric.compute()
-    assert figures["images_per_second"] == pytest.approx(4.0)
-    assert figures["peak_memory_mb"] == pytest.approx(1.0)
-    assert figures["warmup_ms_per_image"] == pytest.approx(250.0)
+    assert figures["a"]["images_per_second"] == pytest.approx(4.0)
+    assert figures["a"]["peak_memory_mb"] == pytest.approx(1.0) and math.isnan(figures["b"]["peak_memory_mb"])
+    assert figures["a"]["warmup_ms_per_image"] == pytest.approx(250.0)
     assert metric.score_info("rise_ms_per_image").category == "cost"
+    table = metric.tables()["timing"]
+    assert list(table["batch"]) == [0, 0, 1, 1] and list(table["method"]) == ["a", "b", "a", "b"]
 
 
 def test_timing_rows_land_in_scores(compose_config, tmp_path):
-    from salbench.runner import run_job
+    from salbench.harness.runner import run_job
 
     cfg = compose_config(["debug=fast", "metric=[cam_paper,timing]", "method=[gradcam,saliency,random]",
                           "model.pretrained=false", "device=cpu"])
@@ -101,12 +110,14 @@ def test_timing_rows_land_in_scores(compose_config, tmp_path):
     assert protocol["device"] and protocol["clock"] == "perf_counter"
     run = json.loads((tmp_path / "job" / "run.json").read_text())
     assert run["device"]["device_name"] and run["device"]["shared_passes"] is True
-    table = pd.read_parquet(tmp_path / "job" / "timing-gradcam-timing.parquet")
-    assert set(table["shared_with"]) == {"gradcam,saliency"} and (table["explain_seconds"] > 0).all()
+    table = pd.read_parquet(tmp_path / "job" / "timing.parquet")
+    gradcam = table[table["method"] == "gradcam"]
+    assert set(gradcam["shared_with"]) == {"gradcam,saliency"} and (gradcam["explain_seconds"] > 0).all()
+    assert set(table["method"]) == {"gradcam", "saliency", "random"} and set(table["metric"]) == {"timing"}
 
 
 def test_channels_last_job_matches_default(compose_config, tmp_path):
-    from salbench.runner import run_job
+    from salbench.harness.runner import run_job
 
     base = ["debug=fast", "dataset.limit=4", "metric=[cam_paper]", "method=[gradcam]", "model.pretrained=false",
             "device=cpu"]
