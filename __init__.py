@@ -7,8 +7,8 @@ The public API, importable from ``salbench`` itself::
     explainer = salbench.create_method("gradcam", model)
     metric = salbench.create_metric("cam_paper")
 
-Registries: ``create_method`` / ``list_methods``, ``create_metric`` / ``list_metrics``,
-``create_model`` / ``list_models``, ``create_dataset`` / ``list_datasets``. Every import path
+Registries: ``create_method`` / ``list_methods`` / ``register_method``, and the same for metrics,
+models and datasets (``register_*`` are decorators: a component's module registers it). Every import path
 names its file: ``salbench.harness.runner`` is ``harness/runner.py``. Names are imported on
 first use, so ``import salbench`` stays cheap.
 """
@@ -25,6 +25,8 @@ _PUBLIC = {
     "create_metric": "salbench.metrics", "list_metrics": "salbench.metrics", "Metric": "salbench.metrics",
     "create_model": "salbench.models", "list_models": "salbench.models", "ModelBundle": "salbench.models",
     "create_dataset": "salbench.datasets", "list_datasets": "salbench.datasets",
+    "register_method": "salbench.methods", "register_metric": "salbench.metrics",
+    "register_model": "salbench.models", "register_dataset": "salbench.datasets",
     "run_job": "salbench.harness.runner",
 }
 

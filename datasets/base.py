@@ -375,15 +375,8 @@ class ImageRecordDataset(LocalizationDataset):
     the whole image, a fraction in (0, 1] resizes to ``size / fraction`` and centre-crops.
     """
 
-    def __init__(
-        self,
-        image_size: ImageSize = None,
-        crop_fraction: Optional[float] = None,
-        limit: Optional[int] = None,
-        shard: int = 0,
-        num_shards: int = 1,
-    ):
-        super().__init__(limit=limit, shard=shard, num_shards=num_shards)
+    def __init__(self, image_size: ImageSize = None, crop_fraction: Optional[float] = None, **selection: Any):
+        super().__init__(**selection)  # limit, shard, num_shards
         self.size = input_size(image_size)
         self.crop_fraction = crop_fraction
 

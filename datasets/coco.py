@@ -20,7 +20,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample, dataset_root
+from salbench.datasets import register_dataset
+from salbench.datasets.base import ImageRecordDataset, Record, SkipSample, dataset_root
 
 
 def polygons_to_mask(polygons: List[List[float]], height: int, width: int) -> np.ndarray:
@@ -95,6 +96,7 @@ def rle_to_mask(rle: Dict[str, Any], height: int, width: int) -> np.ndarray:
     return np.repeat(values, runs).reshape(width, height).T
 
 
+@register_dataset("coco")
 class COCOInstances(ImageRecordDataset):
     """Images of a COCO-format instance file ``annotations`` under ``images_dir`` (both
     relative to ``root`` unless absolute).
@@ -106,13 +108,9 @@ class COCOInstances(ImageRecordDataset):
         annotations: str = "annotations/instances_val2017.json",
         images_dir: str = "val2017",
         masks: bool = True,
-        image_size: ImageSize = None,
-        crop_fraction: Optional[float] = None,
-        limit: Optional[int] = None,
-        shard: int = 0,
-        num_shards: int = 1,
+        **common: Any,
     ):
-        super().__init__(image_size=image_size, crop_fraction=crop_fraction, limit=limit, shard=shard, num_shards=num_shards)
+        super().__init__(**common)  # image_size, crop_fraction, limit, shard, num_shards
         base = dataset_root(root, "coco", "the COCO folder")
         path = base / Path(annotations).expanduser()  # an absolute path stays as it is
         if not path.is_file():

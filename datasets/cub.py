@@ -13,11 +13,12 @@ The box ``x, y, w, h`` becomes the inclusive ``(x, y, x + w - 1, y + h - 1)``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample, dataset_root
+from salbench.datasets import register_dataset
+from salbench.datasets.base import ImageRecordDataset, Record, SkipSample, dataset_root
 
 SPLITS = ("test", "train", "all")
 
@@ -34,6 +35,7 @@ def _table(path: Path) -> Dict[str, List[str]]:
     return rows
 
 
+@register_dataset("cub")
 class CUB200(ImageRecordDataset):
     """CUB-200-2011 ``split`` ("test" | "train" | "all"); labels 0..199 in class-id order.
     ``segmentations``: folder of the segmentation masks (absolute or relative to ``root``;
@@ -44,13 +46,9 @@ class CUB200(ImageRecordDataset):
         root: Optional[str] = None,
         split: str = "test",
         segmentations: Optional[str] = None,
-        image_size: ImageSize = None,
-        crop_fraction: Optional[float] = None,
-        limit: Optional[int] = None,
-        shard: int = 0,
-        num_shards: int = 1,
+        **common: Any,
     ):
-        super().__init__(image_size=image_size, crop_fraction=crop_fraction, limit=limit, shard=shard, num_shards=num_shards)
+        super().__init__(**common)  # image_size, crop_fraction, limit, shard, num_shards
         if split not in SPLITS:
             raise ValueError(f"unknown CUB split {split!r}; valid: {', '.join(SPLITS)}")
         self.root, self.split = dataset_root(root, "cub", "the CUB_200_2011 folder"), split

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample, dataset_root
+from salbench.datasets import register_dataset
+from salbench.datasets.base import ImageRecordDataset, Record, SkipSample, dataset_root
 
 REQUIRED = ("image", "label", "x0", "y0", "x1", "y1")
 
 
+@register_dataset("folder")
 class ImageFolderBoxes(ImageRecordDataset):
     """Images under ``root`` annotated by ``csv_file`` (absolute, or relative to ``root``)."""
 
@@ -30,13 +32,9 @@ class ImageFolderBoxes(ImageRecordDataset):
         root: Optional[str] = None,
         csv_file: str = "boxes.csv",
         class_names: Optional[str] = None,
-        image_size: ImageSize = None,
-        crop_fraction: Optional[float] = None,
-        limit: Optional[int] = None,
-        shard: int = 0,
-        num_shards: int = 1,
+        **common: Any,
     ):
-        super().__init__(image_size=image_size, crop_fraction=crop_fraction, limit=limit, shard=shard, num_shards=num_shards)
+        super().__init__(**common)  # image_size, crop_fraction, limit, shard, num_shards
         self.root = dataset_root(root, "folder", "the image folder")
         table = Path(csv_file).expanduser()
         table = table if table.is_absolute() else self.root / table

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from salbench.datasets import register_dataset
 from salbench.datasets.base import ImageSize, LocalizationDataset, input_size, is_skip
 
 
@@ -40,6 +41,7 @@ def confident_candidates(dataset: LocalizationDataset, model: Any, threshold: fl
     return kept
 
 
+@register_dataset("grid")
 class GridPointingGame(LocalizationDataset):
     """``num_grids`` grids of ``grid`` x ``grid`` confidently classified images of distinct classes.
 

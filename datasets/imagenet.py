@@ -21,11 +21,12 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample, dataset_root
+from salbench.datasets import register_dataset
+from salbench.datasets.base import ImageRecordDataset, Record, SkipSample, dataset_root
 from salbench.datasets.voc import parse_voc_xml
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
@@ -59,6 +60,7 @@ def _first_existing(root: Path, candidates: List[str], what: str) -> Path:
     raise FileNotFoundError(f"ImageNet {what} not found under {root}; looked for {', '.join(candidates)} (see docs/datasets.md)")
 
 
+@register_dataset("imagenet_val")
 class ImageNetVal(ImageRecordDataset):
     """ILSVRC2012 val images with their boxes (see the module docstring for the layouts).
 
@@ -74,13 +76,9 @@ class ImageNetVal(ImageRecordDataset):
         boxes_dir: Optional[str] = None,
         solution_csv: Optional[str] = None,
         synset_mapping: Optional[str] = None,
-        image_size: ImageSize = None,
-        crop_fraction: Optional[float] = None,
-        limit: Optional[int] = None,
-        shard: int = 0,
-        num_shards: int = 1,
+        **common: Any,
     ):
-        super().__init__(image_size=image_size, crop_fraction=crop_fraction, limit=limit, shard=shard, num_shards=num_shards)
+        super().__init__(**common)  # image_size, crop_fraction, limit, shard, num_shards
         self.root = root_path = dataset_root(root, "imagenet_val", "the folder holding LOC_synset_mapping.txt")
         if layout == "auto":
             layout = "csv" if (solution_csv or (root_path / "LOC_val_solution.csv").is_file()) else "xml"

@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample
+from salbench.datasets import register_dataset
+from salbench.datasets.base import ImageRecordDataset, Record, SkipSample
 
 
 def imagenet_class_names() -> List[str]:
@@ -39,19 +40,16 @@ def source_folder(source: str) -> Path:
     raise ValueError(f"unknown sample source {source!r}")
 
 
+@register_dataset("samples")
 class SamplePhotos(ImageRecordDataset):
     """The annotated photos (``names``: a subset of their ids, None: all, in file order)."""
 
     def __init__(
         self,
         names: Optional[List[str]] = None,
-        image_size: ImageSize = None,
-        crop_fraction: Optional[float] = None,
-        limit: Optional[int] = None,
-        shard: int = 0,
-        num_shards: int = 1,
+        **common: Any,
     ):
-        super().__init__(image_size=image_size, crop_fraction=crop_fraction, limit=limit, shard=shard, num_shards=num_shards)
+        super().__init__(**common)  # image_size, crop_fraction, limit, shard, num_shards
         entries = sample_annotations()
         if names is not None:
             known = {e["image_id"] for e in entries}

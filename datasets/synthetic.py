@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from salbench.datasets import register_dataset
 from salbench.datasets.base import LocalizationDataset
 
 CLASS_NAMES = ["disk", "square", "triangle", "plus", "ring"]
@@ -92,6 +93,7 @@ def mask_to_box(mask: np.ndarray) -> np.ndarray:
     return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float32)
 
 
+@register_dataset("synthetic")
 class SyntheticShapes(LocalizationDataset):
     """``num_images`` generated samples of ``split`` ("train" | "val" | "test") at ``image_size``."""
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample, dataset_root
+from salbench.datasets import register_dataset
+from salbench.datasets.base import ImageRecordDataset, Record, SkipSample, dataset_root
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -50,6 +51,7 @@ def parse_voc_xml(path: Path, one_based: bool = True) -> Tuple[Optional[str], Tu
     return filename, dims, objects
 
 
+@register_dataset("voc2007")
 class VOCDetection(ImageRecordDataset):
     """PASCAL VOC (2007 by default) ``split`` ("test" | "trainval" | "train" | "val") from
     ``root`` = ``VOCdevkit/VOC2007``. ``include_difficult=False`` drops difficult objects."""
@@ -61,13 +63,9 @@ class VOCDetection(ImageRecordDataset):
         root: Optional[str] = None,
         split: str = "test",
         include_difficult: bool = True,
-        image_size: ImageSize = None,
-        crop_fraction: Optional[float] = None,
-        limit: Optional[int] = None,
-        shard: int = 0,
-        num_shards: int = 1,
+        **common: Any,
     ):
-        super().__init__(image_size=image_size, crop_fraction=crop_fraction, limit=limit, shard=shard, num_shards=num_shards)
+        super().__init__(**common)  # image_size, crop_fraction, limit, shard, num_shards
         self.root = dataset_root(root, "voc2007", "the VOCdevkit/VOC2007 folder")
         ids_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
         if not ids_file.is_file():

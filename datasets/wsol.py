@@ -22,7 +22,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from salbench.datasets.base import ImageRecordDataset, ImageSize, Record, SkipSample, dataset_root
+from salbench.datasets import register_dataset
+from salbench.datasets.base import ImageRecordDataset, Record, SkipSample, dataset_root
 
 
 def _lines(path: Path, required: bool = True) -> List[List[str]]:
@@ -33,6 +34,7 @@ def _lines(path: Path, required: bool = True) -> List[List[str]]:
     return [line.rstrip("\n").split(",") for line in path.read_text().splitlines() if line.strip()]
 
 
+@register_dataset("wsol")
 class WSOLMetadata(ImageRecordDataset):
     """Images listed by wsolevaluation metadata at ``metadata_dir`` (``metadata_dir``,
     ``data_root`` and ``mask_root`` are relative to ``root`` unless absolute); ``kind`` = "boxes" |
@@ -46,13 +48,9 @@ class WSOLMetadata(ImageRecordDataset):
         mask_root: Optional[str] = None,
         kind: str = "auto",
         class_names_file: Optional[str] = None,
-        image_size: ImageSize = None,
-        crop_fraction: Optional[float] = None,
-        limit: Optional[int] = None,
-        shard: int = 0,
-        num_shards: int = 1,
+        **common: Any,
     ):
-        super().__init__(image_size=image_size, crop_fraction=crop_fraction, limit=limit, shard=shard, num_shards=num_shards)
+        super().__init__(**common)  # image_size, crop_fraction, limit, shard, num_shards
         base = dataset_root(root, "wsol", "the wsolevaluation folder holding metadata/ and dataset/")
         meta = base / Path(metadata_dir).expanduser()  # absolute paths stay as they are
         self.data_root = base / Path(data_root).expanduser()

@@ -1,8 +1,11 @@
 """Registries by name: methods, models, datasets and metrics.
 
 Each registry maps a name to an entrypoint (a class or factory function). Registration is
-explicit (``@METHODS.register("gradcam")``) and cheap; listing globs (``list("*cam*")``); an
-unknown name raises :class:`UnknownNameError`, which lists the close matches and every choice.
+explicit, by a decorator in the component's own module (``@register_method("gradcam")``), so a
+component is one module (plus its YAML in ``conf/<group>/``) and nothing else lists it: a
+registry with a ``package`` imports that package's modules the first time a name is looked up
+or listed. Listing globs (``list("*cam*")``); an unknown name raises :class:`UnknownNameError`,
+which lists the close matches and every choice (and the modules that failed to import).
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import difflib
 import fnmatch
 import importlib
 import inspect
+import pkgutil
 import typing
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -32,16 +36,37 @@ class UnknownNameError(KeyError):
 class Registry:
     """A name -> entrypoint table with glob listing and close-match errors.
 
-    ``lazy`` maps names to ``"module:attribute"`` strings imported on first use, so optional
-    heavy dependencies (timm, efficientnet weights) are imported only when asked for.
+    ``package``: the package whose modules register their entries (imported on the first
+    lookup; a module whose import fails is reported with the unknown-name error). ``lazy`` (and
+    :meth:`register_lazy`) maps names to ``"module:attribute"`` strings imported on first use.
+    Optional heavy dependencies (timm, the EfficientNet weights) are imported inside the
+    entrypoints, not by their modules.
     """
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, package: Optional[str] = None, lazy: Optional[Dict[str, str]] = None):
+        self.kind, self.package = kind, package
         self._entries: Dict[str, Callable[..., Any]] = {}
-        self._lazy: Dict[str, str] = {}
+        self._lazy: Dict[str, str] = dict(lazy or {})
+        self._discovered = package is None
+        self.failed: Dict[str, str] = {}  # module -> why its import failed
+
+    def _discover(self) -> None:
+        """Import every public module of ``package`` once (their decorators register entries)."""
+        if self._discovered:
+            return
+        self._discovered = True
+        package = importlib.import_module(self.package)
+        for info in pkgutil.iter_modules(package.__path__, f"{self.package}."):
+            if info.name.rsplit(".", 1)[1].startswith("_"):
+                continue
+            try:
+                importlib.import_module(info.name)
+            except ImportError as error:  # an optional dependency missing: said with unknown names
+                self.failed[info.name] = f"{type(error).__name__}: {error}"
 
     def register(self, name: Optional[str] = None) -> Callable[[Callable], Callable]:
+        """Decorator: register a class or factory under ``name`` (default: its ``__name__``)."""
+
         def decorator(entry: Callable) -> Callable:
             key = name or entry.__name__
             if key in self._entries and self._entries[key] is not entry:
@@ -58,15 +83,19 @@ class Registry:
             self._lazy[name] = target
 
     def names(self) -> List[str]:
+        self._discover()
         return sorted(set(self._entries) | set(self._lazy))
 
     def list(self, pattern: str = "*") -> List[str]:
+        """Registered names matching the glob ``pattern``."""
         return [n for n in self.names() if fnmatch.fnmatchcase(n, pattern)]
 
     def __contains__(self, name: str) -> bool:
+        self._discover()
         return name in self._entries or name in self._lazy
 
     def get(self, name: str) -> Callable[..., Any]:
+        self._discover()
         if name in self._entries:
             return self._entries[name]
         if name in self._lazy:
@@ -74,7 +103,9 @@ class Registry:
             entry = getattr(importlib.import_module(module_name), attribute)
             self._entries.setdefault(name, entry)
             return self._entries[name]
-        raise UnknownNameError(self.kind, name, self.names())
+        failed = "".join(f" ({module} failed to import: {why})" for module, why in self.failed.items())
+        raise UnknownNameError(self.kind, name, self.names(), listing=None if not failed else
+                               f"Valid choices: {', '.join(self.names())}.{failed}")
 
     def create(self, name: str, *args: Any, **options: Any) -> Any:
         """Build ``name`` with ``options``; ``None`` options are dropped so defaults apply. An

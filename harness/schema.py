@@ -1,11 +1,13 @@
-"""Typed config schemas in Hydra's ConfigStore.
+"""Typed config schemas.
 
-* ``salbench_schema``: the top-level dataclass :class:`SalbenchConfig` (first in config.yaml's
-  defaults), so a mistyped top-level key or a wrong type fails at compose time.
-* ``schema/<group>/<name>``: one dataclass per registered method, model, dataset and metric,
-  derived from its entrypoint's signature (so the schema can never drift from the code).
-  :func:`validate_config` merges every selected YAML option into its schema: an unknown key
-  or a wrong type is an error naming the key and the valid ones.
+* ``salbench_schema`` (in Hydra's ConfigStore): the top-level dataclass :class:`SalbenchConfig`
+  (first in config.yaml's defaults), so a mistyped top-level key or a wrong type fails at
+  compose time.
+* one dataclass per registered method, model, dataset and metric (:func:`schema_for`), derived
+  from its entrypoint's signature (so the schema can never drift from the code):
+  :func:`validate_config` merges every selected option into its schema, so an unknown key or a
+  wrong type is an error naming the key and the valid ones. They are built when needed, not
+  stored in the ConfigStore (whose groups ``--help`` would list as if they were options).
 """
 from __future__ import annotations
 
@@ -93,16 +95,8 @@ def _registries() -> Dict[str, Registry]:
 
 
 def register_schemas() -> None:
-    """Store the top-level schema and one schema per registered entry in the ConfigStore."""
-    store = ConfigStore.instance()
-    store.store(name="salbench_schema", node=SalbenchConfig)
-    for kind, registry in _registries().items():
-        for name in registry.names():
-            try:
-                entry = registry.get(name)
-            except ImportError:  # an optional dependency is missing: the error surfaces if selected
-                continue
-            store.store(group=f"schema/{kind}", name=name, node=schema_for(kind, name, entry))
+    """Store the top-level schema in the ConfigStore (config.yaml's first default)."""
+    ConfigStore.instance().store(name="salbench_schema", node=SalbenchConfig)
 
 
 def _check_node(kind: str, node: DictConfig, registry: Registry) -> None:

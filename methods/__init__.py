@@ -6,34 +6,17 @@ module of every method so that ``list_methods`` works without importing them all
 from __future__ import annotations
 
 import inspect
-from typing import Any, List
-
+from typing import Any
 from torch import nn
 
 from salbench.harness.registry import Registry
 from salbench.methods.base import Explainer, LayerExplainer
 from salbench.methods.postprocess import Postprocess
 
-METHODS = Registry("method")
+METHODS = Registry("method", package="salbench.methods")
+register_method = METHODS.register
 
-for _name, _target in {
-    "cam": "salbench.methods.cam:CAM",
-    "gradcam": "salbench.methods.gradcam:GradCAM",
-    "counterfactual_gradcam": "salbench.methods.gradcam:CounterfactualGradCAM",
-    "guided_gradcam": "salbench.methods.guided_gradcam:GuidedGradCAM",
-    "saliency": "salbench.methods.gradients:Saliency",
-    "guided_backprop": "salbench.methods.gradients:GuidedBackprop",
-    "deconvnet": "salbench.methods.gradients:Deconvnet",
-    "occlusion": "salbench.methods.occlusion:Occlusion",
-    "random": "salbench.methods.baselines:RandomMap",
-    "center": "salbench.methods.baselines:CenterGaussian",
-}.items():
-    METHODS.register_lazy(_name, _target)
-
-
-def list_methods(pattern: str = "*") -> List[str]:
-    """Registered method names matching the glob ``pattern``."""
-    return METHODS.list(pattern)
+list_methods = METHODS.list
 
 
 def create_method(name: str, model: Any, **options: Any) -> Explainer:
@@ -58,4 +41,4 @@ def create_method(name: str, model: Any, **options: Any) -> Explainer:
     return METHODS.create(name, module, **options)
 
 
-__all__ = ["Explainer", "LayerExplainer", "Postprocess", "METHODS", "create_method", "list_methods"]
+__all__ = ["register_method", "Explainer", "LayerExplainer", "Postprocess", "METHODS", "create_method", "list_methods"]

@@ -13,9 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from salbench.methods import register_method
 from salbench.methods.base import Explainer, check_inputs
 
 
+@register_method("random")
 class RandomMap(Explainer):
     """Uniform random map. ``resolution``: side of the random grid, bilinearly upsampled to the
     input (``None``: one independent value per input pixel)."""
@@ -46,6 +48,7 @@ class RandomMap(Explainer):
         return maps
 
 
+@register_method("center")
 class CenterGaussian(Explainer):
     """Isotropic Gaussian centred on the image, std = ``sigma`` x the image side."""
 

@@ -13,6 +13,7 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from salbench.methods import register_method
 from salbench.methods.base import LayerExplainer, check_target_range
 from salbench.methods.hooks import HeadTrace, trace_head
 from salbench.methods.postprocess import Postprocess
@@ -21,6 +22,7 @@ from salbench.methods.shared import PassRequest, PassResult
 HEAD_RECORDER = ("head", trace_head)  # the forward-pass recorder CAM asks the shared pass for
 
 
+@register_method("cam")
 class CAM(LayerExplainer):
     """CAM. ``layer``: the feature map A (default: the input of the global average pool, found
     on each call; the model's target layer is *not* used, since it may precede a nonlinearity).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from salbench.methods import register_method
 from salbench.methods.base import LayerExplainer
 from salbench.methods.postprocess import Postprocess
 from salbench.methods.shared import PassRequest, PassResult
@@ -42,6 +43,7 @@ class GradientCAM(LayerExplainer):
         return self.cam_map(result.activations[self.layer].detach(), result.layer_gradients[self.layer].detach())
 
 
+@register_method("gradcam")
 class GradCAM(GradientCAM):
     """Grad-CAM: channel weights are the spatial mean of d y^c / d A."""
 
@@ -51,6 +53,7 @@ class GradCAM(GradientCAM):
         return gradients.mean(dim=(2, 3))
 
 
+@register_method("counterfactual_gradcam")
 class CounterfactualGradCAM(GradientCAM):
     """Counterfactual Grad-CAM (Selvaraju et al. 2017, sec. 5): weights from -d y^c / d A."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from salbench.methods import register_method
 from salbench.methods.base import Explainer
 from salbench.methods.postprocess import Postprocess
 from salbench.methods.shared import PassRequest, PassResult
@@ -34,6 +35,7 @@ class GradientExplainer(Explainer):
         return result.input_gradients[self.rule]
 
 
+@register_method("saliency")
 class Saliency(GradientExplainer):
     """Vanilla gradient (Simonyan et al. 2014)."""
 
@@ -41,6 +43,7 @@ class Saliency(GradientExplainer):
     rule = "gradient"
 
 
+@register_method("guided_backprop")
 class GuidedBackprop(GradientExplainer):
     """Guided backpropagation (Springenberg et al. 2015)."""
 
@@ -48,6 +51,7 @@ class GuidedBackprop(GradientExplainer):
     rule = "guided"
 
 
+@register_method("deconvnet")
 class Deconvnet(GradientExplainer):
     """Deconvnet (Zeiler & Fergus 2014) as a modified gradient."""
 

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
+from salbench.methods import register_method
 from salbench.methods.base import Explainer
 from salbench.methods.gradcam import GradCAM
 from salbench.methods.gradients import GuidedBackprop
@@ -18,6 +19,7 @@ from salbench.methods.postprocess import Postprocess, upsample
 from salbench.methods.shared import PassRequest, PassResult
 
 
+@register_method("guided_gradcam")
 class GuidedGradCAM(Explainer):
     """``attribute``: guided backprop [B, C, H, W] x ReLU(Grad-CAM) at the layer, upsampled to
     the input by ``upsample`` (default bilinear, align_corners=False; captum's default is

@@ -15,6 +15,7 @@ from typing import Any, List
 import torch
 from torch import Tensor, nn
 
+from salbench.methods import register_method
 from salbench.methods.base import Explainer, check_inputs, class_scores
 from salbench.methods.hooks import preserved_model_state
 from salbench.methods.postprocess import Postprocess
@@ -28,6 +29,7 @@ def window_offsets(size: int, window: int, stride: int) -> List[int]:
     return [i * stride for i in range(steps + 1)]
 
 
+@register_method("occlusion")
 class Occlusion(Explainer):
     """``window``: side of the square patch (pixels); ``stride``: step (<= window);
     ``fill``: value of the occluded pixels in the model's (normalized) input space, 0 = the

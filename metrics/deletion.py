@@ -39,17 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salbench.metrics.base import (
-    TRACKED,
-    CurveKind,
-    ExplainedBatch,
-    Metric,
-    ScoreInfo,
-    TracksClass,
-    check_choice,
-    image_ids,
-    image_seeds,
-)
+from salbench.metrics import register_metric
+from salbench.metrics.base import TRACKED, CurveKind, ExplainedBatch, Metric, ScoreInfo, TracksClass, check_choice
+from salbench.metrics.base import image_ids, image_seeds
 from salbench.metrics.perturbation import AUTOCAST, class_readout, equal_chunk, forward_in_chunks
 
 CURVES = ("deletion", "insertion")
@@ -167,36 +159,10 @@ def curve_auc(curves: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- the curve
-def perturbation_curve(
-    model: nn.Module,
-    x: Tensor,
-    maps: Tensor,
-    target: Tensor,
-    *,
-    mode: str = "deletion",
-    substrate: Tensor,
-    step: Optional[int] = None,
-    n_steps: Optional[int] = None,
-    score: str = "softmax",
-    order: str = "most_relevant_first",
-    tie_break: str = "first",
-    batch_size: int = 256,
-    autocast: Optional[str] = None,
-) -> Tensor:
-    """Deletion or insertion curve of each image.
-
-    model: normalized [N, C, H, W] -> logits [N, K]; x: [B, C, H, W] normalized inputs;
-    maps: [B, H, W] relevance; target: [B] tracked class; substrate: [B, C, H, W] the removed
-    image (deletion's end, insertion's start). Returns [B, n_steps + 1] float32 on x's device:
-    the softmax probability (``score="softmax"``) or logit of the target class after ``i``
-    steps. A map holding NaN gives a NaN curve. The (image x step) inputs go to the model in
-    chunks of ``batch_size``. ``autocast``: ``None`` (full precision), ``"bf16"`` or ``"fp16"``
-    (the model's forward under ``torch.autocast``; softmax in float32).
-    """
-    return perturbation_curves(
-        model, x, {"": maps}, target, mode=mode, substrate=substrate, step=step, n_steps=n_steps, score=score,
-        order=order, tie_break=tie_break, batch_size=batch_size, autocast=autocast,
-    )[""]
+def perturbation_curve(model: nn.Module, x: Tensor, maps: Tensor, target: Tensor, **options: Any) -> Tensor:
+    """The deletion or insertion curve of each image: :func:`perturbation_curves` of one map
+    [B, H, W]; returns [B, n_steps + 1]."""
+    return perturbation_curves(model, x, {"": maps}, target, **options)[""]
 
 
 def perturbation_curves(
@@ -215,11 +181,18 @@ def perturbation_curves(
     batch_size: int = 256,
     autocast: Optional[str] = None,
 ) -> Dict[str, Tensor]:
-    """:func:`perturbation_curve` for several maps of the same images at once (one map [B, H, W]
-    per method, ``maps = {method: heatmaps}``): all (method x image x step) perturbed inputs,
-    method-major, are packed into the same forward batches of ``batch_size``. Returns
-    ``{method: [B, n_steps + 1]}``; each equals the per-method call (exactly, on devices whose
-    kernels give a sample the same result whatever batch it lands in; tests/test_shared_passes.py)."""
+    """Deletion or insertion curves of several maps of the same images at once.
+
+    model: normalized [N, C, H, W] -> logits [N, K]; x: [B, C, H, W] normalized inputs; maps:
+    ``{method: [B, H, W]}`` relevance; target: [B] tracked class; substrate: [B, C, H, W] the
+    removed image (deletion's end, insertion's start). Returns ``{method: [B, n_steps + 1]}``
+    float32 on x's device: the softmax probability (``score="softmax"``) or logit of the target
+    class after ``i`` steps; a map holding NaN gives a NaN curve. All (method x image x step)
+    perturbed inputs, method-major, go through the perturbation engine in forward chunks of at
+    most ``batch_size``; each method's curves equal a call with that method alone (exactly, on
+    devices whose kernels give a sample the same result whatever batch it lands in;
+    tests/test_shared_passes.py). ``autocast``: ``None`` (full precision), ``"bf16"`` or
+    ``"fp16"`` (the model's forward under ``torch.autocast``; softmax in float32)."""
     check_choice("mode", mode, CURVES)
     check_choice("score", score, SCORES)
     keys = list(maps)
@@ -282,6 +255,7 @@ RISE_PRESET: Dict[str, Any] = {
 }
 
 
+@register_metric("rise")
 class DeletionInsertion(TracksClass, Metric):
     """Per-image deletion AUC (lower is better) and insertion AUC (higher is better), with the
     full curves kept for :meth:`tables`. Registered as ``rise``; its defaults are the RISE

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
+from salbench.metrics import register_metric
 from salbench.metrics.base import MethodBatch, MethodwiseMetric, Needs, ScoreInfo
 
 CONNECTIVITIES = (4, 8)
@@ -272,6 +273,7 @@ def class_boxes(boxes: Sequence[Tensor], box_labels: Sequence[Tensor], classes: 
     return out
 
 
+@register_metric("cam_paper")
 class CamPaperLocalization(MethodwiseMetric):
     """Per-image box localization with the CAM paper's rule (preset ``cam_paper``).
 

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from salbench.metrics import register_metric
 from salbench.metrics.base import MethodBatch, MethodwiseMetric, Needs, ScoreInfo
 from salbench.metrics.localization import FRAMES, RESIZE_MODES, resize_maps
 
@@ -148,6 +149,7 @@ def difficult_by_rule(mask: Tensor, image_area: int, other_class_present: bool) 
     return bool(other_class_present and int(mask.sum()) * 4 < image_area)
 
 
+@register_metric("pointing_game")
 class PointingGame(MethodwiseMetric):
     """Pointing game with TorchRay's rules (preset ``pointing_game``).
 
@@ -324,6 +326,7 @@ class PointingGame(MethodwiseMetric):
         return {"pointing_acc": self.accuracy(state, "all"), "pointing_acc_difficult": self.accuracy(state, "difficult")}
 
 
+@register_metric("energy_pointing_game")
 class EnergyPointingGame(MethodwiseMetric):
     """Energy pointing game (preset ``energy_pointing_game``; Wang et al. 2020): per image, the
     share of the positive map mass inside the target class's boxes (union) or mask, in the
@@ -357,6 +360,7 @@ class EnergyPointingGame(MethodwiseMetric):
         return {"energy": energy_pointing(explained.heatmaps, masks.to(explained.heatmaps.device))}
 
 
+@register_metric("grid_pointing_game")
 class GridPointingGame(MethodwiseMetric):
     """Grid pointing game (preset ``grid_pointing_game``; Böhle et al. 2022, Rao et al. 2022):
     on an n x n grid of images of different classes, the positive attribution inside the cell

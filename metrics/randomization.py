@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from salbench.methods.hooks import trace_forward
+from salbench.metrics import register_metric
 from salbench.metrics.base import MethodBatch, MethodwiseMetric, Needs, ScoreInfo
 
 if TYPE_CHECKING:  # annotations only
@@ -266,6 +267,7 @@ def rebuild_explainer(explainer: Any, module: nn.Module) -> Any:
     return type(explainer)(module, **options)
 
 
+@register_metric("randomization")
 class ModelRandomization(MethodwiseMetric):
     """Adebayo et al.'s model-randomization check as a job metric (registered ``randomization``).
 

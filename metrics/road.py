@@ -66,17 +66,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salbench.metrics.base import (
-    TRACKED,
-    CurveKind,
-    ExplainedBatch,
-    Metric,
-    ScoreInfo,
-    TracksClass,
-    check_choice,
-    image_ids,
-    image_seeds,
-)
+from salbench.metrics import register_metric
+from salbench.metrics.base import TRACKED, CurveKind, ExplainedBatch, Metric, ScoreInfo, TracksClass, check_choice
+from salbench.metrics.base import image_ids, image_seeds
 from salbench.metrics.deletion import TIE_BREAKS, pixel_ranks
 from salbench.metrics.perturbation import AUTOCAST, class_readout, equal_chunk, forward_in_chunks
 
@@ -357,51 +349,12 @@ def check_fractions(fractions: Sequence[float]) -> Tuple[float, ...]:
     return fractions
 
 
-def road_curves(
-    model: nn.Module,
-    x: Tensor,
-    maps: Tensor,
-    target: Tensor,
-    *,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    orders: Sequence[str] = ORDERS,
-    score: str = "softmax",
-    noise: float = 0.01,
-    seeds: Any = None,
-    tie_break: str = "first",
-    batch_size: int = 256,
-    autocast: Optional[str] = None,
-    workers: Optional[int] = None,
-    solver: str = "direct",
-    cg_tol: float = CG_TOL,
-    cg_max_iter: int = CG_MAX_ITER,
-    cg_batch_size: Optional[int] = CG_BATCH_SIZE,
-    iterations: Optional[Dict[str, Tensor]] = None,
-) -> Dict[str, Tensor]:
-    """ROAD curves of each image: ``{order: [B, F]}`` float32 on x's device.
-
-    model: normalized [N, C, H, W] -> logits [N, K]; x: [B, C, H, W] normalized inputs; maps:
-    [B, H, W] relevance; target: [B] tracked class. Entry ``[b, i]`` is the score (``softmax``,
-    ``logit`` or ``correct``) of ``target[b]`` on image ``b`` with ``fractions[i]`` of its pixels
-    removed in ``order`` and imputed (:func:`noisy_linear_imputation`, ``seeds`` as there). A
-    map holding NaN gives NaN curves (its image is not imputed). Imputed images reach the model
-    in equal chunks of at most ``batch_size`` (order-major, then image, then fraction;
-    :mod:`salbench.metrics.perturbation`). A chunk's imputations run on ``workers`` threads
-    (default ``torch.get_num_threads()``; SuperLU releases the GIL); the results do not depend
-    on it.
-
-    ``solver: cg`` imputes each forward chunk on x's device instead, ``cg_batch_size`` imputed
-    images per :func:`cg_linear_imputation` call (null: the whole chunk), to ``cg_tol`` in at
-    most ``cg_max_iter`` iterations; ``workers`` is then unused. Noise, seeds, ranking and
-    chunking are the same as ``direct``'s: only the solve differs. ``iterations``: when a dict
-    is given, it receives ``{order: [B, F] int64}`` on the CPU, the CG iterations of each
-    system (the most over its channels; 0 with ``direct`` and for NaN maps).
-    """
+def road_curves(model: nn.Module, x: Tensor, maps: Tensor, target: Tensor, *,
+                iterations: Optional[Dict[str, Tensor]] = None, **options: Any) -> Dict[str, Tensor]:
+    """ROAD curves of each image for one map [B, H, W] (:func:`road_curves_of_maps`): ``{order:
+    [B, F]}``; ``iterations`` (a dict) receives ``{order: [B, F]}``."""
     used: Dict[str, Dict[str, Tensor]] = {}
-    curves = road_curves_of_maps(
-        model, x, {"": maps}, target, fractions=fractions, orders=orders, score=score, noise=noise, seeds=seeds,
-        tie_break=tie_break, batch_size=batch_size, autocast=autocast, workers=workers, solver=solver,
-        cg_tol=cg_tol, cg_max_iter=cg_max_iter, cg_batch_size=cg_batch_size, iterations=used)
+    curves = road_curves_of_maps(model, x, {"": maps}, target, iterations=used, **options)
     if iterations is not None:
         iterations.update(used[""])
     return curves[""]
@@ -428,10 +381,26 @@ def road_curves_of_maps(
     cg_batch_size: Optional[int] = CG_BATCH_SIZE,
     iterations: Optional[Dict[str, Dict[str, Tensor]]] = None,
 ) -> Dict[str, Dict[str, Tensor]]:
-    """:func:`road_curves` for several maps of the same images (``{method: [B, H, W]}``): every
-    method's imputed images share the forward chunks (method-major; the chunk size depends on one
-    map's imputations only). Returns ``{method: {order: [B, F]}}``; ``iterations`` receives
-    ``{method: {order: [B, F]}}``."""
+    """ROAD curves of each image for several maps of the same images: ``{method: {order: [B, F]}}``
+    float32 on x's device.
+
+    model: normalized [N, C, H, W] -> logits [N, K]; x: [B, C, H, W] normalized inputs; maps:
+    ``{method: [B, H, W]}`` relevance; target: [B] tracked class. Entry ``[b, i]`` is the score
+    (``softmax``, ``logit`` or ``correct``) of ``target[b]`` on image ``b`` with ``fractions[i]``
+    of its pixels removed in ``order`` and imputed (:func:`noisy_linear_imputation`, ``seeds`` as
+    there). A map holding NaN gives NaN curves (its image is not imputed). Every method's imputed
+    images go through the perturbation engine in shared equal chunks of at most ``batch_size``
+    (method-major, then order, image, fraction; the chunk size depends on one map's imputations
+    only). A chunk's imputations run on ``workers`` threads (default ``torch.get_num_threads()``;
+    SuperLU releases the GIL); the results do not depend on it.
+
+    ``solver: cg`` imputes each forward chunk on x's device instead, ``cg_batch_size`` imputed
+    images per :func:`cg_linear_imputation` call (null: the whole chunk), to ``cg_tol`` in at
+    most ``cg_max_iter`` iterations; ``workers`` is then unused. Noise, seeds, ranking and
+    chunking are the same as ``direct``'s: only the solve differs. ``iterations``: when a dict
+    is given, it receives ``{method: {order: [B, F] int64}}`` on the CPU, the CG iterations of
+    each system (the most over its channels; 0 with ``direct`` and for NaN maps).
+    """
     fractions = check_fractions(fractions)
     orders = tuple(orders)
     for order in orders:
@@ -538,6 +507,7 @@ def _percent(fraction: float) -> str:
     return f"{100 * fraction:g}".replace(".", "p")
 
 
+@register_metric("road")
 class RemoveAndDebias(TracksClass, Metric):
     """ROAD (registered as ``road``): per image, the mean MoRF curve (``road_morf_auc``, lower is
     better), the mean LeRF curve (``road_lerf_auc``, higher is better) and their difference

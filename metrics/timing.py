@@ -28,11 +28,13 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor
 
+from salbench.metrics import register_metric
 from salbench.metrics.base import ExplainedBatch, Metric, Needs, ScoreInfo
 
 SUFFIX = "_ms_per_image"
 
 
+@register_metric("timing")
 class Timing(Metric):
     """Scores. Per image: ``ms_per_image`` (the explainer's batch time / batch size, NaN in
     warm-up batches) and ``<metric>_ms_per_image`` for every other metric of the job. Per

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from salbench.metrics import register_metric
 from salbench.metrics.base import MethodBatch, MethodwiseMetric, Needs, ScoreInfo
 from salbench.metrics.localization import FRAMES, minmax_normalize
 
@@ -193,6 +194,7 @@ def _iou_tag(threshold: float) -> str:
     return f"iou{int(round(threshold * 100))}"
 
 
+@register_metric("wsoleval")
 class WsolEvalLocalization(MethodwiseMetric):
     """MaxBoxAcc and MaxBoxAccV2 with wsolevaluation's exact conventions (preset ``wsoleval``).
 
@@ -399,6 +401,7 @@ class PxAPAccumulator:
         return pxap_from_histograms(self.fg, self.bg)
 
 
+@register_metric("pxap")
 class PixelAveragePrecision(MethodwiseMetric):
     """PxAP (wsolevaluation, preset ``wsoleval``) for datasets with masks.
 

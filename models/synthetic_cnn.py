@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
+from salbench.models import register_model
 from salbench.models.bundle import ModelBundle, cache_dir
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "synthetic_cnn.pt"
@@ -88,6 +89,7 @@ def shipped_recipe() -> Optional[SyntheticTraining]:
     return SyntheticTraining(**saved["recipe"])
 
 
+@register_model("synthetic_cnn")
 def synthetic_cnn(
     weights: Optional[str] = None,
     train_if_missing: bool = True,

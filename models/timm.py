@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from salbench.harness.registry import UnknownNameError
+from salbench.models import register_model
 from salbench.models.bundle import ModelBundle, imagenet_class_names, traced_target_layer
 
 
@@ -67,6 +68,7 @@ def _timm_class_names(timm: Any, module: nn.Module, num_classes: int) -> List[st
     return [str(i) for i in range(num_classes)]
 
 
+@register_model("timm")
 def timm_model(
     arch: str = "resnet50",
     pretrained: bool = True,

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from salbench.harness.registry import UnknownNameError
+from salbench.models import register_model
 from salbench.models.bundle import ModelBundle, traced_target_layer
 
 
@@ -40,6 +41,7 @@ def _remap_densenet_keys(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return out
 
 
+@register_model("torchvision")
 def torchvision_model(
     arch: str = "resnet50",
     pretrained: bool = True,

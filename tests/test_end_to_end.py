@@ -44,6 +44,7 @@ def test_help_lists_the_config_groups(tmp_path):
     result = run_cli("--help", cwd=tmp_path)
     for group in ("method", "model", "dataset", "metric", "experiment", "debug"):
         assert f"{group}:" in result.stdout
+    assert "schema" not in result.stdout  # the typed schemas are no option groups
 
 
 def test_unknown_method_fails_with_close_matches(tmp_path):

@@ -189,3 +189,35 @@ def test_cuda_components_and_metrics_match_cpu():
     gpu = scores_of(create_metric("cam_paper"), ex)
     for key in cpu:
         torch.testing.assert_close(gpu[key].cpu(), cpu[key], equal_nan=True)
+
+
+def test_cam_paper_matches_only_the_explained_class_boxes():
+    """On a two-class image the map of class 0 must find class 0's box: a map on the class-1 box
+    is no hit (it was, when every box of the image counted)."""
+    maps = torch.zeros(2, 12, 12)
+    maps[:, 7:11, 7:11] = 1.0  # exactly the class-1 box
+    boxes = [[[0, 0, 3, 3], [7, 7, 10, 10]]] * 2
+    ex = explained(maps, boxes, labels=[0, 1], box_labels=[[0, 1], [0, 1]])
+    out = scores_of(create_metric("cam_paper"), ex)
+    assert out["iou"][0].item() == 0.0 and out["gt_known_loc"][0].item() == 0.0  # class 0: its box is elsewhere
+    assert out["iou"][1].item() == 1.0 and out["gt_known_loc"][1].item() == 1.0  # class 1: its own box
+    assert create_metric("cam_paper").needs.maps == "label"  # GT-known: the maps of the true class
+
+
+@pytest.mark.parametrize("name, options", [
+    pytest.param("cam_paper", {"threshold": 0.5}, id="cam_paper-threshold"),
+    pytest.param("cam_paper", {"iou_threshold": 0.3}, id="cam_paper-iou"),
+    pytest.param("wsoleval", {"tau_step": 0.01}, id="wsoleval-tau-step"),
+    pytest.param("pxap", {"tau_step": 0.01}, id="pxap-tau-step"),
+    pytest.param("pointing_game", {"tolerance": 4}, id="pointing-tolerance"),
+    pytest.param("energy_pointing_game", {"ground_truth": "mask"}, id="energy-mask"),
+    pytest.param("rise", {"n_steps": 32}, id="rise-steps"),
+    pytest.param("road", {"noise": 0.1}, id="road-noise"),
+    pytest.param("randomization", {"mode": "cascading"}, id="randomization-mode"),
+])
+def test_the_preset_is_derived_from_the_values(name, options):
+    default = create_metric(name)
+    assert default.preset != "custom" and default.preset in type(default).presets
+    assert create_metric(name, **options).preset == "custom"
+    # the named preset's own values give its name back
+    assert create_metric(name, **type(default).presets[default.preset]).preset == default.preset

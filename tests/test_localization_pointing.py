@@ -206,3 +206,20 @@ def test_job_scores_every_class_present_like_explaining_each_class_by_hand(tmp_p
         per_class.setdefault(cls, []).append(hit)
     accuracy = scores[(scores["metric"] == "pointing_game") & (scores["score"] == "pointing_acc")]["value"].item()
     assert accuracy == pytest.approx(np.mean([np.mean(v) for v in per_class.values()]))
+
+
+@pytest.mark.parametrize("empty_class", ["skip", "zero"])
+def test_empty_class_zero_counts_every_model_class_in_a_job(tmp_path, compose_config, empty_class):
+    """``empty_class: zero`` divides by the model's class count (TorchRay's clamp): on 4 images
+    of fewer than the 5 classes it is lower than ``skip``, by exactly the missing classes."""
+    from salbench.harness.runner import run_job
+
+    scores = run_job(compose_config(["debug=fast", "dataset.limit=4", "method=[gradcam]", "metric=[pointing_game]",
+                                     "metric.pointing_game.tolerance=4",
+                                     f"metric.pointing_game.empty_class={empty_class}"]), tmp_path / empty_class)
+    hits = scores[scores["score"] == "pointing_hit"].dropna(subset=["value"])
+    per_class = hits.groupby("target")["value"].mean()
+    assert len(per_class) < 5  # some class never occurs in these images
+    accuracy = scores.loc[scores["score"] == "pointing_acc", "value"].item()
+    expected = per_class.sum() / (5 if empty_class == "zero" else len(per_class))
+    assert accuracy == pytest.approx(expected)

@@ -24,7 +24,7 @@ from salbench.metrics.randomization import (
 )
 
 
-def small_cnn(seed: int = 0) -> nn.Module:
+def norm_cnn(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
@@ -82,13 +82,13 @@ def test_ssim_matches_skimage():
 
 # --------------------------------------------------------------------------- the protocol
 def test_default_groups_top_first_conv_with_its_norm():
-    model = small_cnn()
+    model = norm_cnn()
     assert default_layer_groups(model, torch.randn(1, 3, 8, 8)) == [["7"], ["3"], ["0", "1"]]
 
 
 @pytest.mark.parametrize("mode", ["cascading", "independent"])
 def test_randomizes_a_copy_cumulatively_or_one_group_at_a_time(mode):
-    model = small_cnn()
+    model = norm_cnn()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     snapshot = ParameterSnapshot(model)
     x, target = torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long)
@@ -109,7 +109,7 @@ def test_randomizes_a_copy_cumulatively_or_one_group_at_a_time(mode):
 
 
 def test_same_seed_same_weights_in_both_modes_and_reproducible():
-    model = small_cnn(1)
+    model = norm_cnn(1)
     x, target = torch.randn(2, 3, 8, 8), torch.tensor([0, 2])
     factory = lambda m: create_method("gradcam", m)  # noqa: E731
     both = randomization_check(model, factory, x, target, mode="both", seed=3)
@@ -120,7 +120,7 @@ def test_same_seed_same_weights_in_both_modes_and_reproducible():
 
 
 def test_metric_wrapper_tables_and_scores():
-    model = small_cnn(2)
+    model = norm_cnn(2)
     x = torch.randn(3, 3, 8, 8)
     explainer = create_method("gradcam", model)
     logits = model(x).detach()
