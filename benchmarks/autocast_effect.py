@@ -26,15 +26,16 @@ def measure(device: str = "cpu", images: int = 32, n_steps: int = 56) -> List[Di
     with torch.no_grad():
         logits = bundle.module(inputs)
     heatmaps = create_method("gradcam", bundle)(inputs, batch.labels)
-    explained = ExplainedBatch(batch, inputs, heatmaps, batch.labels, logits, bundle, None, "gradcam")
-    reference = create_metric("rise", n_steps=n_steps).update(explained)
+    explained = ExplainedBatch(batch=batch, inputs=inputs, logits=logits, targets=batch.labels,
+                               maps={"gradcam": heatmaps}, model=bundle)
+    reference = create_metric("rise", n_steps=n_steps).update(explained)["gradcam"]
     rows = []
     cuda = torch.device(device).type == "cuda"
     # torch.autocast refuses bf16 on a GPU without (emulated) bf16 support
     precisions = (["bf16"] if not cuda or torch.cuda.is_bf16_supported() else []) \
         + (["fp16"] if cuda or _cpu_fp16_ok() else [])
     for precision in precisions:
-        scores = create_metric("rise", n_steps=n_steps, autocast=precision).update(explained)
+        scores = create_metric("rise", n_steps=n_steps, autocast=precision).update(explained)["gradcam"]
         for score, values in scores.items():
             diff = (values - reference[score]).abs()
             rows.append({"autocast": precision, "score": score, "fp32_mean": float(reference[score].mean()),
