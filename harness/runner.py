@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from salbench.datasets import DATASETS, collate, create_dataset
 from salbench.harness import store
-from salbench.harness.schema import options_of, validate_config
+from salbench.harness.schema import drop_unselected_settings, options_of, validate_config
 from salbench.harness.timing import Stopwatch, device_name
 from salbench.methods import create_method
 from salbench.methods.shared import Explanations, explain_all
@@ -164,6 +164,9 @@ def run_job(cfg: DictConfig, output_dir: Path) -> pd.DataFrame:
     its last flushed chunk.
     """
     output_dir = Path(output_dir)
+    cfg = cfg.copy()
+    for note in drop_unselected_settings(cfg):
+        print(f"salbench: {note}")
     validate_config(cfg)
     identity = job_id(cfg)
     previous = _previous_run(output_dir)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from salbench.harness.registry import Registry, entry_parameters
 
@@ -102,13 +102,30 @@ def register_schemas() -> None:
 def _check_node(kind: str, node: DictConfig, registry: Registry) -> None:
     name = node.get("name")
     if name is None:
-        raise ValueError(f"{kind} config {OmegaConf.to_container(node)} has no 'name'")
+        raise ValueError(f"{kind} config {OmegaConf.to_container(node)} has no 'name' (e.g. {kind}=[option])")
     schema = OmegaConf.structured(schema_for(kind, name, registry.get(name)))
     try:
         OmegaConf.merge(schema, node)
     except Exception as error:  # OmegaConf's ConfigKeyError / ValidationError
         valid = [k for k in schema.keys() if k != "name"]
         raise ValueError(f"invalid {kind} config {name!r}: {error}\nvalid options: {', '.join(valid)}") from None
+
+
+def drop_unselected_settings(cfg: DictConfig) -> List[str]:
+    """Remove the settings an experiment gives to methods or metrics that are not selected (a
+    node without ``name`` under ``method`` / ``metric``, e.g. ``experiment=demo metric=[cam_paper]``
+    leaves the demo's ``metric.rise.n_steps``); returns one note per removed node."""
+    notes = []
+    for kind in ("method", "metric"):
+        group = cfg.get(kind)
+        if not isinstance(group, DictConfig):
+            continue
+        for key in [k for k, node in group.items() if isinstance(node, DictConfig) and node.get("name") is None]:
+            notes.append(f"{kind}.{key} settings {OmegaConf.to_container(group[key])} ignored: "
+                         f"{key!r} is not selected ({kind}=[...])")
+            with open_dict(cfg):
+                del group[key]
+    return notes
 
 
 def validate_config(cfg: DictConfig) -> None:

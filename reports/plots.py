@@ -38,7 +38,7 @@ def _pyplot():
 def method_colours(methods: Sequence[str], baselines: Collection[str] = ()) -> dict:
     """A fixed colour per method (tab10 in order for methods, greys for the ``baselines``)."""
     plt = _pyplot()
-    palette = plt.get_cmap("tab10").colors
+    palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]  # tab10's grey is the baselines'
     ordered = list(dict.fromkeys(methods))
     others = [m for m in ordered if m not in baselines]
     colours = {m: palette[i % len(palette)] for i, m in enumerate(others)}

@@ -85,3 +85,13 @@ def test_bad_values_name_the_key_and_the_choices(compose_config):
 def test_multi_select_groups_hold_several_methods(compose_config):
     cfg = compose_config(["method=[gradcam,random]"])
     assert list(cfg.method) == ["gradcam", "random"]
+
+
+def test_settings_of_unselected_options_are_dropped_with_a_note(compose_config):
+    from salbench.harness.schema import drop_unselected_settings
+
+    cfg = compose_config(["experiment=demo", "metric=[cam_paper]"])  # the demo sets metric.rise.n_steps
+    notes = drop_unselected_settings(cfg)
+    assert any(note.startswith("metric.rise settings {'n_steps': 32} ignored") for note in notes), notes
+    assert list(cfg.metric) == ["cam_paper"]
+    validate_config(cfg)

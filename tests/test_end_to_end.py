@@ -101,3 +101,29 @@ def test_metric_map_target_explains_the_predicted_class_like_a_predicted_job(tmp
     np.testing.assert_allclose(rise_label["value"], rise_pred["value"], rtol=0, atol=1e-6)
     loc = by_label[by_label["metric"] == "cam_paper"]
     assert (loc["target"] == loc["label"]).all() and (loc["target_rule"] == "label").all()
+
+
+def test_a_job_writes_one_table_per_kind_with_method_and_metric_columns(tmp_path, compose_config):
+    """Every side output of every method and metric lands in one table per kind (at most six
+    files with the scores), and run.json records the components' declarations reports read."""
+    from salbench.harness.runner import run_job
+
+    out = tmp_path / "job"
+    run_job(compose_config(["debug=fast", "dataset.limit=4", "method=[gradcam,saliency,random]",
+                            "metric=[cam_paper,wsoleval,rise,road,randomization,timing]", "metric.rise.n_steps=4",
+                            "metric.road.fractions=[0.5]", "metric.randomization.max_images=1"]), out)
+    tables = sorted(p.stem for p in out.glob("*.parquet"))
+    assert tables == ["curves", "randomization", "scores", "tau_curves", "timing"]
+    for kind in ("curves", "randomization", "tau_curves", "timing"):
+        table = pd.read_parquet(out / f"{kind}.parquet")
+        assert list(table.columns[:2]) == ["method", "metric"] and set(table["method"]) == {"gradcam", "saliency",
+                                                                                            "random"}, kind
+    curves = pd.read_parquet(out / "curves.parquet")
+    assert set(curves["metric"]) == {"rise", "road"} and set(curves["curve"]) == {"deletion", "insertion", "morf", "lerf"}
+    components = json.loads((out / "run.json").read_text())["components"]
+    assert components["methods"]["random"]["baseline"] and not components["methods"]["gradcam"]["baseline"]
+    assert set(components["metrics"]["rise"]["curve_kinds"]) == {"deletion", "insertion"}
+    assert components["metrics"]["cam_paper"]["needs"]["maps"] == "label"
+    # a re-run with another metric set leaves no table of the old one behind
+    run_job(compose_config(["debug=fast", "dataset.limit=4", "method=[gradcam]", "metric=[cam_paper]"]), out)
+    assert sorted(p.stem for p in out.glob("*.parquet")) == ["scores"]
