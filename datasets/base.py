@@ -220,6 +220,69 @@ class LocalizationDataset(Dataset):
         """The id of item ``index`` without loading it (used in skip records)."""
         return str(index)
 
+    def fingerprint(self) -> str:
+        """A cheap fingerprint of the files this dataset reads (part of a job's identity, so an
+        edited annotation or replaced image makes a completed job run again): every file under
+        each folder the dataset holds as a ``Path`` attribute (its root, image and mask folders)
+        and every file it holds as a ``Path`` (its annotation tables) by relative path, size and
+        modification time, plus the content hash of annotation-like files (text, CSV, JSON, XML
+        up to 64 MB); a dataset it wraps (the grid's source) is fingerprinted with it. A dataset
+        that reads no file (the synthetic shapes) has the fingerprint of its options alone.
+        A dataset whose root holds much more than it reads narrows :meth:`fingerprint_paths`."""
+        return files_fingerprint(self.fingerprint_paths())
+
+    def fingerprint_paths(self) -> List[Path]:
+        """The files and folders :meth:`fingerprint` covers (default: :func:`dataset_paths`)."""
+        return dataset_paths(self)
+
+
+ANNOTATION_SUFFIXES = (".csv", ".txt", ".json", ".xml", ".tsv")
+HASHED_BYTES = 64 * 2**20
+
+
+def dataset_paths(dataset: Any) -> List[Path]:
+    """The ``Path`` attributes (and lists / dicts of them) of a dataset and of the datasets it
+    wraps, in attribute order, each once."""
+    found: List[Path] = []
+
+    def visit(value: Any, depth: int = 0) -> None:
+        if isinstance(value, Path):
+            if value not in found:
+                found.append(value)
+        elif isinstance(value, (list, tuple)) and depth < 2 and value and isinstance(value[0], Path):
+            for item in value:
+                visit(item, depth + 1)
+        elif isinstance(value, LocalizationDataset) and depth < 2:
+            for item in vars(value).values():
+                visit(item, depth + 1)
+
+    for value in vars(dataset).values():
+        visit(value)
+    return found
+
+
+def files_fingerprint(paths: Sequence[Path]) -> str:
+    """sha256 over every file under ``paths`` (folders walked recursively): relative path, size,
+    mtime in ns, and for annotation-like files (:data:`ANNOTATION_SUFFIXES`, at most 64 MB) the
+    content hash. Missing paths count as missing."""
+    import hashlib
+    import os
+
+    digest = hashlib.sha256()
+    for base in paths:
+        base = Path(base)
+        if not base.exists():
+            digest.update(f"missing {base}\n".encode())
+            continue
+        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+        for path in files:
+            stat = os.stat(path)
+            relative = path.name if path == base else path.relative_to(base).as_posix()
+            digest.update(f"{base.name}/{relative}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            if path.suffix.lower() in ANNOTATION_SUFFIXES and stat.st_size <= HASHED_BYTES:
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
 
 # --------------------------------------------------------------------------- file boundary
 def input_size(image_size: ImageSize, default: Tuple[int, int] = (224, 224)) -> Tuple[int, int]:

@@ -116,6 +116,7 @@ class COCOInstances(ImageRecordDataset):
         if not path.is_file():
             raise FileNotFoundError(f"COCO annotation file not found: {path} (see docs/datasets.md)")
         data = json.loads(path.read_text())
+        self.annotations_path = path
         self.images_dir, self.with_masks = base / Path(images_dir).expanduser(), masks
         categories = sorted(data.get("categories", []), key=lambda c: c["id"])
         self.class_names = [c["name"] for c in categories]

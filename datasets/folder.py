@@ -37,7 +37,7 @@ class ImageFolderBoxes(ImageRecordDataset):
         super().__init__(**common)  # image_size, crop_fraction, limit, shard, num_shards
         self.root = dataset_root(root, "folder", "the image folder")
         table = Path(csv_file).expanduser()
-        table = table if table.is_absolute() else self.root / table
+        self.csv_path = table = table if table.is_absolute() else self.root / table
         if not table.is_file():
             raise FileNotFoundError(f"box table not found: {table} (see docs/datasets.md)")
         with open(table, newline="") as handle:
@@ -52,7 +52,7 @@ class ImageFolderBoxes(ImageRecordDataset):
         self.ids = list(self.rows)
         if class_names:
             names_file = Path(class_names).expanduser()
-            names_file = names_file if names_file.is_absolute() else self.root / names_file
+            self.class_names_path = names_file = names_file if names_file.is_absolute() else self.root / names_file
             self.class_names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
         else:
             labels = {r["label"].strip() for r in rows}

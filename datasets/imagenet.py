@@ -85,17 +85,17 @@ class ImageNetVal(ImageRecordDataset):
         if layout not in ("xml", "csv"):
             raise ValueError(f"unknown ImageNet layout {layout!r}; valid: auto, xml, csv")
         self.layout = layout
-        mapping = root_path / synset_mapping if synset_mapping else _first_existing(root_path, ["LOC_synset_mapping.txt", "synset_words.txt"], "synset mapping")
+        self.mapping_path = mapping = root_path / synset_mapping if synset_mapping else _first_existing(root_path, ["LOC_synset_mapping.txt", "synset_words.txt"], "synset mapping")
         self.wnids, self.class_names = read_synset_mapping(mapping)
         self._label = {wnid: i for i, wnid in enumerate(self.wnids)}
         images = root_path / images_dir if images_dir else _first_existing(root_path, ["val", "ILSVRC2012_img_val", "ILSVRC/Data/CLS-LOC/val"], "validation images")
-        self.images = scan_images(images)
+        self.images_dir, self.images = images, scan_images(images)
         self._csv_boxes: Dict[str, str] = {}
         if layout == "xml":
             self.boxes_dir = root_path / boxes_dir if boxes_dir else _first_existing(root_path, ["bbox/val", "val_bbox", "ILSVRC/Annotations/CLS-LOC/val", "ILSVRC2012_bbox_val"], "box annotations (XML)")
             self.ids = sorted(self.images)
         else:
-            table = root_path / (solution_csv or "LOC_val_solution.csv")
+            self.table_path = table = root_path / (solution_csv or "LOC_val_solution.csv")
             with open(table, newline="") as handle:
                 reader = csv.reader(handle)
                 header = next(reader, None)
@@ -105,6 +105,11 @@ class ImageNetVal(ImageRecordDataset):
                     if row:
                         self._csv_boxes[row[0].strip()] = row[1] if len(row) > 1 else ""
             self.ids = sorted(self._csv_boxes)
+
+    def fingerprint_paths(self) -> List[Path]:
+        """The synset mapping, the validation images and their boxes (not the whole root, which
+        may hold the training set)."""
+        return [self.mapping_path, self.images_dir, getattr(self, "boxes_dir", None) or self.table_path]
 
     def num_items(self) -> int:
         return len(self.ids)

@@ -52,7 +52,7 @@ class WSOLMetadata(ImageRecordDataset):
     ):
         super().__init__(**common)  # image_size, crop_fraction, limit, shard, num_shards
         base = dataset_root(root, "wsol", "the wsolevaluation folder holding metadata/ and dataset/")
-        meta = base / Path(metadata_dir).expanduser()  # absolute paths stay as they are
+        self.metadata_dir = meta = base / Path(metadata_dir).expanduser()  # absolute paths stay as they are
         self.data_root = base / Path(data_root).expanduser()
         self.mask_root = base / Path(mask_root).expanduser() if mask_root else self.data_root
         self.ids = [row[0] for row in _lines(meta / "image_ids.txt")]

@@ -47,7 +47,9 @@ from salbench.methods import create_method
 from salbench.methods.shared import Explanations, explain_all
 from salbench.metrics import BatchCosts, ExplainedBatch, Metric, create_metric
 from salbench.metrics.base import TABLE_KINDS
+from salbench.metrics.perturbation import logits_in_chunks
 from salbench.models import ModelBundle, create_model
+from salbench.models.bundle import check_model_output
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,11 +70,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+CONSTANT_MAP_RTOL = 1e-6
+
+
 def map_flags(heatmaps: Tensor) -> List[str]:
-    """Per-image flag: ``nonfinite_map`` (NaN/Inf), ``constant_map`` (max == min) or ""."""
-    flat = heatmaps.flatten(1)
+    """Per-image flag: ``nonfinite_map`` (NaN/Inf), ``constant_map`` or "". A map is constant when
+    ``max - min <= CONSTANT_MAP_RTOL * max(|max|, |min|)`` (1e-6: about 8 float32 ulps, so a map
+    that is constant up to upsampling rounding, e.g. of a 1x1 layer, is flagged too): it ranks no
+    pixel above another, so no score of it means anything."""
+    flat = heatmaps.flatten(1).float()
     finite = torch.isfinite(flat).all(1)
-    constant = flat.amax(1) == flat.amin(1)
+    high, low = flat.amax(1), flat.amin(1)
+    constant = (high - low) <= CONSTANT_MAP_RTOL * torch.maximum(high.abs(), low.abs())
     return ["" if f and not c else ("nonfinite_map" if not f else "constant_map")
             for f, c in zip(finite.tolist(), constant.tolist())]
 
@@ -136,15 +145,18 @@ class ScoreRows:
 JOB_IDENTITY_EXCLUDES = ("progress", "gallery_images", "flush_every", "resume", "num_workers")
 
 
-def job_id(cfg: DictConfig) -> str:
+def job_id(cfg: DictConfig, inputs: Optional[Dict[str, Any]] = None) -> str:
     """Identity of a job: a hash of its resolved config (minus settings that do not change any
-    score: progress bars, gallery, flush size, workers) and the salbench version."""
+    score: progress bars, gallery, flush size, workers), the salbench version and, when given,
+    the fingerprints of its inputs (``{"dataset": ..., "model": ...}``: the dataset's files and
+    annotations, the weights file), so a changed input makes a completed job run again."""
     from salbench import __version__
 
     config = OmegaConf.to_container(cfg, resolve=True)
     for key in JOB_IDENTITY_EXCLUDES:
         config.pop(key, None)
-    blob = json.dumps({"config": config, "salbench": __version__}, sort_keys=True, default=str)
+    blob = json.dumps({"config": config, "salbench": __version__, **({"inputs": inputs} if inputs else {})},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -152,32 +164,81 @@ def _previous_run(output_dir: Path) -> Dict[str, Any]:
     path = output_dir / "run.json"
     try:
         return json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, OSError):
         return {}
+
+
+def _completed_scores(output_dir: Path, identity: str) -> Optional[pd.DataFrame]:
+    """The scores of a completed run of this job in ``output_dir`` (None when the table is absent,
+    unreadable or written by another job)."""
+    path = output_dir / "scores.parquet"
+    try:
+        if store.parquet_job_id(path) != identity:
+            return None
+        return pd.read_parquet(path)
+    except Exception:  # a truncated or corrupt file: the job is recomputed
+        return None
+
+
+def _clear_outputs(output_dir: Path) -> None:
+    """Remove every result a job writes (a job of another config or inputs starts afresh; none
+    of its files can then be read as this job's)."""
+    _clear_checkpoint(output_dir)
+    for name in ("scores", *TABLE_KINDS):
+        (output_dir / f"{name}.parquet").unlink(missing_ok=True)
+    for name in ("summary.md", "gallery.png"):
+        (output_dir / name).unlink(missing_ok=True)
 
 
 def run_job(cfg: DictConfig, output_dir: Path) -> pd.DataFrame:
     """Run the job described by ``cfg`` and write its files into ``output_dir``; returns scores.
 
+    The output folder is locked for the job (:func:`salbench.harness.store.output_lock`: a second
+    run into it fails at once and changes nothing), and temporaries of killed writes are removed.
     With ``resume`` (default), a directory whose run.json says ``completed`` for the same job
-    identity is not run again (its scores are returned), and an interrupted job continues from
-    its last flushed chunk.
+    identity (config, version, input fingerprints) is not run again (its scores are returned),
+    and an interrupted job continues from its last flushed chunk; anything unreadable is
+    recomputed.
     """
     output_dir = Path(output_dir)
     cfg = cfg.copy()
     for note in drop_unselected_settings(cfg):
         print(f"salbench: {note}")
     validate_config(cfg)
-    identity = job_id(cfg)
+    with store.output_lock(output_dir):
+        store.remove_temporaries(output_dir)
+        with cuda_numerics(tf32=bool(cfg.get("tf32", False))):
+            return _run_locked(cfg, output_dir)
+
+
+def _run_locked(cfg: DictConfig, output_dir: Path) -> pd.DataFrame:
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    bundle = create_model(cfg.model.name, **options_of(cfg.model)).to(device)
+    check_model_output(bundle)
+    dataset = build_dataset(cfg, bundle)
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {cfg.dataset.name!r} selects no image ({OmegaConf.to_container(cfg.dataset)}); "
+                         "check its root, annotation file and limit / shard")
+    inputs = {"dataset": dataset.fingerprint(), "model": bundle.info.get("weights_sha256")}
+    identity = job_id(cfg, inputs)
     previous = _previous_run(output_dir)
-    if cfg.get("resume", True) and previous.get("job_id") == identity and previous.get("status") == "completed" \
-            and (output_dir / "scores.parquet").exists():
-        print(f"salbench: job {identity} already completed in {output_dir}; skipping (resume=false reruns it)")
-        return pd.read_parquet(output_dir / "scores.parquet")
-    if previous.get("job_id") not in (None, identity) or not cfg.get("resume", True):
-        _clear_checkpoint(output_dir)  # another config ran here before: start afresh
+    resume = bool(cfg.get("resume", True))
+    if resume and previous.get("job_id") == identity and previous.get("status") == "completed":
+        scores = _completed_scores(output_dir, identity)
+        if scores is not None:
+            print(f"salbench: job {identity} already completed in {output_dir}; skipping (resume=false reruns it)")
+            return scores
+        print(f"salbench: the completed job's scores.parquet in {output_dir} is missing or unreadable; recomputing")
+    if previous.get("job_id") not in (None, identity) or not resume:
+        if previous.get("config_id") == job_id(cfg) and previous.get("inputs", inputs) != inputs:
+            changed = [key for key in inputs if (previous.get("inputs") or {}).get(key) != inputs[key]]
+            print(f"salbench: inputs changed since the run in {output_dir} ({' and '.join(changed)}); recomputing")
+        _clear_outputs(output_dir)  # another config or other inputs ran here before: start afresh
     run_info: Dict[str, Any] = {
         "job_id": identity,
+        "config_id": job_id(cfg),
+        "inputs": inputs,
         "status": "running",
         "started": datetime.now(timezone.utc).isoformat(),
         "seed": cfg.seed,
@@ -189,8 +250,7 @@ def run_job(cfg: DictConfig, output_dir: Path) -> pd.DataFrame:
     store.write_json(output_dir / "run.json", run_info)
     clock = time.perf_counter()
     try:
-        with cuda_numerics(tf32=bool(cfg.get("tf32", False))):
-            scores = _run(cfg, output_dir, run_info)
+        scores = _run(cfg, output_dir, run_info, bundle, dataset, device)
     except BaseException as error:
         run_info.update(status="failed", error=f"{type(error).__name__}: {error}",
                         traceback=traceback.format_exc(), ended=datetime.now(timezone.utc).isoformat())
@@ -216,7 +276,10 @@ def _clear_checkpoint(output_dir: Path) -> None:
 class Checkpoint:
     """State of an interrupted job: the flushed row chunks, how many dataset positions they
     cover, and the metrics' accumulators. Each chunk is written atomically, then the checkpoint
-    that names it, so a kill at any point leaves a consistent (possibly older) state."""
+    that names it, so a kill at any point leaves a consistent (possibly older) state. The
+    checkpoint holds tensors and plain data only (``torch.load(weights_only=True)``: the
+    metrics' state through :func:`salbench.harness.store.to_plain`); an unreadable checkpoint or
+    part is reported and the job starts afresh."""
 
     def __init__(self, output_dir: Path):
         self.output_dir = output_dir
@@ -229,9 +292,18 @@ class Checkpoint:
         checkpoint = cls(output_dir)
         path = output_dir / CHECKPOINT
         if path.exists():
-            saved = torch.load(path, map_location="cpu", weights_only=False)
-            if saved.get("job_id") == identity:
-                checkpoint.parts, checkpoint.done, checkpoint.state = saved["parts"], saved["done"], saved["state"]
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+                if saved.get("job_id") == identity:
+                    parts, done, state = saved["parts"], saved["done"], store.from_plain(saved["state"])
+                    for name in parts:  # every named part must be readable
+                        pd.read_parquet(output_dir / PARTS / name, columns=["value"])
+                    checkpoint.parts, checkpoint.done, checkpoint.state = parts, done, state
+            except Exception as error:  # truncated, corrupt or of an older format: start afresh
+                print(f"salbench: the checkpoint in {output_dir} cannot be read ({type(error).__name__}: "
+                      f"{str(error)[:200]}); starting the job afresh")
+                _clear_checkpoint(output_dir)
+                return cls(output_dir)
         known = set(checkpoint.parts)
         for orphan in (output_dir / PARTS).glob("*.parquet") if (output_dir / PARTS).is_dir() else []:
             if orphan.name not in known:  # written after the last checkpoint: redone
@@ -242,11 +314,11 @@ class Checkpoint:
         frame = rows.frame()
         rows.parts.clear()
         name = f"part-{len(self.parts):06d}.parquet"
-        store.write_parquet(self.output_dir / PARTS / name, frame)
+        store.write_parquet(self.output_dir / PARTS / name, frame, job_id=identity)
         self.parts.append(name)
         self.done = done
         with store.atomic_path(self.output_dir / CHECKPOINT) as tmp:
-            torch.save({"job_id": identity, "parts": self.parts, "done": done, "state": state}, tmp)
+            torch.save({"job_id": identity, "parts": self.parts, "done": done, "state": store.to_plain(state)}, tmp)
 
     def frames(self) -> List[pd.DataFrame]:
         return [pd.read_parquet(self.output_dir / PARTS / name) for name in self.parts]
@@ -277,6 +349,7 @@ class Job:
     target_rule: str  # "label" | "predicted": the class the job's own maps explain
     shared_passes: bool = True
     channels_last: bool = False
+    forward_chunk: int = 32  # images per explanation pass and per logits forward (fixed: batch-size independent)
     method_options: Dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -295,8 +368,9 @@ class Job:
 
 class MapCache:
     """Every method's heatmap of each (image, class) pair of one batch, explained once: the
-    pairs a request lacks are explained together in one :func:`explain_all` call, in the order
-    of the request."""
+    pairs a request lacks are explained together, in the order of the request, by
+    :func:`explain_all` calls of exactly ``job.forward_chunk`` pairs (the last chunk padded by
+    repeating its last pair), so a map does not depend on the batch its image arrived in."""
 
     def __init__(self, job: Job, inputs: Tensor):
         self.job, self.inputs = job, inputs
@@ -309,11 +383,24 @@ class MapCache:
         missing = list(dict.fromkeys(pair for pair in zip(rows, classes) if pair not in self.maps))
         if not missing:
             return None
-        index = torch.tensor([r for r, _ in missing], dtype=torch.long, device=self.inputs.device)
-        wanted = torch.tensor([c for _, c in missing], dtype=torch.long, device=self.inputs.device)
-        inputs = self.inputs if len(missing) == len(self.inputs) and index.equal(
-            torch.arange(len(self.inputs), device=index.device)) else self.inputs[index]
-        explained = explain_all(self.job.explainers, inputs, wanted, shared=self.job.shared_passes, stopwatch=stopwatch)
+        chunk = self.job.forward_chunk
+        pieces: List[Explanations] = []
+        for start in range(0, len(missing), chunk):
+            part = missing[start:start + chunk]
+            padded = part + [part[-1]] * (chunk - len(part))
+            index = torch.tensor([r for r, _ in padded], dtype=torch.long, device=self.inputs.device)
+            wanted = torch.tensor([c for _, c in padded], dtype=torch.long, device=self.inputs.device)
+            result = explain_all(self.job.explainers, self.inputs[index], wanted, shared=self.job.shared_passes,
+                                 stopwatch=stopwatch)
+            pieces.append(Explanations({k: v[:len(part)] for k, v in result.maps.items()}, result.costs,
+                                       None if result.logits is None else result.logits[:len(part)]))
+        explained = Explanations(
+            maps={key: torch.cat([p.maps[key] for p in pieces]) for key in self.job.explainers},
+            costs={key: {**pieces[0].costs[key], **{k: sum(p.costs[key][k] for p in pieces) for k in ("seconds",)},
+                         **({"peak_memory_bytes": max(p.costs[key]["peak_memory_bytes"] for p in pieces)}
+                            if "peak_memory_bytes" in pieces[0].costs[key] else {})}
+                   for key in self.job.explainers},
+            logits=None if pieces[0].logits is None else torch.cat([p.logits for p in pieces]))
         flags = {key: map_flags(maps) for key, maps in explained.maps.items()}
         for i, pair in enumerate(missing):
             self.maps[pair] = {key: maps[i] for key, maps in explained.maps.items()}
@@ -353,16 +440,16 @@ def evaluate_batch(job: Job, batch: Any, state: Dict[str, Any]) -> List[pd.DataF
         explained_job = cache.explain(positions, targets.tolist(), stopwatch=timer)
         logits = explained_job.logits
         if logits is None:
-            with torch.inference_mode():
-                logits = job.bundle.module(inputs)
+            logits = logits_in_chunks(job.bundle.module, inputs, job.forward_chunk)
         predicted = logits.argmax(1)
     else:
-        with torch.inference_mode():
-            logits = job.bundle.module(inputs)
+        logits = logits_in_chunks(job.bundle.module, inputs, job.forward_chunk)
         predicted = targets = logits.argmax(1)
         explained_job = cache.explain(positions, targets.tolist(), stopwatch=timer)
     job_maps, job_flags = cache.gather(positions, targets.tolist())
     state["flagged"] += sum(bool(f) for flags in job_flags.values() for f in flags)
+    # an image whose clean logits are not finite has no meaningful score under any metric
+    image_flags = ["" if ok else "nonfinite_logits" for ok in torch.isfinite(logits).all(1).tolist()]
     _collect_gallery(state["gallery"], batch, job_maps)
 
     columns = {
@@ -388,7 +475,7 @@ def evaluate_batch(job: Job, batch: Any, state: Dict[str, Any]) -> List[pd.DataF
             model=job.bundle, explainers=job.explainers if needs.explainers else None,
             costs=BatchCosts(explain=explained_job.costs, metrics=dict(metric_seconds), device=device_name(job.device),
                              clock="cuda_events" if job.device.type == "cuda" else "perf_counter")
-            if needs.costs else None)
+            if needs.costs else None, forward_chunk=job.forward_chunk)
         with job.stopwatch() as watch:
             results = metric.update(explained)
         metric_seconds[key] = watch.seconds
@@ -397,8 +484,9 @@ def evaluate_batch(job: Job, batch: Any, state: Dict[str, Any]) -> List[pd.DataF
         view["target"] = np.asarray(classes, dtype=np.int64)
         view["target_rule"] = needs.maps if needs.maps != "target" else job.target_rule
         for method in job.explainers:
+            row_flags = [image_flags[r] or flag for r, flag in zip(rows, flags[method])]
             frames += score_rows(view, method=method, metric_key=key, metric=metric, values=results[method],
-                                 scope="image", flags=flags[method], method_options=job.method_options[method])
+                                 scope="image", flags=row_flags, method_options=job.method_options[method])
     return frames
 
 
@@ -424,7 +512,7 @@ def dataset_rows(job: Job, metric_key: str, metric: Metric) -> List[pd.DataFrame
     return frames
 
 
-def write_tables(job: Job, output_dir: Path) -> List[str]:
+def write_tables(job: Job, output_dir: Path, identity: Optional[str] = None) -> List[str]:
     """One ``<kind>.parquet`` per kind of side table the metrics wrote (with ``method`` and
     ``metric`` columns); a kind no metric wrote this time is removed (a re-run never leaves
     another config's table). Returns the kinds written."""
@@ -441,33 +529,32 @@ def write_tables(job: Job, output_dir: Path) -> List[str]:
     for kind, tables in by_kind.items():
         table = pd.concat(tables, ignore_index=True)
         first = [c for c in ("method", "metric") if c in table.columns]
-        store.write_parquet(output_dir / f"{kind}.parquet", table[first + [c for c in table.columns if c not in first]])
+        store.write_parquet(output_dir / f"{kind}.parquet", table[first + [c for c in table.columns if c not in first]],
+                            job_id=identity)
     return sorted(by_kind)
 
 
-def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.DataFrame:
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any], bundle: ModelBundle, dataset: Any,
+         device: torch.device) -> pd.DataFrame:
     run_info["device"] = {**store.device_info(device), "device_name": device_name(device),
                           "channels_last": bool(cfg.get("channels_last", False)),
                           "shared_passes": bool(cfg.get("shared_passes", True))}
-    bundle = create_model(cfg.model.name, **options_of(cfg.model)).to(device)
     if cfg.get("channels_last", False):  # the job's own model copy: NHWC weights for GPU convolutions
         bundle.module.to(memory_format=torch.channels_last)
     run_info["model"] = bundle.describe()
-    dataset = build_dataset(cfg, bundle)
     explainers = {key: create_method(node.name, bundle, **options_of(node)) for key, node in cfg.method.items()}
     identity = run_info["job_id"]
     checkpoint = Checkpoint.load(output_dir, identity) if cfg.get("resume", True) else Checkpoint(output_dir)
-    state = checkpoint.state or {
-        "metrics": {key: create_metric(node.name, **options_of(node)) for key, node in cfg.metric.items()},
-        "gallery": {"size": int(cfg.gallery_images), "images": [], "boxes": [], "labels": [], "maps": {}},
-        "flagged": 0,
-        "skipped": [],
-    }
+    metrics = {key: create_metric(node.name, **options_of(node)) for key, node in cfg.metric.items()}
+    state = {"gallery": {"size": int(cfg.gallery_images), "images": [], "boxes": [], "labels": [], "maps": {}},
+             "flagged": 0, "skipped": [], **checkpoint.state}
+    for key, saved in state.pop("metrics", {}).items():  # the accumulators of the flushed batches
+        metrics[key].__dict__.update(saved)
+    state["metrics"] = metrics
     job = Job(bundle=bundle, explainers=explainers, metrics=state["metrics"], device=device,
               dataset_name=cfg.dataset.name, target_rule=cfg.target,
-              shared_passes=bool(cfg.get("shared_passes", True)), channels_last=bool(cfg.get("channels_last", False)))
+              shared_passes=bool(cfg.get("shared_passes", True)), channels_last=bool(cfg.get("channels_last", False)),
+              forward_chunk=int(cfg.get("forward_chunk", 32)))
     run_info["components"] = job.describe()
     run_info["dataset"] = {"name": cfg.dataset.name, "num_images": len(dataset)}
     if checkpoint.done:
@@ -490,17 +577,17 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> pd.Data
         since_flush += step
         progress.update(step)
         if since_flush >= flush_every and done < len(dataset):
-            checkpoint.flush(rows, done, identity, state)
+            checkpoint.flush(rows, done, identity, {**state, "metrics": {k: vars(m) for k, m in metrics.items()}})
             since_flush = 0
     progress.close()
 
     for key, metric in job.metrics.items():
         rows.add(dataset_rows(job, key, metric))
-    tables = write_tables(job, output_dir)
+    tables = write_tables(job, output_dir, identity)
     parts = [*checkpoint.frames(), rows.frame()]
     scores = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else rows.frame()
     scores = scores[store.SCORE_COLUMNS]
-    store.write_parquet(output_dir / "scores.parquet", scores)
+    store.write_parquet(output_dir / "scores.parquet", scores, job_id=identity)
     table = store.summary_table(scores)
     skipped = state["skipped"]
     evaluated = len(dataset) - len(skipped)

@@ -44,6 +44,7 @@ class SalbenchConfig:
     flush_every: int = 256
     resume: bool = True
     shared_passes: bool = True
+    forward_chunk: int = 32
     channels_last: bool = False
     tf32: bool = False
 
@@ -81,8 +82,14 @@ def schema_for(kind: str, name: str, entry: Callable) -> Type:
             fields.append((pname, ftype, field(default_factory=lambda d=default: list(d))))
         else:
             fields.append((pname, ftype, field(default=default)))
+    fields += [(key, Any, field(default=None)) for key in COMMON_OPTIONS.get(kind, ()) if key not in dict(
+        (f[0], f) for f in fields)]
     cls_name = "".join(part.capitalize() for part in f"{name}_{kind}_config".split("_"))
     return dataclasses.make_dataclass(cls_name, fields)
+
+
+# options every entry of a group takes, handled by the group's create_* function
+COMMON_OPTIONS = {"model": ("output_key",)}
 
 
 def _registries() -> Dict[str, Registry]:
@@ -135,6 +142,10 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError(f"unknown target {cfg.target!r}; valid: {', '.join(TARGETS)}")
     if cfg.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {cfg.batch_size}")
+    if cfg.get("forward_chunk", 1) < 1:
+        raise ValueError(f"forward_chunk must be >= 1; got {cfg.forward_chunk}")
+    if not cfg.metric:
+        raise ValueError("no metric selected; e.g. metric=[cam_paper]")
     _check_node("model", cfg.model, registries["model"])
     _check_node("dataset", cfg.dataset, registries["dataset"])
     if not cfg.method:

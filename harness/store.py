@@ -1,7 +1,10 @@
-"""Results on disk: atomic writes of tidy tables and JSON, run metadata, summary tables.
+"""Results on disk: atomic writes of tidy tables and JSON, the output-folder lock, run metadata,
+plain-data state for checkpoints, summary tables.
 
-Every file is written to a temporary file in the same folder and renamed into place, so a
-reader (or a resumed sweep) never sees half a file.
+Every file is written to a temporary file in the same folder (``.NAME.XXXX.tmp``) and renamed
+into place, so a reader (or a resumed sweep) never sees half a file; the temporaries a killed
+write leaves are removed by the next run in that folder (:func:`remove_temporaries`). One run at a
+time writes into a folder (:func:`output_lock`).
 """
 from __future__ import annotations
 
@@ -45,14 +48,83 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+class OutputLocked(RuntimeError):
+    """Another salbench run holds the output folder's lock."""
+
+
+LOCK_FILE = ".salbench.lock"
+
+
+@contextmanager
+def output_lock(folder: Path) -> Iterator[Path]:
+    """Hold the lock of output folder ``folder`` for the block: one salbench run writes into a
+    folder at a time. A second run raises :class:`OutputLocked` at once, naming the owner (pid,
+    host, start time) and changing nothing. The lock is an ``fcntl.flock`` on ``.salbench.lock``,
+    which the operating system releases when its process ends however it ends: a lock file left
+    by a killed run is stale and is simply taken over (its owner line is rewritten)."""
+    import fcntl
+    import socket
+    from datetime import datetime, timezone
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(handle, 4096).decode(errors="replace").strip() or "an unknown process"
+        os.close(handle)
+        raise OutputLocked(f"{folder} is in use by another salbench run ({owner}); wait for it to finish or "
+                           "choose another output directory (hydra.run.dir=...)") from None
+    try:
+        os.ftruncate(handle, 0)
+        os.write(handle, f"pid {os.getpid()} on {socket.gethostname()}, since "
+                         f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n".encode())
+        yield path
+    finally:
+        os.ftruncate(handle, 0)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        os.close(handle)
+
+
+def remove_temporaries(folder: Path) -> List[Path]:
+    """Delete the temporaries that killed atomic writes left in ``folder`` and its ``parts/``
+    (``.NAME.XXXX.tmp``); call it while holding :func:`output_lock`. Returns what was removed."""
+    removed = []
+    for directory in (Path(folder), Path(folder) / "parts"):
+        if directory.is_dir():
+            for path in directory.glob(".*.tmp"):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
 def write_json(path: Path, payload: Dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def write_parquet(path: Path, frame: pd.DataFrame) -> None:
+def write_parquet(path: Path, frame: pd.DataFrame, job_id: Optional[str] = None) -> None:
+    """``frame`` as parquet; ``job_id`` is stored in the file's metadata (:func:`parquet_job_id`),
+    so a reader can tell a job's table from one an earlier job left in the same folder."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if job_id is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"salbench_job_id": job_id.encode()})
     with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+        pq.write_table(table, tmp)
+
+
+def parquet_job_id(path: Path) -> Optional[str]:
+    """The job id stored in a parquet file's metadata by :func:`write_parquet` (None if absent)."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(path).metadata or {}
+    value = metadata.get(b"salbench_job_id")
+    return value.decode() if value is not None else None
 
 
 def write_text(path: Path, text: str) -> None:
@@ -117,3 +189,71 @@ def summary_table(scores: pd.DataFrame) -> pd.DataFrame:
     table = frame.pivot_table(index="method", columns="column", values="value", aggfunc="mean", sort=False)
     table.columns.name = None
     return table
+
+
+# --------------------------------------------------------------------------- plain state
+PLAIN_SCALARS = (str, int, float, bool, type(None))
+
+
+def to_plain(value: Any) -> Any:
+    """``value`` as tensors and plain data only, loadable by ``torch.load(weights_only=True)``:
+    dicts, lists, tuples, scalars and tensors pass; numpy arrays and scalars, pandas frames and
+    the objects of salbench's own classes (e.g. a metric's accumulators) are tagged dicts that
+    :func:`from_plain` turns back. Anything else is a TypeError naming its type."""
+    import numpy as np
+    import torch
+
+    if isinstance(value, np.generic):  # before the scalars: numpy.float64 is a float subclass
+        return value.item()
+    if type(value) in PLAIN_SCALARS or isinstance(value, torch.Tensor):
+        return value
+    for plain in (bool, int, float, str):  # a subclass of a plain scalar (e.g. an IntEnum)
+        if isinstance(value, plain):
+            return plain(value)
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(value)).clone()}
+    if isinstance(value, pd.DataFrame):
+        return {"__frame__": {"columns": [str(c) for c in value.columns],
+                              "data": {str(c): to_plain(value[c].tolist()) for c in value.columns}}}
+    if isinstance(value, dict):
+        if any(not isinstance(k, (str, int)) for k in value):
+            raise TypeError(f"cannot store a dict with keys of type {sorted({type(k).__name__ for k in value})}")
+        return {"__dict__": [[k, to_plain(v)] for k, v in value.items()]}
+    if isinstance(value, list):
+        return [to_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return {"__tuple__": [to_plain(v) for v in value]}
+    module = type(value).__module__
+    if module.startswith("salbench.") and hasattr(value, "__dict__"):
+        return {"__object__": f"{module}:{type(value).__qualname__}", "state": to_plain(vars(value))}
+    raise TypeError(f"cannot store a {type(value).__module__}.{type(value).__name__} in a checkpoint")
+
+
+def from_plain(value: Any) -> Any:
+    """The inverse of :func:`to_plain` (objects are rebuilt only for salbench's own classes)."""
+    import importlib
+
+    if isinstance(value, list):
+        return [from_plain(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__ndarray__" in value:
+        return value["__ndarray__"].numpy()
+    if "__frame__" in value:
+        frame = value["__frame__"]
+        return pd.DataFrame({c: frame["data"][c] for c in frame["columns"]}, columns=frame["columns"])
+    if "__dict__" in value:
+        return {k: from_plain(v) for k, v in value["__dict__"]}
+    if "__tuple__" in value:
+        return tuple(from_plain(v) for v in value["__tuple__"])
+    if "__object__" in value:
+        module, name = value["__object__"].split(":")
+        if not module.startswith("salbench."):
+            raise ValueError(f"refusing to rebuild {value['__object__']}: not a salbench class")
+        cls = importlib.import_module(module)
+        for part in name.split("."):
+            cls = getattr(cls, part)
+        obj = cls.__new__(cls)
+        obj.__dict__.update(from_plain(value["state"]))
+        return obj
+    return {k: from_plain(v) for k, v in value.items()}

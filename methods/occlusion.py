@@ -5,7 +5,7 @@ averaged over the windows that cover it. y^c is the pre-softmax score.
 Window placement follows captum's ``Occlusion``: offsets 0, s, 2s, ... up to
 ceil((D - window) / s) * s along each side, the last window cropped at the border, so every
 pixel is covered. The window spans all channels. Occluded copies of all images are batched into
-forward passes of ``batch_size`` images.
+forward passes of exactly ``batch_size`` images (the last padded).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from salbench.methods import register_method
 from salbench.methods.base import Explainer, check_inputs, class_scores
 from salbench.methods.hooks import preserved_model_state
 from salbench.methods.postprocess import Postprocess
+from salbench.metrics.perturbation import pad_rows
 
 
 def window_offsets(size: int, window: int, stride: int) -> List[int]:
@@ -83,8 +84,11 @@ class Occlusion(Explainer):
                 image, window = pairs // n_windows, pairs % n_windows
                 mask = masks[window][:, None]  # [n, 1, H, W]
                 occluded = torch.where(mask, torch.full_like(x[image], self.fill), x[image])
-                # no per-chunk host sync: the targets were checked with the clean pass
-                drops[start:stop] = clean[image] - self.model(occluded).gather(1, target[image, None])[:, 0]
+                # every pass has batch_size inputs (the last padded): a window's score does not
+                # depend on how many others share its pass; no per-chunk host sync (the targets
+                # were checked with the clean pass)
+                scores = self.model(pad_rows(occluded, self.batch_size))[: stop - start]
+                drops[start:stop] = clean[image] - scores.gather(1, target[image, None])[:, 0]
         # windows added in a fixed order: deterministic on CUDA (index_add_ uses float atomics
         # there) and, on the CPU, the same additions in the same order as index_add_
         drops = drops.view(batch, n_windows)

@@ -218,3 +218,20 @@ class _NoClock:
 
     def __exit__(self, *exc: Any) -> None:
         return None
+
+
+def explain_in_chunks(explainer: Any, x: Tensor, target: Tensor, chunk: Optional[int]) -> Tensor:
+    """``explainer(x, target)`` [B, H, W] computed on chunks of exactly ``chunk`` images (the last
+    padded by repeating its last image), as the job loop explains: the maps do not depend on how
+    many images the call holds. ``chunk=None``: one call."""
+    if chunk is None:
+        return explainer(x, target)
+    target = check_inputs(x, target)
+    pieces = []
+    for start in range(0, x.shape[0], chunk):
+        part = slice(start, start + chunk)
+        real = x[part].shape[0]
+        rows = torch.arange(start, start + real, device=x.device)
+        rows = torch.cat([rows, rows[-1:].expand(chunk - real)])
+        pieces.append(explainer(x[rows], target[rows])[:real])
+    return torch.cat(pieces)

@@ -102,7 +102,9 @@ class ExplainedBatch:
     class) pair); ``inputs`` [N, C, H, W] the normalized model input; ``logits`` [N, K] on the
     clean input; ``targets`` [N] the class each map explains; ``maps[method]`` [N, H, W] at input
     resolution; ``model`` the :class:`salbench.models.bundle.ModelBundle`; ``explainers``
-    {method: explainer} (set for ``Needs(explainers=True)``); ``costs`` (for ``Needs(costs=True)``).
+    {method: explainer} (set for ``Needs(explainers=True)``); ``costs`` (for ``Needs(costs=True)``);
+    ``forward_chunk``: images per explanation pass in the job (a metric that re-runs the
+    explainers calls them in chunks of this size, so its values do not depend on the batch).
     """
 
     batch: Any
@@ -113,6 +115,7 @@ class ExplainedBatch:
     model: Any = None
     explainers: Optional[Mapping[str, Any]] = None
     costs: Optional[BatchCosts] = None
+    forward_chunk: Optional[int] = None
 
     @property
     def images(self) -> Tensor:
@@ -125,7 +128,7 @@ class ExplainedBatch:
     def of(self, method: str) -> "MethodBatch":
         """The batch as one method sees it."""
         return MethodBatch(self.batch, self.inputs, self.logits, self.targets, self.maps[method], self.model,
-                           method, (self.explainers or {}).get(method))
+                           method, (self.explainers or {}).get(method), self.forward_chunk)
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class MethodBatch:
     model: Any
     method: str
     explainer: Any = None
+    forward_chunk: Optional[int] = None
 
     @property
     def images(self) -> Tensor:

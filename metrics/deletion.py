@@ -24,9 +24,9 @@ applied per channel with zero padding), trapezoid AUC.
 All perturbed inputs of a batch ((image x step) pairs; with :func:`perturbation_curves`,
 (method x image x step) triples for several maps of the same images) are built with tensor ops
 (``where(rank < threshold, finish, start)``) on the input's device and fed to the model in
-equal chunks of at most ``batch_size`` inputs (``ceil(N / ceil(N / batch_size))`` with
-``N = B * (n_steps + 1)``, the last chunk padded to that size)
-under ``torch.inference_mode``, so memory is bounded by one chunk. Option ``autocast``
+forward passes of exactly ``batch_size`` inputs (the last chunk padded by repeating its last
+input; :mod:`salbench.metrics.perturbation`) under ``torch.inference_mode``, so memory is bounded
+by one chunk and a sample's value does not depend on the batch it came in. Option ``autocast``
 (``bf16`` | ``fp16``) runs the forward passes under ``torch.autocast`` (docs/benchmarks.md
 records its effect on the scores).
 """
@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from salbench.metrics import register_metric
 from salbench.metrics.base import TRACKED, CurveKind, ExplainedBatch, Metric, ScoreInfo, TracksClass, check_choice
 from salbench.metrics.base import image_ids, image_seeds
-from salbench.metrics.perturbation import AUTOCAST, class_readout, equal_chunk, forward_in_chunks
+from salbench.metrics.perturbation import AUTOCAST, class_readout, forward_in_chunks
 
 CURVES = ("deletion", "insertion")
 SUBSTRATES = ("zero", "mean", "blur", "noise")
@@ -231,7 +231,7 @@ def perturbation_curves(
         return class_readout(logits, target[images], score)
 
     values = forward_in_chunks(model, num_maps * num_images * points, build, read,
-                               chunk=equal_chunk(num_images * points, batch_size), device=x.device,
+                               chunk=batch_size, device=x.device,
                                autocast=autocast)
     curves = values.view(num_maps, num_images, points)
     bad = torch.isnan(stacked).flatten(2).any(2)  # [M, B]

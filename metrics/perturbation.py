@@ -7,16 +7,17 @@ A metric describes its perturbed inputs as a flat sequence of ``count`` items (f
 forward batches) and gives two functions: ``build(start, stop)`` makes the inputs of items
 ``start..stop-1`` [n, C, H, W] on the model's device, and ``read(logits, start, stop)`` turns
 their logits [n, K] (float32) into one value per item [n]. :func:`forward_in_chunks` runs the
-model over equal chunks under ``torch.inference_mode`` (and ``torch.autocast`` when asked),
-the last chunk padded by repeating its last input, so every forward pass has the same batch
-shape: CPU GEMM kernels round a sample differently at different batch sizes, and a chunk size
-that depends only on each map's inputs (:func:`equal_chunk`) makes the values of several
-methods packed together equal those of each method alone, bit for bit.
+model over chunks of exactly ``chunk`` inputs under ``torch.inference_mode`` (and
+``torch.autocast`` when asked), the last chunk padded by repeating its last input, so every
+forward pass has the same batch shape: CPU GEMM kernels (and cuDNN's algorithm choice) round a
+sample differently at different batch sizes, while at one batch shape a sample's result does not
+depend on the other samples. A fixed chunk (the metric's ``batch_size``) therefore makes the
+values independent of how many images a job batch holds and of how many methods share the
+passes: several methods packed together equal each method alone, bit for bit.
 """
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any, Callable, Optional
 
 import torch
@@ -36,16 +37,6 @@ def autocast_scope(device: torch.device, autocast: Optional[str]) -> Any:
     return torch.autocast(device_type=device.type, dtype=AUTOCAST[autocast])
 
 
-def equal_chunk(per_map: int, batch_size: int) -> int:
-    """Inputs per forward pass for ``per_map`` perturbed inputs of one map: the most equal split
-    into chunks of at most ``batch_size``, ``ceil(n / ceil(n / batch_size))``."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    if per_map < 1:
-        return 1
-    return math.ceil(per_map / math.ceil(per_map / batch_size))
-
-
 def class_readout(logits: Tensor, tracked: Tensor, score: str) -> Tensor:
     """logits [n, K] float32, tracked [n] long -> [n]: the ``softmax`` probability, the ``logit``,
     or ``correct`` (1.0 when the top-1 class is the tracked class, else 0.0)."""
@@ -55,6 +46,11 @@ def class_readout(logits: Tensor, tracked: Tensor, score: str) -> Tensor:
     if score == "logit":
         return logits.gather(1, tracked[:, None])[:, 0]
     return (logits.argmax(dim=1) == tracked).float()
+
+
+def pad_rows(x: Tensor, rows: int) -> Tensor:
+    """x [n, ...] -> [rows, ...] (rows >= n): the last row repeated."""
+    return x if x.shape[0] == rows else torch.cat([x, x[-1:].expand(rows - x.shape[0], *x.shape[1:])])
 
 
 def forward_in_chunks(
@@ -67,19 +63,28 @@ def forward_in_chunks(
     device: torch.device,
     autocast: Optional[str] = None,
 ) -> Tensor:
-    """Values [count] float32 on ``device``: ``read(model(build(a, b)).float(), a, b)`` over
+    """Values [count, ...] float32 on ``device``: ``read(model(build(a, b)).float(), a, b)`` over
     chunks ``[a, b)`` of ``chunk`` items (the last chunk's inputs padded to ``chunk`` by
-    repeating its last input; the padding's logits are dropped before ``read``)."""
+    repeating its last input; the padding's logits are dropped before ``read``). ``read`` returns
+    one value per item ([n]) or one row ([n, ...], e.g. the logits themselves)."""
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1; got {chunk}")
-    values = torch.empty(count, device=device, dtype=torch.float32)
+    values: Optional[Tensor] = None
     with torch.inference_mode():
         for start in range(0, count, chunk):
             stop = min(start + chunk, count)
-            inputs = build(start, stop)
-            if stop - start < chunk:
-                inputs = torch.cat([inputs, inputs[-1:].expand(chunk - (stop - start), *inputs.shape[1:])])
+            inputs = pad_rows(build(start, stop), chunk)
             with autocast_scope(device, autocast):
                 logits = model(inputs)
-            values[start:stop] = read(logits.float()[: stop - start], start, stop)
-    return values
+            got = read(logits.float()[: stop - start], start, stop)
+            if values is None:
+                values = torch.empty((count, *got.shape[1:]), device=device, dtype=torch.float32)
+            values[start:stop] = got
+    return values if values is not None else torch.empty(0, device=device, dtype=torch.float32)
+
+
+def logits_in_chunks(model: nn.Module, x: Tensor, chunk: int) -> Tensor:
+    """model(x) [B, K] float32 computed in forward passes of exactly ``chunk`` images (the last
+    padded): the same numbers whatever the batch ``x`` belongs to."""
+    return forward_in_chunks(model, x.shape[0], lambda a, b: x[a:b], lambda logits, a, b: logits, chunk=chunk,
+                             device=x.device)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from salbench.methods.hooks import trace_forward
+from salbench.methods.shared import explain_in_chunks
 from salbench.metrics import register_metric
 from salbench.metrics.base import MethodBatch, MethodwiseMetric, Needs, ScoreInfo
 
@@ -207,6 +208,7 @@ def randomization_check(
     init: str = "reset",
     init_std: float = 0.01,
     original_maps: Optional[Tensor] = None,
+    chunk: Optional[int] = None,
 ) -> "pandas.DataFrame":  # noqa: F821
     """Compare maps of ``model`` with maps of layer-randomized copies of it.
 
@@ -214,7 +216,8 @@ def randomization_check(
     explainer_factory: ``model -> explainer``, the explainer called as ``(x, target) -> [B, H, W]``;
     x: [B, C, H, W] normalized inputs; target: [B] explained class; layers: module names or
     groups of names, top (output side) first (default :func:`default_layer_groups`); mode:
-    ``cascading`` | ``independent`` | ``both``; original_maps: [B, H, W] to skip recomputing.
+    ``cascading`` | ``independent`` | ``both``; original_maps: [B, H, W] to skip recomputing;
+    chunk: explain in calls of exactly this many images (as the job loop), None: one call.
 
     Returns a long DataFrame: image (index in x), mode, depth (1-based position of the group,
     top first; in cascading mode the number of randomized groups), layer (the group's first
@@ -230,12 +233,12 @@ def randomization_check(
     if not groups:
         raise ValueError("no layers to randomize")
     if original_maps is None:
-        original_maps = explainer_factory(model)(x, target)
+        original_maps = explain_in_chunks(explainer_factory(model), x, target, chunk)
     original_maps = original_maps.detach()
     rows: List[Dict[str, Any]] = []
 
     def record(randomized: nn.Module, run_mode: str, depth: int, label: str) -> None:
-        maps = explainer_factory(randomized)(x, target).detach()
+        maps = explain_in_chunks(explainer_factory(randomized), x, target, chunk).detach()
         for similarity, values in map_similarity(original_maps, maps).items():
             for image, value in enumerate(values.tolist()):
                 rows.append({"image": image, "mode": run_mode, "depth": depth, "layer": label,
@@ -333,7 +336,7 @@ class ModelRandomization(MethodwiseMetric):
         table = randomization_check(
             model, lambda m: rebuild_explainer(explained.explainer, m), x[:keep], targets[:keep],
             layers=self.layers, mode=self.mode, seed=self.seed, init=self.init, init_std=self.init_std,
-            original_maps=heatmaps[:keep],
+            original_maps=heatmaps[:keep], chunk=explained.forward_chunk,
         )
         ids = list(getattr(explained.batch, "image_ids", None) or [str(i) for i in range(x.shape[0])])
         table.insert(0, "image_id", [ids[i] for i in table["image"]])

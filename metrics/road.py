@@ -50,7 +50,7 @@ One sparse LU per (image, fraction, order); its cost grows with the removed coun
 the GIL). ``solver: cg`` solves the same systems on the input's device instead, batched and
 matrix-free (:func:`cg_linear_imputation`): for GPUs; its imputations differ from direct's by
 at most about 5e-6 (measured). Measured on 2 shared CPU cores: docs/faithfulness.md. The model's forward passes are
-batched (``batch_size`` imputed images per pass, equal chunks, the last padded) under
+batched (exactly ``batch_size`` imputed images per pass, the last chunk padded) under
 ``torch.inference_mode``, optionally under ``torch.autocast``.
 """
 from __future__ import annotations
@@ -70,7 +70,7 @@ from salbench.metrics import register_metric
 from salbench.metrics.base import TRACKED, CurveKind, ExplainedBatch, Metric, ScoreInfo, TracksClass, check_choice
 from salbench.metrics.base import image_ids, image_seeds
 from salbench.metrics.deletion import TIE_BREAKS, pixel_ranks
-from salbench.metrics.perturbation import AUTOCAST, class_readout, equal_chunk, forward_in_chunks
+from salbench.metrics.perturbation import AUTOCAST, class_readout, forward_in_chunks
 
 ORDERS = ("morf", "lerf")
 SCORES = ("softmax", "logit", "correct")
@@ -389,7 +389,7 @@ def road_curves_of_maps(
     (``softmax``, ``logit`` or ``correct``) of ``target[b]`` on image ``b`` with ``fractions[i]``
     of its pixels removed in ``order`` and imputed (:func:`noisy_linear_imputation`, ``seeds`` as
     there). A map holding NaN gives NaN curves (its image is not imputed). Every method's imputed
-    images go through the perturbation engine in shared equal chunks of at most ``batch_size``
+    images go through the perturbation engine in shared chunks of exactly ``batch_size``
     (method-major, then order, image, fraction; the chunk size depends on one map's imputations
     only). A chunk's imputations run on ``workers`` threads (default ``torch.get_num_threads()``;
     SuperLU releases the GIL); the results do not depend on it.
@@ -475,7 +475,7 @@ def road_curves_of_maps(
     try:
         if jobs:
             got = forward_in_chunks(model, len(jobs), build, read, device=x.device, autocast=autocast,
-                                    chunk=equal_chunk(len(orders) * num_images * len(fractions), batch_size))
+                                    chunk=batch_size)
             index = torch.tensor(jobs, dtype=torch.long, device="cpu")
             values[index[:, 0], index[:, 1], index[:, 2], index[:, 3]] = got.cpu()
     finally:

@@ -58,6 +58,66 @@ class ModelBundle:
         }
 
 
+class SelectOutput(nn.Module):
+    """Wraps a module whose forward returns a tuple, list or dict: returns its item ``key`` (the
+    logits [B, K]); the wrapped module is ``module`` (its layers are ``module.<name>``)."""
+
+    def __init__(self, module: nn.Module, key: Any):
+        super().__init__()
+        self.module, self.key = module, key
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.module(x)
+        try:
+            picked = out[self.key] if not isinstance(out, (tuple, list)) else out[int(self.key)]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise ValueError(f"model.output_key={self.key!r} is not an item of the model's {describe_output(out)}") from None
+        if not isinstance(picked, Tensor):
+            raise ValueError(f"model.output_key={self.key!r} picks a {type(picked).__name__}, not the logits tensor")
+        return picked
+
+
+def describe_output(out: Any) -> str:
+    """A short description of a model's output, e.g. ``tuple of 2 (tensor [1, 1000], tensor [1, 1000])``."""
+    def one(value: Any) -> str:
+        return f"tensor {list(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+
+    if isinstance(out, Tensor):
+        return one(out)
+    if isinstance(out, dict):
+        return f"dict with keys {', '.join(repr(k) for k in list(out)[:8])} ({', '.join(one(v) for v in list(out.values())[:8])})"
+    if isinstance(out, (tuple, list)):
+        return f"{type(out).__name__} of {len(out)} ({', '.join(one(v) for v in out[:8])})"
+    return type(out).__name__
+
+
+def check_model_output(bundle: ModelBundle) -> None:
+    """One forward pass of a zero image: the model must return logits [1, K] with K the bundle's
+    class count; a tuple, list or dict output is an error naming its items and ``model.output_key``."""
+    parameter = next(bundle.module.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    with torch.no_grad():
+        out = bundle.module(torch.zeros(1, 3, *bundle.input_size, device=device))
+    if isinstance(out, (tuple, list, dict)):
+        raise ValueError(f"model {bundle.name!r} returns a {describe_output(out)}, not logits [B, K]; set "
+                         f"model.output_key to the item that holds the logits (an index or a key)")
+    if not isinstance(out, Tensor) or out.ndim != 2:
+        raise ValueError(f"model {bundle.name!r} returns {describe_output(out)}; need logits [B, K]")
+    if out.shape[1] != bundle.num_classes:
+        raise ValueError(f"model {bundle.name!r} returns {out.shape[1]} logits but names {bundle.num_classes} classes")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (recorded with the scores: which weights were evaluated)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def cache_dir() -> Path:
     """Where trained weights are cached: ``$SALBENCH_CACHE`` or ``~/.cache/salbench``."""
     return Path(os.environ.get("SALBENCH_CACHE", Path.home() / ".cache" / "salbench"))

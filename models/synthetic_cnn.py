@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from salbench.models import register_model
-from salbench.models.bundle import ModelBundle, cache_dir
+from salbench.models.bundle import ModelBundle, cache_dir, file_sha256
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "synthetic_cnn.pt"
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -70,15 +70,6 @@ class SyntheticTraining:
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (recorded with the scores: which weights were evaluated)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shipped_recipe() -> Optional[SyntheticTraining]:

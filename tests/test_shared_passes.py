@@ -216,6 +216,6 @@ def test_a_label_job_reuses_the_shared_pass_forward(compose_config, tmp_path, mo
     monkeypatch.setattr(runner, "create_model", counting)
     # energy_pointing_game scores the job's own maps (cam_paper would ask for the label's maps)
     runner.run_job(compose_config(["debug=fast", "dataset.limit=4", "model.pretrained=false", "metric=[energy_pointing_game]",
-                                   "method=[gradcam,saliency]", f"target={target}", "gallery_images=0"]),
+                                   "method=[gradcam,saliency]", f"target={target}", "gallery_images=0", "forward_chunk=4"]),
                    tmp_path / target)
-    assert calls == [4] * forwards
+    assert calls == [1] + [4] * forwards  # the output check at build, then the batch
