@@ -295,17 +295,53 @@ def input_size(image_size: ImageSize, default: Tuple[int, int] = (224, 224)) -> 
     return (height, width)
 
 
+# integer modes wider than 8 bits, and the full-scale value their data is divided by
+WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB. 16-bit grey (``I;16*``, and ``I``: 32-bit integer holding 16-bit
+    data, as PIL opens 16-bit PNG and TIFF) is scaled by 255 / 65535 and rounded, not clipped at
+    255 (PIL's ``convert("RGB")`` would turn it white); float ``F`` images are taken as [0, 1]
+    and scaled by 255. Palette (``P``) images go through their palette; an alpha channel
+    (``RGBA``, ``LA``, ``PA``) is dropped: the stored colours are used as they are, not
+    composited on a background; ``CMYK`` / ``YCbCr`` / ``L`` / ``1`` convert as PIL converts."""
+    if image.mode in WIDE_MODES or image.mode == "F":
+        data = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if image.mode == "F" else 255.0 / WIDE_MODES[image.mode]
+        grey = np.clip(np.rint(data * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return image.convert("RGB")
+
+
 def read_image(path: Union[str, Path]) -> Image.Image:
-    """The image at ``path`` as RGB; a missing or unreadable file raises :class:`SkipSample`."""
+    """The image at ``path`` as 8-bit RGB (:func:`to_rgb`); a missing or unreadable file raises
+    :class:`SkipSample`."""
     path = Path(path)
     if not path.is_file():
         raise SkipSample(f"missing image: {path}")
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert("RGB")
+            return to_rgb(image)
     except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
         raise SkipSample(f"corrupt image: {path}: {error}") from None
+
+
+def read_table(path: Path) -> Tuple[List[str], List[Dict[str, str]]]:
+    """(header, rows as dicts) of a CSV file, column names stripped: UTF-8 with or without a
+    byte-order mark (Excel's "CSV UTF-8"); another encoding is a ValueError naming the file."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
+            header = [(k or "").strip() for k in (reader.fieldnames or [])]
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 ({error.reason} at byte {error.start}); save it as UTF-8 "
+                         "(e.g. Excel's 'CSV UTF-8')") from None
+    return header, rows
 
 
 def read_mask(path: Union[str, Path], threshold: int = 127) -> np.ndarray:

@@ -11,14 +11,19 @@ A baseline file (YAML, or JSON when its name ends in ``.json``) lists entries::
         value: 0.62          # the accepted score
         tolerance: 0.05      # absolute; a change within it is OK
         direction: higher    # higher | lower is better (default: the score's higher_is_better)
+        images: 64           # images scored (per-image scores) when the baseline was taken
+        protocol: {threshold: 0.2, ...}       # the metric's protocol then (every choice)
+        method_options: {layer: features, ...}  # the method's options then
 
 The current value of an entry is the mean over images of its ``scope == "image"`` rows (NaN
 values skipped, as in the summary tables; the count of NaN images is shown) or the value of its
 ``scope == "dataset"`` row, over every run under RESULTS (a run or multirun directory; shards of
 one dataset merge). Status per entry: OK (within tolerance), IMPROVED, REGRESSED (worse by more
-than the tolerance, or the current value is NaN) or MISSING (no current rows). Exit status: 0 when
-nothing regressed or is missing, 1 otherwise, 2 for unusable input (no results, a malformed
-baseline). ``--update`` writes the baseline from the current values (atomic write): entries
+than the tolerance, or the current value is NaN), MISSING (no current rows) or CHANGED (the
+metric's protocol, the method's options or the number of images differ from the baseline's: the
+numbers are not comparable; ``--allow-protocol-change`` compares them anyway, and says so). Exit
+status: 0 when nothing regressed, is missing or changed, 1 otherwise, 2 for unusable input (no
+results, an incomplete / failed / superseded job, a malformed baseline). ``--update`` writes the baseline from the current values (atomic write): entries
 already in the file keep their tolerance and direction, new ones get ``--tolerance``.
 """
 from __future__ import annotations
@@ -37,7 +42,8 @@ from salbench.harness import store
 
 KEY = ["model", "dataset", "method", "metric", "score"]
 DIRECTIONS = ("higher", "lower")
-STATUSES = ("OK", "IMPROVED", "REGRESSED", "MISSING")
+STATUSES = ("OK", "IMPROVED", "REGRESSED", "MISSING", "CHANGED")
+RECORDED = ("images", "protocol", "method_options")  # what a baseline entry pins beside the value
 DEFAULT_TOLERANCE = 0.02
 
 
@@ -50,10 +56,11 @@ def aggregate(scores: pd.DataFrame) -> pd.DataFrame:
     """Tidy scores (``scores.parquet`` rows of one or more runs) -> one row per
     (model, dataset, method, metric, score) with ``value`` (mean over images, NaN skipped; or the
     dataset-level value), ``images`` (images scored), ``nan`` (images whose value is NaN),
-    ``higher_is_better`` and ``scope``.
+    ``higher_is_better``, ``scope``, ``protocol`` and ``method_options`` (parsed JSON).
 
     The same image scored twice for one key (two runs of the same cell, e.g. a sweep over a
-    method's options under one method name) is ambiguous and raises ``ValueError``.
+    method's options under one method name), or one key under two protocols, is ambiguous and
+    raises ``ValueError``.
     """
     missing = set(KEY + ["value", "scope"]) - set(scores.columns)
     if missing:
@@ -74,7 +81,7 @@ def aggregate(scores: pd.DataFrame) -> pd.DataFrame:
             values = group["value"].astype(float)
             rows.append({**dict(zip(KEY, key)), "value": values.mean(), "images": int(len(values)),
                          "nan": int(values.isna().sum()), "higher_is_better": _first_bool(group),
-                         "scope": "image"})
+                         "scope": "image", **_recorded(group, key)})
     per_dataset = scores[scores["scope"] == "dataset"]
     for key, group in per_dataset.groupby(KEY, sort=False):
         if len(group) > 1:
@@ -83,9 +90,24 @@ def aggregate(scores: pd.DataFrame) -> pd.DataFrame:
                 "a dataset-level score of shards needs the merged run: check one run"
             )
         value = float(group["value"].iloc[0])
-        rows.append({**dict(zip(KEY, key)), "value": value, "images": None, "nan": int(math.isnan(value)),
-                     "higher_is_better": _first_bool(group), "scope": "dataset"})
-    return pd.DataFrame(rows, columns=KEY + ["value", "images", "nan", "higher_is_better", "scope"])
+        same_cell = per_image[(per_image[KEY[:4]] == pd.Series(dict(zip(KEY[:4], key[:4])))).all(axis=1)]
+        images = int(same_cell["image_id"].nunique()) if len(same_cell) else None
+        rows.append({**dict(zip(KEY, key)), "value": value, "images": images, "nan": int(math.isnan(value)),
+                     "higher_is_better": _first_bool(group), "scope": "dataset", **_recorded(group, key)})
+    return pd.DataFrame(rows, columns=KEY + ["value", "images", "nan", "higher_is_better", "scope", "protocol",
+                                             "method_options"])
+
+
+def _recorded(group: pd.DataFrame, key: Sequence[Any]) -> Dict[str, Any]:
+    """The protocol and method options of one key's rows (parsed); two of either is ambiguous."""
+    out = {}
+    for column in ("protocol", "method_options"):
+        values = group[column].dropna().unique() if column in group else []
+        if len(values) > 1:
+            raise ValueError(f"{'/'.join(map(str, key))} was scored with {len(values)} different {column} values "
+                             "(runs of different configs under RESULTS); check them apart")
+        out[column] = json.loads(values[0]) if len(values) else None
+    return out
 
 
 def _first_bool(group: pd.DataFrame) -> Optional[bool]:
@@ -111,10 +133,10 @@ def _entry(raw: Any, where: str) -> Dict[str, Any]:
     absent = [k for k in KEY + ["value"] if raw.get(k) is None]
     if absent:
         raise BaselineError(f"{where}: entry {raw} lacks {', '.join(absent)} (need {', '.join(KEY)}, value)")
-    unknown = sorted(set(raw) - set(KEY) - {"value", "tolerance", "direction"})
+    unknown = sorted(set(raw) - set(KEY) - {"value", "tolerance", "direction", *RECORDED})
     if unknown:
         raise BaselineError(f"{where}: entry {raw} has unknown keys {unknown}; valid: "
-                            f"{', '.join(KEY)}, value, tolerance, direction")
+                            f"{', '.join(KEY)}, value, tolerance, direction, {', '.join(RECORDED)}")
     entry = {k: str(raw[k]) for k in KEY}
     try:
         entry["value"] = float(raw["value"])
@@ -127,6 +149,8 @@ def _entry(raw: Any, where: str) -> Dict[str, Any]:
     if direction is not None and direction not in DIRECTIONS:
         raise BaselineError(f"{where}: direction must be one of {DIRECTIONS}; got {direction!r}")
     entry["direction"] = direction
+    for name in RECORDED:
+        entry[name] = raw.get(name)
     return entry
 
 
@@ -167,6 +191,9 @@ def write_baseline(path: Path, entries: Iterable[Dict[str, Any]]) -> None:
         item.update(value=round(float(e["value"]), 6), tolerance=float(e["tolerance"]))
         if e.get("direction"):
             item["direction"] = e["direction"]
+        for name in RECORDED:
+            if e.get(name) is not None:
+                item[name] = int(e[name]) if name == "images" else e[name]
         clean.append(item)
     if path.suffix.lower() == ".json":
         store.write_text(path, json.dumps({"entries": clean}, indent=2) + "\n")
@@ -179,10 +206,28 @@ def write_baseline(path: Path, entries: Iterable[Dict[str, Any]]) -> None:
 
 
 # --------------------------------------------------------------------------- comparison
-def compare(current: pd.DataFrame, entries: Sequence[Dict[str, Any]]) -> pd.DataFrame:
+def changes(entry: Dict[str, Any], found: Any) -> List[str]:
+    """What differs between a baseline entry's recorded protocol, method options and image count
+    and the current rows' (a name per difference, e.g. ``protocol.threshold 0.2 -> 0.5``); an
+    entry that recorded nothing (an older baseline) has no differences."""
+    out = []
+    if entry.get("images") is not None and found["images"] is not None and int(entry["images"]) != int(found["images"]):
+        out.append(f"images {int(entry['images'])} -> {int(found['images'])}")
+    for name in ("protocol", "method_options"):
+        old, new = entry.get(name), found[name]
+        if old is None or new is None or old == new:
+            continue
+        keys = sorted(set(old) | set(new), key=str)
+        out += [f"{name}.{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return out
+
+
+def compare(current: pd.DataFrame, entries: Sequence[Dict[str, Any]], allow_protocol_change: bool = False) -> pd.DataFrame:
     """Baseline ``entries`` against ``current`` (from :func:`aggregate`) -> one row per entry:
     the key, ``baseline``, ``current``, ``delta`` (current - baseline), ``tolerance``,
-    ``direction``, ``images``, ``nan`` and ``status`` (OK / IMPROVED / REGRESSED / MISSING)."""
+    ``direction``, ``images``, ``nan``, ``changed`` (:func:`changes`) and ``status`` (OK /
+    IMPROVED / REGRESSED / MISSING / CHANGED; CHANGED when the protocol, method options or image
+    count differ, unless ``allow_protocol_change``)."""
     index = {tuple(str(v) for v in row[KEY]): row for _, row in current.iterrows()}
     rows = []
     for entry in entries:
@@ -193,10 +238,12 @@ def compare(current: pd.DataFrame, entries: Sequence[Dict[str, Any]]) -> pd.Data
             direction = "higher" if found["higher_is_better"] else "lower"
         direction = direction or "higher"
         row = {**dict(zip(KEY, key)), "baseline": entry["value"], "tolerance": entry["tolerance"],
-               "direction": direction, "current": float("nan"), "delta": float("nan"), "images": None, "nan": None}
+               "direction": direction, "current": float("nan"), "delta": float("nan"), "images": None, "nan": None,
+               "changed": ""}
         if found is None:
             row["status"] = "MISSING"
         else:
+            row["changed"] = "; ".join(changes(entry, found))
             value = float(found["value"])
             row.update(current=value, delta=value - entry["value"], images=found["images"], nan=found["nan"])
             gain = row["delta"] if direction == "higher" else -row["delta"]
@@ -208,14 +255,19 @@ def compare(current: pd.DataFrame, entries: Sequence[Dict[str, Any]]) -> pd.Data
                 row["status"] = "IMPROVED"
             else:
                 row["status"] = "OK"
+            if row["changed"] and not allow_protocol_change:
+                row["status"] = "CHANGED"
         rows.append(row)
-    columns = KEY + ["baseline", "current", "delta", "tolerance", "direction", "images", "nan", "status"]
+    columns = KEY + ["baseline", "current", "delta", "tolerance", "direction", "images", "nan", "changed", "status"]
     return pd.DataFrame(rows, columns=columns)
 
 
+FAILING = ("REGRESSED", "MISSING", "CHANGED")
+
+
 def failed(diff: pd.DataFrame) -> bool:
-    """Whether the gate fails: any entry REGRESSED or MISSING."""
-    return bool(diff["status"].isin(["REGRESSED", "MISSING"]).any())
+    """Whether the gate fails: any entry REGRESSED, MISSING or CHANGED."""
+    return bool(diff["status"].isin(FAILING).any())
 
 
 def format_diff(diff: pd.DataFrame) -> str:
@@ -233,8 +285,13 @@ def format_diff(diff: pd.DataFrame) -> str:
     widths = [max([len(h)] + [len(row[i]) for row in lines]) for i, h in enumerate(header)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     counts = diff["status"].value_counts()
-    tally = ", ".join(f"{int(counts.get(s, 0))} {s.lower()}" for s in ("REGRESSED", "MISSING", "IMPROVED", "OK"))
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines), "", tally]) + "\n"
+    tally = ", ".join(f"{int(counts.get(s, 0))} {s.lower()}" for s in ("REGRESSED", "MISSING", "CHANGED", "IMPROVED",
+                                                                         "OK"))
+    notes = [f"{r['method']} {r['metric']}/{r['score']}: {r['changed']}" for _, r in diff.iterrows() if r["changed"]]
+    if notes:
+        notes = ["", "not comparable (protocol, method options or images changed; --allow-protocol-change compares "
+                     "anyway):", *[f"  {n}" for n in notes]]
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines), "", tally, *notes]) + "\n"
 
 
 def _num(value: float, signed: bool = False) -> str:
@@ -257,12 +314,14 @@ def updated_entries(current: pd.DataFrame, entries: Sequence[Dict[str, Any]], to
         fresh = dict(entry)
         if row is not None and not math.isnan(float(row["value"])):
             fresh["value"] = float(row["value"])
+            fresh.update({name: row[name] for name in RECORDED})
         out.append(fresh)
     for key, row in values.items():
         if key in seen or math.isnan(float(row["value"])):
             continue
         direction = None if row["higher_is_better"] is None else ("higher" if row["higher_is_better"] else "lower")
-        out.append({**dict(zip(KEY, key)), "value": float(row["value"]), "tolerance": tolerance, "direction": direction})
+        out.append({**dict(zip(KEY, key)), "value": float(row["value"]), "tolerance": tolerance, "direction": direction,
+                    **{name: row[name] for name in RECORDED}})
     return out
 
 
@@ -281,18 +340,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     for column in ("method", "metric", "score"):
         parser.add_argument(f"--{column}", action="append", default=None, metavar="GLOB",
                             help=f"with --update: only {column}s matching GLOB (repeatable)")
+    parser.add_argument("--allow-protocol-change", action="store_true",
+                        help="compare values even when a metric's protocol, a method's options or the number of "
+                             "images differ from the baseline's (said in the output); without it that fails")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="check the completed jobs when others are incomplete, failed or superseded (listed); "
+                             "without it such jobs are an error (exit 2)")
     args = parser.parse_args(argv)
-    from salbench.reports.load import load
+    from salbench.reports.load import load, skipped_runs
 
     try:
-        current = aggregate(load(args.results))
+        current = aggregate(load(args.results, args.allow_incomplete))
         entries = read_baseline(args.baseline) if (args.baseline.exists() or not args.update) else []
     except (FileNotFoundError, ValueError) as error:  # BaselineError is a ValueError
         print(f"salbench check: error: {error}", file=sys.stderr)
         return 2
     print(f"baseline: {args.baseline}\nresults:  {', '.join(args.results)}\n")
+    for skipped in skipped_runs(args.results):
+        print(f"left out (--allow-incomplete): {skipped}")
     if entries:
-        diff = compare(current, entries)
+        diff = compare(current, entries, args.allow_protocol_change)
         print(format_diff(diff))
     if args.update:
         chosen = select(current, method=args.method, metric=args.metric, score=args.score)
@@ -304,8 +371,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("salbench check: error: the baseline has no entries (write them with --update)", file=sys.stderr)
         return 2
     if failed(diff):
-        bad = diff[diff["status"].isin(["REGRESSED", "MISSING"])]
-        print(f"FAILED: {len(bad)} of {len(diff)} baseline entries regressed or are missing", file=sys.stderr)
+        bad = diff[diff["status"].isin(FAILING)]
+        print(f"FAILED: {len(bad)} of {len(diff)} baseline entries regressed, are missing or changed protocol",
+              file=sys.stderr)
         return 1
     print(f"passed: {len(diff)} baseline entries within tolerance")
     return 0

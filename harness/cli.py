@@ -4,9 +4,14 @@
 * ``salbench report DIR...``: the report of finished runs (also ``salbench-report``);
 * ``salbench check DIR... --baseline FILE [--update]``: the regression gate (:mod:`salbench.harness.check`);
 * ``salbench crosscheck [overrides]``: methods against captum / pytorch-grad-cam (config ``crosscheck``).
+
+A config or data error (an unknown key or option, a missing file, an empty dataset, a locked
+output folder) prints one line ``salbench: error: ...`` and exits with status 2; ``--verbose``
+(or ``HYDRA_FULL_ERROR=1``) shows the traceback instead.
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 from importlib import resources
@@ -59,14 +64,46 @@ def unknown_group_options(overrides: List[str]) -> List[str]:
     return messages
 
 
+def user_errors() -> tuple:
+    """The exceptions that are the user's input, not a bug: one line and exit status 2."""
+    from salbench.harness.registry import OptionError, UnknownNameError
+    from salbench.harness.store import OutputLocked
+
+    return (ValueError, FileNotFoundError, UnknownNameError, OptionError, OutputLocked)
+
+
+def verbose() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("SALBENCH_VERBOSE") == "1"
+
+
+def report_user_errors(job: Callable[[DictConfig], Optional[int]]) -> Callable[[DictConfig], Optional[int]]:
+    """Run ``job``; a user error prints ``salbench: error: <message>`` and exits 2 (the
+    traceback with ``--verbose`` / ``HYDRA_FULL_ERROR=1``)."""
+
+    def wrapped(cfg: DictConfig) -> Optional[int]:
+        try:
+            return job(cfg)
+        except user_errors() as error:
+            if verbose():
+                raise
+            print(f"salbench: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapped
+
+
 def run_main_job(cfg: DictConfig) -> None:
     from salbench.harness.runner import run_job
 
-    run_job(cfg, Path(HydraConfig.get().runtime.output_dir))
+    hydra = HydraConfig.get()
+    run_job(cfg, Path(hydra.runtime.output_dir), overrides=list(hydra.overrides.task))
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in argv:
+        argv.remove("--verbose")
+        os.environ["SALBENCH_VERBOSE"] = "1"
     if argv and argv[0] == "report":
         from salbench.reports.cli import main as report_main
 
@@ -79,14 +116,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         from salbench.harness.crosscheck import crosscheck_main
 
         sys.argv = [f"{sys.argv[0]} crosscheck", *argv[1:]]
-        _hydra_app("crosscheck", crosscheck_main)()
+        _hydra_app("crosscheck", report_user_errors(crosscheck_main))()
         return
     problems = unknown_group_options([a for a in argv if not a.startswith("-")])
     if problems:
         print("salbench: error: " + "\n".join(problems), file=sys.stderr)
         sys.exit(2)
     sys.argv = [sys.argv[0], *argv]
-    _hydra_app("config", run_main_job)()
+    _hydra_app("config", report_user_errors(run_main_job))()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ import typing
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 
+class OptionError(TypeError, ValueError):
+    """An option a component does not take (a TypeError, as Python's own for an unexpected
+    keyword, and a ValueError, as every other config error)."""
+
+
 class UnknownNameError(KeyError):
     """Raised for a name that is not registered; the message lists close matches and choices
     (``listing``: a sentence said instead of the choices, e.g. for thousands of them)."""
@@ -162,4 +167,4 @@ def check_options(what: str, entry: Callable, options: Dict[str, Any], positiona
     valid = list(entry_parameters(entry, skip=("self", "model") if positional else ("self",)))
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise TypeError(f"{what} has no option {unknown[0]!r}; valid options: {', '.join(valid) or '(none)'}")
+        raise OptionError(f"{what} has no option {unknown[0]!r}; valid options: {', '.join(valid) or '(none)'}")

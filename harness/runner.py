@@ -190,7 +190,7 @@ def _clear_outputs(output_dir: Path) -> None:
         (output_dir / name).unlink(missing_ok=True)
 
 
-def run_job(cfg: DictConfig, output_dir: Path) -> pd.DataFrame:
+def run_job(cfg: DictConfig, output_dir: Path, overrides: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """Run the job described by ``cfg`` and write its files into ``output_dir``; returns scores.
 
     The output folder is locked for the job (:func:`salbench.harness.store.output_lock`: a second
@@ -198,7 +198,7 @@ def run_job(cfg: DictConfig, output_dir: Path) -> pd.DataFrame:
     With ``resume`` (default), a directory whose run.json says ``completed`` for the same job
     identity (config, version, input fingerprints) is not run again (its scores are returned),
     and an interrupted job continues from its last flushed chunk; anything unreadable is
-    recomputed.
+    recomputed. ``overrides``: the command line's overrides, recorded in run.json.
     """
     output_dir = Path(output_dir)
     cfg = cfg.copy()
@@ -208,10 +208,10 @@ def run_job(cfg: DictConfig, output_dir: Path) -> pd.DataFrame:
     with store.output_lock(output_dir):
         store.remove_temporaries(output_dir)
         with cuda_numerics(tf32=bool(cfg.get("tf32", False))):
-            return _run_locked(cfg, output_dir)
+            return _run_locked(cfg, output_dir, list(overrides or []))
 
 
-def _run_locked(cfg: DictConfig, output_dir: Path) -> pd.DataFrame:
+def _run_locked(cfg: DictConfig, output_dir: Path, overrides: List[str]) -> pd.DataFrame:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     bundle = create_model(cfg.model.name, **options_of(cfg.model)).to(device)
@@ -243,6 +243,7 @@ def _run_locked(cfg: DictConfig, output_dir: Path) -> pd.DataFrame:
         "started": datetime.now(timezone.utc).isoformat(),
         "seed": cfg.seed,
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "overrides": overrides,
         "versions": store.package_versions(),
         "git_commit": store.git_commit(PROJECT_ROOT),
         "attempts": int(previous.get("attempts", 0)) + 1 if previous.get("job_id") == identity else 1,
@@ -551,6 +552,9 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any], bundle: Mo
     for key, saved in state.pop("metrics", {}).items():  # the accumulators of the flushed batches
         metrics[key].__dict__.update(saved)
     state["metrics"] = metrics
+    if cfg.batch_size < cfg.get("forward_chunk", 32):
+        print(f"salbench: note: forward_chunk={cfg.forward_chunk} > batch_size={cfg.batch_size}: every pass is padded "
+              f"to {cfg.forward_chunk} images; forward_chunk={cfg.batch_size} is faster (scores then round as with it)")
     job = Job(bundle=bundle, explainers=explainers, metrics=state["metrics"], device=device,
               dataset_name=cfg.dataset.name, target_rule=cfg.target,
               shared_passes=bool(cfg.get("shared_passes", True)), channels_last=bool(cfg.get("channels_last", False)),
@@ -588,14 +592,14 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any], bundle: Mo
     scores = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else rows.frame()
     scores = scores[store.SCORE_COLUMNS]
     store.write_parquet(output_dir / "scores.parquet", scores, job_id=identity)
-    table = store.summary_table(scores)
+    table = store.summary_markdown(scores)
     skipped = state["skipped"]
     evaluated = len(dataset) - len(skipped)
     note = f"Mean over {evaluated} images (target: {cfg.target})."
     if skipped:
         note += f" {len(skipped)} images skipped (see run.json)."
     store.write_text(output_dir / "summary.md", f"# {bundle.name} on {cfg.dataset.name}\n\n{note}\n\n"
-                     + store.markdown_table(table))
+                     + table)
     gallery = state["gallery"]
     if gallery["images"]:
         from salbench.reports.gallery import save_gallery
@@ -607,7 +611,7 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any], bundle: Mo
     run_info["tables"] = tables
     run_info["outputs"] = sorted(p.name for p in output_dir.iterdir() if not p.name.startswith("."))
     print(f"\n{bundle.name} on {cfg.dataset.name} ({evaluated} images), mean per method:\n")
-    print(store.markdown_table(table))
+    print(table)
     if skipped:
         print(f"{len(skipped)} images skipped; reasons in run.json")
     print(f"results: {output_dir.resolve()}")

@@ -138,6 +138,14 @@ def drop_unselected_settings(cfg: DictConfig) -> List[str]:
 def validate_config(cfg: DictConfig) -> None:
     """Check every selected option against its schema and the top-level choices."""
     registries = _registries()
+    known = [f.name for f in dataclasses.fields(SalbenchConfig)]
+    unknown = [key for key in cfg if key not in known and key != "hydra"]
+    if unknown:  # `+batch_sise=3` adds a key that Hydra's struct check lets through
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        raise ValueError(f"unknown config key {unknown[0]!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                         f"valid top-level keys: {', '.join(known)}")
     if cfg.target not in TARGETS:
         raise ValueError(f"unknown target {cfg.target!r}; valid: {', '.join(TARGETS)}")
     if cfg.batch_size < 1:

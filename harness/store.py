@@ -191,6 +191,25 @@ def summary_table(scores: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def summary_markdown(scores: pd.DataFrame, max_columns: int = 5) -> str:
+    """The mean per method of every score as Markdown, one table per category (per-image scores
+    first, then dataset-level ones), at most ``max_columns`` score columns per table, so a job
+    with many scores stays readable on a terminal."""
+    if scores.empty:
+        return "(no scores)\n"
+    parts = []
+    category = scores["category"].fillna("other")
+    for scope in ("image", "dataset"):
+        for name in dict.fromkeys(category[scores["scope"] == scope]):
+            part = scores[(category == name) & (scores["scope"] == scope)]
+            table = summary_table(part)
+            for start in range(0, len(table.columns), max_columns):
+                chunk = table.iloc[:, start:start + max_columns]
+                title = f"{name}{' (dataset level)' if scope == 'dataset' else ''}"
+                parts.append(f"**{title}**\n\n" + markdown_table(chunk))
+    return "\n".join(parts)
+
+
 # --------------------------------------------------------------------------- plain state
 PLAIN_SCALARS = (str, int, float, bool, type(None))
 

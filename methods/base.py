@@ -165,3 +165,15 @@ class LayerExplainer(Explainer):
         if self.layer is None:
             self.layer = default_target_layer(self.model, x)
         return self.layer
+
+    def spatial(self, activation: Tensor, source: Optional[str] = None) -> Tensor:
+        """``activation`` [B, K, h, w] when it is a spatial map of at least 2 x 2; a smaller one
+        (a pooled layer, e.g. ``avgpool``) would give a map that is constant up to upsampling
+        rounding, so it is an error naming the layer."""
+        if activation.ndim != 4 or activation.shape[-1] * activation.shape[-2] < 4 \
+                or min(activation.shape[-2:]) < 1:
+            where = source or f"layer {self.layer!r}"
+            raise ValueError(f"{self.name}: {where} outputs {list(activation.shape)}, no spatial map of at least "
+                             "2 x 2 (a pooled layer?); choose a convolutional layer, e.g. the one feeding the global "
+                             "pool (layer=null picks it)")
+        return activation

@@ -64,6 +64,7 @@ class CAM(LayerExplainer):
             )
         if activation is None or activation.ndim != 4:
             raise ValueError(f"CAM: {source} is not a feature map [B, K, h, w]; use method 'gradcam' instead")
+        self.spatial(activation, source)
         if activation.shape[1] != weight.shape[1] or logits.shape[1] != weight.shape[0]:
             raise ValueError(
                 f"CAM needs a global-average-pooling + linear head: {source} has {activation.shape[1]} channels, "

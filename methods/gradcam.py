@@ -40,7 +40,8 @@ class GradientCAM(LayerExplainer):
 
     def from_pass(self, result: PassResult) -> Tensor:
         """[B, h, w] from the shared pass's activation and d y / d A at ``layer``."""
-        return self.cam_map(result.activations[self.layer].detach(), result.layer_gradients[self.layer].detach())
+        activation = self.spatial(result.activations[self.layer].detach())
+        return self.cam_map(activation, result.layer_gradients[self.layer].detach())
 
 
 @register_method("gradcam")

@@ -99,7 +99,8 @@ def shared_pass(model: nn.Module, x: Tensor, target: Tensor, request: PassReques
             recorded = {name: stack.enter_context(factory(model)) for name, factory in sorted(request.recorders, key=lambda r: r[0])}
             rule = stack.enter_context(rectifier_backward("gradient")) if modified_rules else None
             logits = model(leaf)
-            scores = class_scores(logits, target) if backward else None
+            # summed inside the grad scope: a caller under torch.no_grad() still gets its gradients
+            total = class_scores(logits, target).sum() if backward else None
         activations: Dict[str, Tensor] = {}
         for name, capture in captures.items():
             if capture.activation is None or capture.activation.ndim != 4:
@@ -109,7 +110,6 @@ def shared_pass(model: nn.Module, x: Tensor, target: Tensor, request: PassReques
         if backward:
             # images are independent in eval mode: the gradient of the summed scores is each
             # image's own gradient
-            total = scores.sum()
             grad_layers = sorted(request.layer_gradients)
             wanted: List[Tensor] = ([leaf] if "gradient" in request.input_rules else []) + [
                 activations[name] for name in grad_layers]

@@ -19,12 +19,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE, help="interval level (default 0.95)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--digits", type=int, default=3, help="decimals in the tables (default 3)")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="report the completed jobs when others are incomplete, failed or superseded "
+                             "(they are listed on the page); without it such jobs are an error")
     args = parser.parse_args(argv)
     if args.resamples < 1 or not 0 < args.confidence < 1:
         parser.error("--resamples must be >= 1 and --confidence in (0, 1)")
     out = args.out or Path(args.paths[0]) / "report"
     try:
-        write_report(args.paths, out, ReportOptions(args.resamples, args.confidence, args.seed, args.digits))
+        write_report(args.paths, out, ReportOptions(args.resamples, args.confidence, args.seed, args.digits,
+                                                     args.allow_incomplete))
     except (FileNotFoundError, ValueError) as error:
         print(f"salbench-report: error: {error}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
        color: #1d1d1f; line-height: 1.4; padding: 0 16px; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 1.6em; }
 h3 { font-size: 1.05em; margin-bottom: 0.4em; }
+p.warning { background: #fff4d6; border-left: 4px solid #d99a00; padding: 6px 10px; }
 table { border-collapse: collapse; font-size: 13px; margin: 6px 0 4px; }
 th, td { padding: 4px 9px; text-align: right; white-space: nowrap; }
 thead th { border-bottom: 1px solid #444; text-align: center; } thead tr:first-child th { border-top: 2px solid #222; }

@@ -27,22 +27,89 @@ def _as_list(paths: Union[PathLike, Iterable[PathLike]]) -> List[Path]:
     return [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
 
 
-def find_runs(paths: Union[PathLike, Iterable[PathLike]]) -> List[Path]:
-    """Job directories (holding ``scores.parquet``) under each path, each once, in path order; a
-    path that holds none is an error."""
+class IncompleteRunsError(ValueError):
+    """Some jobs under the given paths are not usable results: incomplete (interrupted or still
+    running), failed, or holding the scores of an earlier config (superseded)."""
+
+
+def _job_dirs(path: Path) -> List[Path]:
+    """Every job directory under ``path``: a folder holding ``scores.parquet`` or a salbench
+    ``run.json`` (a job that was killed before writing its scores has only the latter)."""
+    if not path.is_dir():
+        return []
+    found = {p.parent for p in path.rglob("scores.parquet")}
+    found |= {p.parent for p in path.rglob("run.json") if "job_id" in run_info(p.parent) or "status" in run_info(p.parent)}
+    return sorted(found)
+
+
+def job_problem(run: Path) -> Optional[str]:
+    """Why the job in ``run`` is not a usable result (None when it is): its run.json status is not
+    ``completed`` (running / interrupted, failed), it has no scores, or its ``scores.parquet``
+    was written by another job than the one run.json describes (a later config started there
+    and did not finish: the table is an earlier config's)."""
+    from salbench.harness.store import parquet_job_id
+
+    info = run_info(run)
+    status = info.get("status")
+    if status == "failed":
+        return f"failed ({str(info.get('error', 'no error recorded'))[:160]})"
+    if status not in (None, "completed"):
+        return f"incomplete (status {status!r}: interrupted, or still running)"
+    scores = Path(run) / "scores.parquet"
+    if not scores.exists():
+        return "incomplete (no scores.parquet)"
+    if info.get("job_id"):
+        try:
+            written_by = parquet_job_id(scores)
+        except Exception as error:
+            return f"unreadable scores.parquet ({type(error).__name__})"
+        if written_by != info["job_id"]:
+            return f"superseded (scores.parquet of job {written_by}, run.json describes job {info['job_id']})"
+    return None
+
+
+def find_runs(paths: Union[PathLike, Iterable[PathLike]], allow_incomplete: bool = False) -> List[Path]:
+    """The usable job directories under each path, each once, in path order. A path that holds
+    no job is an error; so is a job that is incomplete, failed or superseded
+    (:func:`job_problem`): an :class:`IncompleteRunsError` listing them, unless
+    ``allow_incomplete``, which leaves them out (see :func:`skipped_runs`)."""
     runs: List[Path] = []
+    problems: List[str] = []
     seen = set()
     for path in _as_list(paths):
         if not path.exists():
             raise FileNotFoundError(f"results directory {path} does not exist")
-        found = sorted(p.parent for p in path.rglob("scores.parquet")) if path.is_dir() else []
+        found = _job_dirs(path)
         if not found:
             raise ValueError(f"{path} is not a salbench results directory: no scores.parquet under it")
         for run in found:
-            if run.resolve() not in seen:
-                seen.add(run.resolve())
+            if run.resolve() in seen:
+                continue
+            seen.add(run.resolve())
+            problem = job_problem(run)
+            if problem is None:
                 runs.append(run)
+            else:
+                problems.append(f"{run}: {problem}")
+    if problems and not allow_incomplete:
+        raise IncompleteRunsError(f"{len(problems)} job(s) are not complete results:\n  " + "\n  ".join(problems)
+                                  + "\n(re-run them to complete them, or pass --allow-incomplete to use the "
+                                  "completed jobs only)")
+    if not runs:
+        raise IncompleteRunsError("no completed job under " + ", ".join(map(str, _as_list(paths)))
+                                  + ("" if not problems else ":\n  " + "\n  ".join(problems)))
     return runs
+
+
+def skipped_runs(paths: Union[PathLike, Iterable[PathLike]]) -> List[str]:
+    """``"<dir>: <problem>"`` for every job under ``paths`` that :func:`find_runs` leaves out."""
+    out = []
+    for path in _as_list(paths):
+        for run in _job_dirs(path) if path.exists() else []:
+            problem = job_problem(run)
+            if problem is not None:
+                out.append(f"{run}: {problem}")
+    return out
 
 
 def run_info(run: Path) -> Dict:
@@ -93,12 +160,13 @@ def baseline_column(frame: pd.DataFrame, run: Optional[Path] = None) -> pd.Serie
     return frame["method"].map(flags).fillna(False).astype(bool)
 
 
-def load(paths: Union[PathLike, Iterable[PathLike]]) -> pd.DataFrame:
-    """Every score under ``paths`` (run or multirun directories) as one tidy frame: the columns of
-    ``scores.parquet`` plus ``run`` (the job directory), ``status`` (from run.json) and
-    ``baseline`` (the method declares itself a baseline)."""
+def load(paths: Union[PathLike, Iterable[PathLike]], allow_incomplete: bool = False) -> pd.DataFrame:
+    """Every score of the completed jobs under ``paths`` (run or multirun directories) as one tidy
+    frame: the columns of ``scores.parquet`` plus ``run`` (the job directory), ``status`` (from
+    run.json) and ``baseline`` (the method declares itself a baseline). Incomplete, failed or
+    superseded jobs are an error unless ``allow_incomplete`` (then they are left out)."""
     frames = []
-    for run in find_runs(paths):
+    for run in find_runs(paths, allow_incomplete):
         frame = pd.read_parquet(run / "scores.parquet")
         for column, default in COLUMN_DEFAULTS.items():
             if column not in frame.columns:
@@ -128,14 +196,19 @@ def table_names(run: Path) -> List[str]:
     return sorted({p.stem for p in Path(run).glob("*.parquet")} - {"scores"})
 
 
-def load_table(paths: Union[PathLike, Iterable[PathLike]], kind: str) -> pd.DataFrame:
-    """The side table ``kind`` (``<kind>.parquet``) of every job under ``paths``, concatenated,
-    with ``run``, ``model`` and ``dataset`` columns added where missing; an empty frame when no
-    job has one."""
+def load_table(paths: Union[PathLike, Iterable[PathLike]], kind: str, allow_incomplete: bool = False) -> pd.DataFrame:
+    """The side table ``kind`` (``<kind>.parquet``) of every completed job under ``paths``,
+    concatenated, with ``run``, ``model`` and ``dataset`` columns added where missing; an empty
+    frame when no job has one. A table that another job than the run.json's wrote is ignored."""
+    from salbench.harness.store import parquet_job_id
+
     frames = []
-    for run in find_runs(paths):
+    for run in find_runs(paths, allow_incomplete):
         path = run / f"{kind}.parquet"
         if not path.exists():
+            continue
+        identity = run_info(run).get("job_id")
+        if identity and parquet_job_id(path) not in (None, identity):
             continue
         frame = pd.read_parquet(path)
         for key, value in _identity(run).items():
@@ -148,11 +221,11 @@ def load_table(paths: Union[PathLike, Iterable[PathLike]], kind: str) -> pd.Data
     return table.drop_duplicates(subset=[c for c in table.columns if c != "run"], ignore_index=True)
 
 
-def components(paths: Union[PathLike, Iterable[PathLike]]) -> Dict[str, Dict]:
+def components(paths: Union[PathLike, Iterable[PathLike]], allow_incomplete: bool = False) -> Dict[str, Dict]:
     """The declarations the runs recorded (run.json ``components``): ``{"methods": {key: {...}},
     "metrics": {key: {...}}}``, the first run's entry where runs repeat a key."""
     merged: Dict[str, Dict] = {"methods": {}, "metrics": {}}
-    for run in find_runs(paths):
+    for run in find_runs(paths, allow_incomplete):
         declared = run_info(run).get("components") or {}
         for kind in merged:
             for key, value in (declared.get(kind) or {}).items():
@@ -160,10 +233,10 @@ def components(paths: Union[PathLike, Iterable[PathLike]]) -> Dict[str, Dict]:
     return merged
 
 
-def galleries(paths: Union[PathLike, Iterable[PathLike]]) -> List[Dict]:
+def galleries(paths: Union[PathLike, Iterable[PathLike]], allow_incomplete: bool = False) -> List[Dict]:
     """Every job's ``gallery.png`` with the job's model, dataset and methods."""
     out = []
-    for run in find_runs(paths):
+    for run in find_runs(paths, allow_incomplete):
         path = run / "gallery.png"
         if path.exists():
             methods = list(dict.fromkeys(pd.read_parquet(run / "scores.parquet", columns=["method"])["method"]))

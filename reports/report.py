@@ -30,7 +30,7 @@ import pandas as pd
 from salbench.harness import store
 from salbench.reports import html as page
 from salbench.reports import plots, stats, tables
-from salbench.reports.load import components, find_runs, galleries, load, load_table, run_info
+from salbench.reports.load import components, find_runs, galleries, load, load_table, run_info, skipped_runs
 
 
 
@@ -40,6 +40,7 @@ class ReportOptions:
     confidence: float = stats.DEFAULT_CONFIDENCE
     seed: int = 0
     digits: int = 3
+    allow_incomplete: bool = False  # report the completed jobs when others are incomplete / failed / superseded
 
 
 def _with_images(section: List[str], paths: List[Path], caption: str) -> None:
@@ -53,7 +54,7 @@ def randomization_bands(paths: Sequence[str], options: ReportOptions) -> Tuple[p
     """Mean and bootstrap band of each similarity per (model, dataset, method, mode, depth) from
     ``randomization.parquet``, and the layer name of each depth per (model, dataset)."""
     keys = ["model", "dataset", "method", "mode", "similarity"]
-    table = load_table(paths, "randomization")
+    table = load_table(paths, "randomization", options.allow_incomplete)
     layers: Dict = {}
     if table.empty or not {"method", "mode", "depth", "similarity", "value"} <= set(table.columns):
         return pd.DataFrame(), layers
@@ -111,10 +112,12 @@ def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOption
     options = options or ReportOptions()
     paths = [str(p) for p in paths]
     out = Path(out)
+    allow = options.allow_incomplete
+    runs = find_runs(paths, allow)  # before anything is written: a wrong path creates nothing
+    skipped = skipped_runs(paths)
     out.mkdir(parents=True, exist_ok=True)
-    runs = find_runs(paths)
-    scores = stats.label_variants(load(paths))
-    declared = components(paths)
+    scores = stats.label_variants(load(paths, allow))
+    declared = components(paths, allow)
     baselines = plots.summary_baselines(scores)
     summary = stats.summarize(scores, options.resamples, options.confidence, options.seed)
     built = tables.build_tables(summary, options.digits)
@@ -140,7 +143,7 @@ def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOption
                  "(baselines in grey).")
     written["figures"] += score_paths
 
-    curves = load_table(paths, "curves")
+    curves = load_table(paths, "curves", allow)
     curve_html: List[str] = []
     if not curves.empty and {"method", "curve", "step", "value"} <= set(curves.columns):
         if "fraction" not in curves.columns:
@@ -158,7 +161,7 @@ def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOption
             written["figures"] += made
 
     box_html: List[str] = []
-    tau_curves = load_table(paths, "tau_curves")
+    tau_curves = load_table(paths, "tau_curves", allow)
     if not tau_curves.empty:
         for (model, dataset), part in tau_curves.groupby(["model", "dataset"], sort=False):
             made = plots.plot_box_accuracy(part, out / f"tau_curves-{plots.slug(model, dataset)}", baselines=baselines)
@@ -181,7 +184,7 @@ def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOption
     written["figures"] += made
 
     gallery_html: List[str] = []
-    for i, item in enumerate(galleries(paths)):
+    for i, item in enumerate(galleries(paths, allow)):
         png = out / f"gallery-{i}.png"
         shutil.copyfile(item["path"], png)
         title = f"{item['model']} on {item['dataset']}: {', '.join(item['methods'])}"
@@ -195,6 +198,9 @@ def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOption
              f"{options.confidence:.0%} percentile bootstrap over images, {options.resamples} resamples, seed "
              f"{options.seed}, paired across methods (same resampled images). Flagged maps (constant or "
              "non-finite) are excluded from means and counted.</p>")
+    if skipped:
+        intro += ('<p class="warning"><b>Left out (--allow-incomplete): ' + str(len(skipped)) + " job(s) that are not "
+                  "complete results</b>:<br>" + "<br>".join(html.escape(s) for s in skipped) + "</p>")
     sections += [("Summary tables", table_html), ("Scores", "\n".join(figures)),
                  ("Perturbation curves", "\n".join(curve_html)),
                  ("Box accuracy vs threshold", "\n".join(box_html)),

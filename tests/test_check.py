@@ -93,7 +93,7 @@ def test_direction_defaults_from_higher_is_better_and_missing_entries_fail():
     assert diff["direction"].tolist() == ["lower", "higher"]
     assert diff["status"].tolist() == ["REGRESSED", "MISSING"]
     text = check.format_diff(diff)
-    assert "REGRESSED" in text and "MISSING" in text and "1 regressed, 1 missing, 0 improved, 0 ok" in text
+    assert "REGRESSED" in text and "MISSING" in text and "1 regressed, 1 missing, 0 changed, 0 improved, 0 ok" in text
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
@@ -103,7 +103,7 @@ def test_baseline_round_trip_and_update_keeps_tolerance(tmp_path, suffix):
     if suffix == ".json":
         assert json.loads(path.read_text())["entries"][0]["tolerance"] == 0.07
     entries = check.read_baseline(path)
-    assert entries == [{**entry("acc", 0.5, 0.07, "higher")}]
+    assert entries == [{**entry("acc", 0.5, 0.07, "higher"), "images": None, "protocol": None, "method_options": None}]
     current = check.aggregate(tidy([("gradcam", "acc", "image", "a", 0.9, True),
                                     ("random", "acc", "image", "a", 0.1, True)]))
     fresh = check.updated_entries(current, entries, tolerance=0.01)
@@ -134,9 +134,10 @@ def test_malformed_baseline_is_a_clear_error(tmp_path, text, message):
 
 # --------------------------------------------------------------------------- against real runs
 class ShiftedGradCAM(GradCAM):
-    """A broken Grad-CAM: the right map, moved by half the image (what a regression looks like)."""
+    """A broken Grad-CAM: the right map, moved by half the image (what a regression looks like:
+    the same method under the same name and options, computing something else)."""
 
-    name = "shifted_gradcam"
+    name = "gradcam"
 
     def attribute(self, x, target):
         maps = super().attribute(x, target)
@@ -179,7 +180,7 @@ def test_check_passes_on_the_same_run_and_fails_on_a_degraded_explainer(
     entries = check.read_baseline(baseline)
     assert {(e["method"], e["score"]) for e in entries} == {("gradcam", "gt_known_loc"), ("gradcam", "iou")}
     assert check.main([str(good_run), "--baseline", str(baseline)]) == 0
-    assert "0 regressed, 0 missing, 0 improved, 2 ok" in capsys.readouterr().out
+    assert "0 regressed, 0 missing, 0 changed, 0 improved, 2 ok" in capsys.readouterr().out
 
     bad_run = tmp_path / "degraded"
     run_job(degraded_config(compose_config, FAST), bad_run)
@@ -218,6 +219,8 @@ FAST = ["debug=fast", "dataset.limit=16", "method=[gradcam,random]", "gallery_im
 
 
 class ShiftedGradCAM(GradCAM):
+    name = "gradcam"
+
     def attribute(self, x, target):
         maps = super().attribute(x, target)
         return torch.roll(maps, shifts=(maps.shape[-2] // 2, maps.shape[-1] // 2), dims=(-2, -1))

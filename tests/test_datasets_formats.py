@@ -367,7 +367,8 @@ def test_folder_csv(tmp_path):
         "c.png,dog,0,0,1,1,0,\n"
         "a.png,cat,40,40,50,50,0,\n"[:-26]
     )
-    ds = create_dataset("folder", root=str(tmp_path / "imgs"), image_size=16)
+    (tmp_path / "imgs" / "classes.txt").write_text("cat\ndog\n")
+    ds = create_dataset("folder", root=str(tmp_path / "imgs"), image_size=16, class_names="classes.txt")
     assert ds.class_names == ["cat", "dog"]
     a = ds[0]
     assert a["label"] == 0 and a["orig_boxes"].tolist() == [[2, 2, 9, 9], [20, 20, 31, 31]]

@@ -31,7 +31,7 @@ def resnet():
 
 
 def _check_combinations(resnet, combos):
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 64, 64)  # layer4 (CAM's feature map) is 2 x 2
     target = torch.tensor([1, 7])
     explainers = _explainers(resnet, layer="layer3")
     alone = _alone(explainers, x, target)
@@ -73,7 +73,7 @@ def test_synthetic_cnn_all_and_leave_one_out():
 
 
 def test_unshareable_methods_run_alone_and_model_is_untouched(resnet):
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 64, 64)
     target = torch.tensor([0, 1])
     explainers = {"gradcam": create_method("gradcam", resnet, layer="layer4"),
                   "occlusion": create_method("occlusion", resnet, window=16, stride=16),
@@ -181,7 +181,7 @@ def test_runner_shared_and_unshared_scores_equal(compose_config, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_shared_pass_cuda(resnet):
     model = torchvision.models.resnet18(num_classes=10).eval().cuda()
-    x = torch.randn(2, 3, 32, 32, device="cuda")
+    x = torch.randn(2, 3, 64, 64, device="cuda")
     target = torch.tensor([1, 2], device="cuda")
     explainers = _explainers(model, layer="layer4")
     heatmaps = explain_all(explainers, x, target).maps
@@ -191,7 +191,7 @@ def test_shared_pass_cuda(resnet):
 
 
 def test_clean_logits_of_the_shared_pass_equal_an_inference_forward(resnet):
-    x = torch.randn(3, 3, 32, 32)
+    x = torch.randn(3, 3, 64, 64)
     explained = explain_all(_explainers(resnet, layer="layer4"), x, torch.tensor([1, 2, 3]))
     with torch.inference_mode():
         assert torch.equal(explained.logits, resnet(x))
@@ -219,3 +219,16 @@ def test_a_label_job_reuses_the_shared_pass_forward(compose_config, tmp_path, mo
                                    "method=[gradcam,saliency]", f"target={target}", "gallery_images=0", "forward_chunk=4"]),
                    tmp_path / target)
     assert calls == [1] + [4] * forwards  # the output check at build, then the batch
+
+
+def test_a_caller_under_no_grad_still_gets_the_gradients(resnet):
+    """captum and other libraries call explainers inside torch.no_grad(): the pass opens its own
+    grad scope for the forward and the summed scores."""
+    x, target = torch.randn(2, 3, 64, 64), torch.tensor([1, 2])
+    explainers = _explainers(resnet, layer="layer4")
+    expected = _alone(explainers, x, target)
+    with torch.no_grad():
+        got = _alone(explainers, x, target)
+        shared = explain_all(explainers, x, target).maps
+    for name in explainers:
+        assert torch.equal(got[name], expected[name]) and torch.equal(shared[name], expected[name]), name
