@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 MAP_CLASSES = ("target", "label", "predicted", "present")
-TABLE_KINDS = ("curves", "tau_curves", "randomization", "timing")
+TABLE_KINDS = ("curves", "tau_curves", "tau_images", "randomization", "timing")
 SUMMARIES = ("auc", "mean")
 
 

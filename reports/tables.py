@@ -154,7 +154,8 @@ def _notes(table: Table, confidence: float, resamples: int) -> List[str]:
         notes = [f"mean [{confidence:.0%} percentile-bootstrap CI, {resamples} resamples over images]; "
                  "↑ higher is better, ↓ lower is better; best in bold; n = images (flagged included)."]
     if any(c.scope == "dataset" for c in table.cells.values()):
-        notes.append("dataset-level scores: one value per run, an interval only over several runs.")
+        notes.append("dataset-level scores: one value per run; an interval over several runs, or by resampling "
+                     "images where the run kept its per-image table (MaxBoxAcc, PxAP).")
     if any(table.flagged.values()):
         notes.append("flagged = maps that were constant or non-finite: their values are excluded from the means.")
     if table.missing:
