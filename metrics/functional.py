@@ -28,7 +28,7 @@ from salbench.metrics.confidence import confidence_change, explanation_inputs, s
 from salbench.metrics.correlation import faithfulness_correlation, random_pixel_subsets, subset_sums
 from salbench.metrics.ground_truth import auc_mask, relevance_mass, relevance_rank
 from salbench.metrics.infidelity import attribution_dots, infidelity, infidelity_perturbations
-from salbench.metrics.random_logit import other_classes, random_logit_similarity
+from salbench.metrics.random_logit import classes_from_draws, other_classes, random_logit_similarity
 from salbench.metrics.region import (
     aopc,
     irof,
@@ -50,7 +50,7 @@ from salbench.metrics.robustness import (
 )
 
 __all__ = [
-    "aopc", "attribution_dots", "auc_mask", "complexity", "confidence_change", "effective_complexity",
+    "aopc", "attribution_dots", "auc_mask", "classes_from_draws", "complexity", "confidence_change", "effective_complexity",
     "explanation_inputs", "faithfulness_correlation", "gaussian_noise", "infidelity", "infidelity_perturbations",
     "irof", "linf_ball_noise", "local_lipschitz", "map_distances", "normalize_by_max", "other_classes",
     "patch_labels", "perturbation_seeds", "random_logit_similarity", "random_pixel_subsets", "region_curves",

@@ -24,17 +24,24 @@ from salbench.metrics.perturbation import explain_in_chunks
 from salbench.metrics.randomization import SIMILARITIES, map_similarity
 
 
+def classes_from_draws(draws: Tensor, targets: Tensor) -> Tensor:
+    """draws [B] in ``0..K-2``, targets [B] -> the other class [B]: ``j + (j >= target)`` (the
+    ``j``-th class of the list without the target, Quantus' rule)."""
+    draws = draws.long().to(targets.device)
+    return draws + (draws >= targets.long()).long()
+
+
 def other_classes(targets: Tensor, num_classes: int, seeds: Tensor) -> Tensor:
     """targets [B] long, seeds [B] -> [B] long on the targets' device: a class != target drawn
-    uniformly per image (``j ~ U{0..K-2}``, ``j + (j >= target)``)."""
+    uniformly per image (``j ~ U{0..K-2}`` from a CPU generator seeded per image, then
+    :func:`classes_from_draws`)."""
     if num_classes < 2:
         raise ValueError(f"random_logit needs a model with >= 2 classes; got {num_classes}")
     draws = []
     for seed in torch.as_tensor(seeds, device="cpu").tolist():
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         draws.append(int(torch.randint(0, num_classes - 1, (1,), generator=generator, device="cpu")))
-    draws = torch.tensor(draws, dtype=torch.long, device="cpu").to(targets.device)
-    return draws + (draws >= targets.long()).long()
+    return classes_from_draws(torch.tensor(draws, dtype=torch.long, device="cpu"), targets)
 
 
 def random_logit_similarity(maps: Tensor, other_maps: Tensor) -> Dict[str, Tensor]:
