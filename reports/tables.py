@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pandas as pd
 
 
-CATEGORY_ORDER = ("localization", "faithfulness", "sanity", "cost", "parameter")
+CATEGORY_ORDER = ("localization", "faithfulness", "robustness", "complexity", "sanity", "cost", "parameter")
 # categories whose values are settings chosen by a metric (e.g. MaxBoxAcc's best tau): no best, no arrow
 UNORIENTED_CATEGORIES = ("parameter",)
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
