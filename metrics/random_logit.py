@@ -13,7 +13,7 @@ maps are re-explained for every method in one shared pass per chunk.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from torch import Tensor
@@ -54,7 +54,8 @@ def random_logit_similarity(maps: Tensor, other_maps: Tensor) -> Dict[str, Tenso
 class RandomLogit(Metric):
     """The random-logit check (module docstring): per image ``random_logit_<similarity>`` between
     the map of the ground-truth class and the map of a random other class (lower is better).
-    Options: ``seed``; ``batch_size``: images re-explained per pass."""
+    Options: ``seed``; ``batch_size``: images re-explained per pass; ``max_images``: score only
+    the job's first images (the rest NaN; null: all)."""
 
     name = "random_logit"
     category = "sanity"
@@ -62,10 +63,13 @@ class RandomLogit(Metric):
     presets = {"sixt2020": {}}
     scores = tuple(ScoreInfo(f"random_logit_{s}", False, "sanity") for s in SIMILARITIES)
 
-    def __init__(self, seed: int = 0, batch_size: int = 64):
+    def __init__(self, seed: int = 0, batch_size: int = 64, max_images: Optional[int] = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-        self.seed, self.batch_size = int(seed), int(batch_size)
+        if max_images is not None and max_images < 0:
+            raise ValueError(f"max_images must be >= 0 or null; got {max_images}")
+        self.seed, self.batch_size, self.max_images = int(seed), int(batch_size), max_images
+        self._seen = 0
 
     def protocol(self) -> Dict[str, Any]:
         return {
@@ -75,12 +79,15 @@ class RandomLogit(Metric):
             "seeding": "seed * 1_000_003 + dataset position",
             "similarities": list(SIMILARITIES),
             "ssim": {"window": "uniform 7x7", "maps": "per-image min-max", "data_range": 1.0},
+            "max_images": self.max_images,
         }
 
     def update(self, explained: ExplainedBatch) -> Dict[str, Dict[str, Tensor]]:
         x, methods = explained.inputs, list(explained.maps)
         if explained.explainers is None:
             raise ValueError("random_logit re-runs the explainers: the batch carries none (Needs(explainers=True))")
+        keep = x.shape[0] if self.max_images is None else max(0, min(x.shape[0], self.max_images - self._seen))
+        self._seen += keep
         others = other_classes(explained.targets.to(x.device), explained.logits.shape[1],
                                image_seeds(explained, self.seed))
         other_maps = {m: torch.empty_like(explained.maps[m], device=x.device) for m in methods}
@@ -92,8 +99,11 @@ class RandomLogit(Metric):
             for m in methods:
                 other_maps[m][start:stop] = maps[m]
 
-        explain_in_chunks({m: explained.explainers[m] for m in methods}, x.shape[0], build, read,
+        explain_in_chunks({m: explained.explainers[m] for m in methods}, keep, build, read,
                           chunk=self.batch_size)  # fixed pass shape: values do not depend on the batch
-        return {m: {f"random_logit_{s}": v for s, v in random_logit_similarity(explained.maps[m].to(x.device),
-                                                                                 other_maps[m]).items()}
-                for m in methods}
+        out = {}
+        for m in methods:
+            values = random_logit_similarity(explained.maps[m].to(x.device)[:keep], other_maps[m][:keep])
+            out[m] = {f"random_logit_{s}": torch.cat([v, torch.full((x.shape[0] - keep,), float("nan"), device=x.device,
+                                                                     dtype=v.dtype)]) for s, v in values.items()}
+        return out

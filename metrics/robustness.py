@@ -90,12 +90,23 @@ class _Reexplaining(Metric):
     needs = Needs(maps="target", explainers=True)
     noise = "uniform"
 
-    def __init__(self, n_perturbations: int, seed: int, batch_size: int):
+    def __init__(self, n_perturbations: int, seed: int, batch_size: int, max_images: Optional[int] = None):
         if n_perturbations < 1:
             raise ValueError(f"n_perturbations must be >= 1; got {n_perturbations}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if max_images is not None and max_images < 0:
+            raise ValueError(f"max_images must be >= 0 or null; got {max_images}")
         self.n_perturbations, self.seed, self.batch_size = int(n_perturbations), int(seed), int(batch_size)
+        self.max_images = max_images
+        self._seen = 0
+
+    def kept(self, count: int) -> int:
+        """How many of the batch's first rows are scored (``max_images``: the costly re-explaining
+        runs on the job's first images only; the other rows are NaN)."""
+        keep = count if self.max_images is None else max(0, min(count, self.max_images - self._seen))
+        self._seen += keep
+        return keep
 
     def deltas(self, seeds: Tensor, shape: Any, device: torch.device) -> Tensor:
         raise NotImplementedError
@@ -108,7 +119,12 @@ class _Reexplaining(Metric):
         if explained.explainers is None:
             raise ValueError(f"{self.name} re-runs the explainers: the batch carries none (Needs(explainers=True))")
         explainers = {m: explained.explainers[m] for m in methods}
-        count, samples = x.shape[0], self.n_perturbations
+        count, samples = self.kept(x.shape[0]), self.n_perturbations
+        if count < x.shape[0]:
+            out_all = {m: torch.full((x.shape[0], samples), float("nan"), dtype=torch.float64, device=x.device)
+                       for m in methods}
+            if count == 0:
+                return out_all
         seeds = perturbation_seeds(image_seeds(explained, self.seed), samples)
         targets = explained.targets.to(x.device)
         out = {m: torch.empty(count * samples, dtype=torch.float64, device=x.device) for m in methods}
@@ -126,6 +142,10 @@ class _Reexplaining(Metric):
                 out[m][start:stop] = value(m, explained.maps[m].to(x.device)[rows], maps[m], current["deltas"], rows)
 
         explain_in_chunks(explainers, count * samples, build, read, chunk=image_aligned_chunk(samples, self.batch_size))
+        if count < x.shape[0]:
+            for m, v in out.items():
+                out_all[m][:count] = v.view(count, samples)
+            return out_all
         return {m: v.view(count, samples) for m, v in out.items()}
 
 
@@ -135,7 +155,8 @@ class Sensitivity(_Reexplaining):
 
     Options: ``n_perturbations`` per image, ``radius`` of the L-inf ball (normalized input
     space), ``relative`` (divide by ``||phi(x)||_F``, as captum and Quantus), ``seed``,
-    ``batch_size`` (perturbed inputs per explanation pass). Presets ``captum``
+    ``batch_size`` (perturbed inputs per explanation pass), ``max_images`` (score only the job's
+    first images: the rest NaN; null: all). Presets ``captum``
     (``sensitivity_max`` defaults: radius 0.02, 10 perturbations) and ``quantus``
     (MaxSensitivity / AvgSensitivity defaults: 0.2, 200).
     """
@@ -147,8 +168,8 @@ class Sensitivity(_Reexplaining):
     scores = (ScoreInfo("max_sensitivity", False, "robustness"), ScoreInfo("avg_sensitivity", False, "robustness"))
 
     def __init__(self, n_perturbations: int = 10, radius: float = 0.02, relative: bool = True, seed: int = 0,
-                 batch_size: int = 64):
-        super().__init__(n_perturbations, seed, batch_size)
+                 batch_size: int = 64, max_images: Optional[int] = None):
+        super().__init__(n_perturbations, seed, batch_size, max_images)
         if not radius > 0:
             raise ValueError(f"radius must be > 0; got {radius}")
         self.radius, self.relative = float(radius), bool(relative)
@@ -167,6 +188,7 @@ class Sensitivity(_Reexplaining):
             "zero_map": "nan" if self.relative else None,
             "seed": self.seed,
             "seeding": "(seed * 1_000_003 + dataset position) * 100_003 + k",
+            "max_images": self.max_images,
         }
 
     def update(self, explained: ExplainedBatch) -> Dict[str, Dict[str, Tensor]]:
@@ -192,8 +214,9 @@ class LocalLipschitz(_Reexplaining):
     presets = {"quantus": {"noise_std": 0.1, "n_perturbations": 200}}
     scores = (ScoreInfo("local_lipschitz", False, "robustness"),)
 
-    def __init__(self, n_perturbations: int = 200, noise_std: float = 0.1, seed: int = 0, batch_size: int = 64):
-        super().__init__(n_perturbations, seed, batch_size)
+    def __init__(self, n_perturbations: int = 200, noise_std: float = 0.1, seed: int = 0, batch_size: int = 64,
+                 max_images: Optional[int] = None):
+        super().__init__(n_perturbations, seed, batch_size, max_images)
         if not noise_std > 0:
             raise ValueError(f"noise_std must be > 0; got {noise_std}")
         self.noise_std = float(noise_std)
@@ -210,6 +233,7 @@ class LocalLipschitz(_Reexplaining):
             "estimate": "max_k ||phi(x) - phi(x_k)||_2 / ||x - x_k||_2",
             "seed": self.seed,
             "seeding": "(seed * 1_000_003 + dataset position) * 100_003 + k",
+            "max_images": self.max_images,
         }
 
     def update(self, explained: ExplainedBatch) -> Dict[str, Dict[str, Tensor]]:

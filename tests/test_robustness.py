@@ -158,3 +158,18 @@ def test_all_methods_share_the_re_explanation_passes(monkeypatch):
         single = create_metric("sensitivity", n_perturbations=3, batch_size=6).update(alone)[key]
         for score, value in single.items():
             torch.testing.assert_close(together[key][score], value, rtol=1e-6, atol=1e-7, equal_nan=True)
+
+
+def test_max_images_scores_the_first_images_only():
+    _, _, x, _, _, case = shared_case("saliency", images=3)
+    from helpers import split_rows
+
+    whole = create_metric("sensitivity", n_perturbations=2).update(case)["saliency"]["max_sensitivity"]
+    metric = create_metric("sensitivity", n_perturbations=2, max_images=2)
+    parts = [metric.update(part)["saliency"]["max_sensitivity"] for part in split_rows(case, [[0], [1, 2]])]
+    got = torch.cat(parts)
+    assert torch.isnan(got[2]) and torch.equal(got[:2], whole[:2])
+    lipschitz = create_metric("local_lipschitz", n_perturbations=2, max_images=0).update(case)["saliency"]
+    assert torch.isnan(lipschitz["local_lipschitz"]).all()
+    logit = create_metric("random_logit", max_images=1).update(case)["saliency"]
+    assert torch.isnan(logit["random_logit_ssim"][1:]).all() and not torch.isnan(logit["random_logit_ssim"][0])
