@@ -125,7 +125,6 @@ class Infidelity(TracksClass, Metric):
         normalize = getattr(explained.model, "normalize", None)
         maps = {m: v.to(x.device) for m, v in explained.maps.items()}
         dots = {m: torch.empty(count * samples, dtype=torch.float64, device=x.device) for m in maps}
-        current: Dict[str, Tensor] = {}
 
         def build(start: int, stop: int) -> Tensor:  # items: (image, k), image-major
             rows = torch.arange(start, stop, device=x.device) // samples
