@@ -392,6 +392,31 @@ def transform_boxes(boxes: Tensor, scale: Tuple[float, float], offset: Tuple[flo
     return out[keep], keep
 
 
+MASK_RESAMPLES = ("pil_nearest", "cv2_nearest")
+
+
+def cv2_nearest_indices(source: int, target: int) -> np.ndarray:
+    """The source index of each of ``target`` output pixels under cv2 ``INTER_NEAREST``:
+    ``min(floor(i * (1 / (target / source))), source - 1)`` in float64, as OpenCV's
+    ``resizeNN`` (PIL's NEAREST samples pixel centres instead: ``floor((i + 0.5) * source / target)``)."""
+    step = 1.0 / (float(target) / float(source))
+    return np.minimum(np.floor(np.arange(target, dtype=np.float64) * step).astype(np.int64), source - 1)
+
+
+def resize_mask(mask: np.ndarray, size: Tuple[int, int], resample: str = "pil_nearest") -> np.ndarray:
+    """bool mask [h, w] -> bool [H, W] at ``size = (H, W)`` by nearest neighbour: ``pil_nearest``
+    (PIL's NEAREST, pixel centres) or ``cv2_nearest`` (cv2 ``INTER_NEAREST``: source pixel
+    ``floor(i * scale)``, wsolevaluation's mask rule)."""
+    if resample not in MASK_RESAMPLES:
+        raise ValueError(f"unknown mask resample {resample!r}; valid: {', '.join(MASK_RESAMPLES)}")
+    height, width = size
+    if resample == "cv2_nearest":
+        rows, cols = cv2_nearest_indices(mask.shape[0], height), cv2_nearest_indices(mask.shape[1], width)
+        return np.asarray(mask, bool)[np.ix_(rows, cols)]
+    picture = Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255).resize((width, height), Image.NEAREST)
+    return np.asarray(picture) > 127
+
+
 def transform_sample(
     image: Image.Image,
     boxes: np.ndarray,
@@ -400,13 +425,15 @@ def transform_sample(
     mask: Optional[np.ndarray] = None,
     ignore: Optional[np.ndarray] = None,
     class_masks: Optional[Sequence[np.ndarray]] = None,
+    mask_resample: str = "pil_nearest",
 ) -> Dict[str, Any]:
     """Resize an RGB image (and its boxes and masks) to the input ``size = (H, W)``.
 
     ``crop_fraction=None``: resize the whole image to ``size`` (aspect ratio not kept; the
     wsolevaluation protocol). ``crop_fraction=f``: resize to ``size / f`` (e.g. 256 for 224 at
     0.875), then take the centre ``size`` crop (the torchvision / TF evaluation protocol).
-    Images use bilinear interpolation, masks nearest neighbour.
+    Images use bilinear interpolation, masks nearest neighbour (``mask_resample``: PIL's pixel
+    centres, or cv2's ``floor(i * scale)`` rule, :func:`resize_mask`).
 
     Returns ``image`` [3, H, W] float in [0, 1], ``boxes`` [M, 4], ``keep`` [N] bool (boxes
     inside the crop), ``mask`` / ``ignore`` bool [H, W] or None, ``class_masks`` bool
@@ -430,8 +457,10 @@ def transform_sample(
     def fit_mask(key: str, value: np.ndarray) -> Tensor:
         if value.shape != (orig_h, orig_w):
             raise SkipSample(f"corrupt annotation: {key} of shape {value.shape} for a {orig_w}x{orig_h} image")
-        picture = fit(Image.fromarray(value.astype(np.uint8) * 255), Image.NEAREST)
-        return torch.from_numpy(np.asarray(picture) > 127)
+        resized = resize_mask(value, (resized_h, resized_w), mask_resample)
+        if crop_fraction is not None:
+            resized = resized[oy:oy + height, ox:ox + width]
+        return torch.from_numpy(np.ascontiguousarray(resized))
 
     pixels = np.asarray(fit(image, Image.BILINEAR), dtype=np.float32) / 255.0
     out: Dict[str, Any] = {"image": torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()}
@@ -472,7 +501,12 @@ class ImageRecordDataset(LocalizationDataset):
 
     ``image_size``: the input size (int or (H, W); None: 224); ``crop_fraction``: None resizes
     the whole image, a fraction in (0, 1] resizes to ``size / fraction`` and centre-crops.
+    Class attributes: ``mask_resample`` (:func:`resize_mask`), ``mask_threshold`` (a mask file's
+    grey value above which a pixel is foreground).
     """
+
+    mask_resample = "pil_nearest"
+    mask_threshold = 127
 
     def __init__(self, image_size: ImageSize = None, crop_fraction: Optional[float] = None, **selection: Any):
         super().__init__(**selection)  # limit, shard, num_shards
@@ -488,7 +522,7 @@ class ImageRecordDataset(LocalizationDataset):
         if isinstance(spec, np.ndarray):
             return spec.astype(bool)
         paths = [spec] if isinstance(spec, (str, Path)) else list(spec)
-        masks = [read_mask(p) for p in paths]
+        masks = [read_mask(p, self.mask_threshold) for p in paths]
         for path, mask in zip(paths, masks):
             if mask.shape != (height, width):
                 raise SkipSample(f"corrupt annotation: mask {path} is {mask.shape[1]}x{mask.shape[0]}, image {width}x{height}")
@@ -509,7 +543,8 @@ class ImageRecordDataset(LocalizationDataset):
             ignore = ignore & ~mask  # object pixels are never ignored
         classes = sorted(rec.class_masks) if rec.class_masks is not None else None
         out = transform_sample(image, boxes, self.size, self.crop_fraction, mask, ignore,
-                               class_masks=None if classes is None else [rec.class_masks[c] for c in classes])
+                               class_masks=None if classes is None else [rec.class_masks[c] for c in classes],
+                               mask_resample=self.mask_resample)
         keep = out.pop("keep")
         if classes is not None:
             out["class_mask_labels"] = torch.tensor(classes, dtype=torch.long)

@@ -10,7 +10,10 @@ Metadata folder (e.g. ``metadata/ILSVRC/test``, ``metadata/CUB/test``, ``metadat
                        #         the ignore path is given on the image's first line only
 
 Images live under ``data_root`` (``dataset/ILSVRC``, ...), masks under ``mask_root`` (default:
-``data_root``). Masks (OpenImages) are binarized at grey value > 127; an image's instance masks
+``data_root``). Masks (OpenImages) follow wsolevaluation's ``get_mask``: resized with cv2
+``INTER_NEAREST`` (output pixel ``i`` takes source pixel ``floor(i * scale)``, not PIL's pixel
+centres: on OpenImages-style masks hundreds of pixels differ and PxAP moves by about 0.1),
+binarized at grey value > 0 (their ``mask > 0.5`` on the grey levels); an image's instance masks
 are united; ignore pixels that are object pixels are not ignored. Box coordinates are used as
 given (original pixels; the protocol's resize with truncation is the metric's business, see
 ``orig_boxes``).
@@ -39,6 +42,9 @@ class WSOLMetadata(ImageRecordDataset):
     """Images listed by wsolevaluation metadata at ``metadata_dir`` (``metadata_dir``,
     ``data_root`` and ``mask_root`` are relative to ``root`` unless absolute); ``kind`` = "boxes" |
     "masks" | "auto" (masks when localization.txt lines hold mask paths)."""
+
+    mask_resample = "cv2_nearest"
+    mask_threshold = 0
 
     def __init__(
         self,

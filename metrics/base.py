@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 MAP_CLASSES = ("target", "label", "predicted", "present")
-TABLE_KINDS = ("curves", "tau_curves", "randomization", "timing")
+TABLE_KINDS = ("curves", "tau_curves", "tau_images", "randomization", "timing")
 SUMMARIES = ("auc", "mean")
 
 
@@ -61,7 +61,7 @@ class ScoreInfo:
 
     name: str
     higher_is_better: bool
-    category: str  # "localization" | "faithfulness" | "cost" | "sanity" | "parameter"
+    category: str  # "localization" | "faithfulness" | "robustness" | "complexity" | "sanity" | "cost" | "parameter"
     scope: str = "image"  # "image": one value per image; "dataset": one value per run
 
 

@@ -1,6 +1,8 @@
 """The perturbation engine: the model's forward passes over many perturbed inputs, for every
-metric that perturbs images (``rise``'s deletion/insertion, ``road``'s imputations, and any
-perturbation metric to come).
+metric that perturbs images (``rise``'s deletion/insertion, ``road``'s imputations, the region,
+confidence-change, correlation and infidelity metrics), per-image seeded random draws
+(:func:`seeded_draws`) and re-explanation of perturbed inputs in shared passes
+(:func:`explain_in_chunks`, for the robustness and random-logit metrics).
 
 A metric describes its perturbed inputs as a flat sequence of ``count`` items (for example
 (method, image, step) triples, method-major, so that all methods' inputs of one batch share the
@@ -18,7 +20,7 @@ passes: several methods packed together equal each method alone, bit for bit.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +37,18 @@ def autocast_scope(device: torch.device, autocast: Optional[str]) -> Any:
     if autocast is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=AUTOCAST[autocast])
+
+
+def image_aligned_chunk(per_image: int, batch_size: int) -> int:
+    """Items per pass for ``per_image`` items of each image: whole images packed together
+    (``per_image * floor(batch_size / per_image)``) when one image's items fit in ``batch_size``,
+    else ``batch_size``. It does not depend on the number of images, so with padded passes an
+    image's values do not depend on the batch it came in."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if per_image < 1:
+        return 1
+    return per_image * (batch_size // per_image) if per_image <= batch_size else batch_size
 
 
 def class_readout(logits: Tensor, tracked: Tensor, score: str) -> Tensor:
@@ -88,3 +102,47 @@ def logits_in_chunks(model: nn.Module, x: Tensor, chunk: int) -> Tensor:
     padded): the same numbers whatever the batch ``x`` belongs to."""
     return forward_in_chunks(model, x.shape[0], lambda a, b: x[a:b], lambda logits, a, b: logits, chunk=chunk,
                              device=x.device)
+
+
+DRAWS = ("uniform", "normal")
+
+
+def seeded_draws(seeds: Tensor, shape: Any, kind: str = "uniform", *, device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> Tensor:
+    """[B, *shape] random values, row ``b`` drawn from a CPU generator seeded with ``seeds[b]``
+    (``uniform``: U[0, 1); ``normal``: N(0, 1)), then copied to ``device``: a row's values depend
+    neither on the batch it lands in nor on the device (CUDA generators give other numbers)."""
+    check_choice("draw", kind, DRAWS)
+    seeds = torch.as_tensor(seeds, device="cpu").tolist()
+    shape = tuple(int(s) for s in shape)
+    out = torch.empty((len(seeds), *shape), dtype=dtype, device="cpu")
+    draw = torch.rand if kind == "uniform" else torch.randn
+    for row, seed in enumerate(seeds):  # one generator per image (B calls, not elements)
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        out[row] = draw(shape, generator=generator, dtype=dtype, device="cpu")
+    return out.to(device)
+
+
+def reexplain_in_chunks(
+    explainers: Any,
+    count: int,
+    build: Callable[[int, int], Tuple[Tensor, Tensor]],
+    read: Callable[[Dict[str, Tensor], int, int], None],
+    *,
+    chunk: int,
+) -> None:
+    """Re-explain ``count`` perturbed inputs with every explainer, the shareable ones in one
+    shared pass per chunk (:func:`salbench.methods.shared.explain_all`): ``build(a, b)`` gives
+    the inputs [n, C, H, W] and the explained classes [n] of items ``a..b-1``, ``read(maps, a, b)``
+    consumes ``{method: [n, H, W]}``. Chunks of ``chunk`` items, the last padded by repeating its
+    last input (every pass has the same batch shape, as :func:`forward_in_chunks`), so the maps
+    need not all be held at once."""
+    from salbench.methods.shared import explain_all
+
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1; got {chunk}")
+    for start in range(0, count, chunk):
+        stop = min(start + chunk, count)
+        inputs, targets = build(start, stop)
+        maps = explain_all(explainers, pad_rows(inputs, chunk), pad_rows(targets, chunk)).maps
+        read({key: value[: stop - start].detach() for key, value in maps.items()}, start, stop)

@@ -120,6 +120,11 @@ def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOption
     declared = components(paths, allow)
     baselines = plots.summary_baselines(scores)
     summary = stats.summarize(scores, options.resamples, options.confidence, options.seed)
+    # dataset-level scores (MaxBoxAcc, PxAP) get intervals by resampling the per-image table
+    from salbench.metrics.wsoleval import dataset_intervals
+
+    summary = stats.fill_intervals(summary, dataset_intervals(load_table(paths, "tau_images", allow), options.resamples,
+                                                              options.confidence, options.seed))
     built = tables.build_tables(summary, options.digits)
     written: Dict[str, List[Path]] = {"tables": [], "figures": [], "page": []}
     fmt = dict(digits=options.digits, confidence=options.confidence, resamples=options.resamples)

@@ -155,6 +155,22 @@ def summarize(scores: pd.DataFrame, resamples: int = DEFAULT_RESAMPLES, confiden
     return pd.DataFrame(rows, columns=columns)
 
 
+def fill_intervals(summary: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` with ``ci_low`` / ``ci_high`` taken from ``intervals`` (rows keyed like the
+    summary's cells, e.g. the dataset-level scores' intervals that
+    :func:`salbench.metrics.wsoleval.dataset_intervals` resamples from the per-image table)
+    where a cell has none (``n`` stays the number of runs)."""
+    if summary.empty or intervals is None or intervals.empty:
+        return summary
+    keys = [k for k in CELL_KEYS if k in intervals.columns]
+    merged = summary.merge(intervals[keys + ["ci_low", "ci_high"]].drop_duplicates(keys), on=keys, how="left",
+                           suffixes=("", "_boot"))
+    missing = merged["ci_low"].isna() & merged["ci_low_boot"].notna()
+    for column in ("ci_low", "ci_high"):
+        merged.loc[missing, column] = merged.loc[missing, f"{column}_boot"]
+    return merged.drop(columns=["ci_low_boot", "ci_high_boot"])[summary.columns]
+
+
 def curve_bands(curves: pd.DataFrame, resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE,
                 seed: int = 0, keys: Iterable[str] = ("model", "dataset", "method", "curve")) -> pd.DataFrame:
     """Mean curve and pointwise percentile-bootstrap band over images, per ``keys``.

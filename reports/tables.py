@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pandas as pd
 
 
-CATEGORY_ORDER = ("localization", "faithfulness", "sanity", "cost", "parameter")
+CATEGORY_ORDER = ("localization", "faithfulness", "robustness", "complexity", "sanity", "cost", "parameter")
 # categories whose values are settings chosen by a metric (e.g. MaxBoxAcc's best tau): no best, no arrow
 UNORIENTED_CATEGORIES = ("parameter",)
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -154,7 +154,8 @@ def _notes(table: Table, confidence: float, resamples: int) -> List[str]:
         notes = [f"mean [{confidence:.0%} percentile-bootstrap CI, {resamples} resamples over images]; "
                  "↑ higher is better, ↓ lower is better; best in bold; n = images (flagged included)."]
     if any(c.scope == "dataset" for c in table.cells.values()):
-        notes.append("dataset-level scores: one value per run, an interval only over several runs.")
+        notes.append("dataset-level scores: one value per run; an interval over several runs, or by resampling "
+                     "images where the run kept its per-image table (MaxBoxAcc, PxAP).")
     if any(table.flagged.values()):
         notes.append("flagged = maps that were constant or non-finite: their values are excluded from the means.")
     if table.missing:

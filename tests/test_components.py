@@ -34,6 +34,12 @@ METRIC_OPTIONS: Dict[str, Dict[str, Any]] = {
     "rise": {"n_steps": 8, "batch_size": 24},
     "road": {"fractions": [0.3, 0.7], "batch_size": 8},
     "randomization": {"max_images": 2},
+    "sensitivity": {"n_perturbations": 3, "batch_size": 8},
+    "local_lipschitz": {"n_perturbations": 3, "batch_size": 8},
+    "region_perturbation": {"patch_size": 8, "max_patches": 6, "n_segments": 12, "batch_size": 32},
+    "faithfulness_correlation": {"subset_size": 32, "n_runs": 6, "batch_size": 24},
+    "infidelity": {"n_perturbations": 6, "batch_size": 24},
+    "random_logit": {"batch_size": 4},
 }
 IMAGES = 4
 

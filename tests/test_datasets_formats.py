@@ -241,7 +241,39 @@ def test_wsol_masks_with_ignore(tmp_path):
     assert np.array_equal(x["ignore"].numpy(), ign & ~(m1 | m2))
     assert ds[1]["skip"].startswith("missing mask")
     half = create_dataset("wsol", root=str(tmp_path), metadata_dir=str(meta), data_root=str(data), image_size=(8, 12))[0]
-    assert np.array_equal(half["mask"].numpy(), (m1 | m2)[1::2, 1::2])  # nearest at scale 1/2 samples odd pixels
+    assert np.array_equal(half["mask"].numpy(), (m1 | m2)[::2, ::2])  # cv2 nearest at scale 1/2: even pixels
+
+
+def test_wsol_masks_from_odd_sizes_follow_cv2_inter_nearest(tmp_path):
+    """wsolevaluation's get_mask: cv2.resize(float32 mask, INTER_NEAREST) > 0.5 (source pixel
+    floor(i * scale)); PIL's NEAREST (pixel centres) gives other pixels at these sizes."""
+    import cv2
+
+    from salbench.datasets.base import resize_mask
+
+    meta, data = tmp_path / "metadata" / "OpenImages" / "test", tmp_path / "dataset" / "OpenImages"
+    meta.mkdir(parents=True)
+    width, height = 37, 23
+    write_image(data / "test" / "x.jpg", width, height)
+    rng = np.random.default_rng(0)
+    grey = (rng.random((height, width)) > 0.6).astype(np.uint8) * 255
+    grey[0, 0] = 1  # a faint pixel: foreground for wsolevaluation (grey > 0.5)
+    ignore = np.zeros((height, width), np.uint8)
+    ignore[5:15, 3:20] = 255
+    (data / "masks").mkdir(parents=True)
+    Image.fromarray(grey).save(data / "masks" / "x_m.png")
+    Image.fromarray(ignore).save(data / "masks" / "x_ignore.png")
+    (meta / "image_ids.txt").write_text("test/x.jpg\n")
+    (meta / "class_labels.txt").write_text("test/x.jpg,2\n")
+    (meta / "localization.txt").write_text("test/x.jpg,masks/x_m.png,masks/x_ignore.png\n")
+    for size in ((224, 224), (30, 41), (16, 12)):
+        sample = create_dataset("wsol", root=str(tmp_path), metadata_dir=str(meta), data_root=str(data),
+                                image_size=size)[0]
+        fg = cv2.resize(grey.astype(np.float32), size[::-1], interpolation=cv2.INTER_NEAREST) > 0.5
+        box = cv2.resize(ignore.astype(np.float32), size[::-1], interpolation=cv2.INTER_NEAREST) > 0.5
+        assert np.array_equal(sample["mask"].numpy(), fg), size
+        assert np.array_equal(sample["ignore"].numpy(), box & ~fg), size
+        assert not np.array_equal(resize_mask(grey > 0, size, "pil_nearest"), fg), size  # PIL would differ
 
 
 # --------------------------------------------------------------------------- COCO

@@ -104,7 +104,7 @@ def test_metric_map_target_explains_the_predicted_class_like_a_predicted_job(tmp
 
 
 def test_a_job_writes_one_table_per_kind_with_method_and_metric_columns(tmp_path, compose_config):
-    """Every side output of every method and metric lands in one table per kind (at most six
+    """Every side output of every method and metric lands in one table per kind (at most seven
     files with the scores), and run.json records the components' declarations reports read."""
     from salbench.harness.runner import run_job
 
@@ -113,8 +113,8 @@ def test_a_job_writes_one_table_per_kind_with_method_and_metric_columns(tmp_path
                             "metric=[cam_paper,wsoleval,rise,road,randomization,timing]", "metric.rise.n_steps=4",
                             "metric.road.fractions=[0.5]", "metric.randomization.max_images=1"]), out)
     tables = sorted(p.stem for p in out.glob("*.parquet"))
-    assert tables == ["curves", "randomization", "scores", "tau_curves", "timing"]
-    for kind in ("curves", "randomization", "tau_curves", "timing"):
+    assert tables == ["curves", "randomization", "scores", "tau_curves", "tau_images", "timing"]
+    for kind in ("curves", "randomization", "tau_curves", "tau_images", "timing"):
         table = pd.read_parquet(out / f"{kind}.parquet")
         assert list(table.columns[:2]) == ["method", "metric"] and set(table["method"]) == {"gradcam", "saliency",
                                                                                             "random"}, kind

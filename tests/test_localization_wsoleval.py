@@ -1,6 +1,8 @@
-"""The wsoleval preset (MaxBoxAcc, MaxBoxAccV2, PxAP) against a plain loop-based
-reimplementation of the published definitions (Choe et al. 2020), hand-computed toys,
-shard merging and monotonicity in the IoU threshold."""
+"""The wsoleval preset (MaxBoxAcc, MaxBoxAccV2, PxAP) against a plain loop-based float64
+reimplementation of the published code (Choe et al. 2020: their ``t2n`` casts maps to float64
+before the cv2 resize, the min-max and the uint8 quantization), hand-computed toys, constructed
+maps on a uint8 level or a PxAP bin edge (where float32 gives other numbers), monotonicity in
+the IoU threshold, the fixed-tau / tau_from protocol and the bootstrap of the dataset scores."""
 from __future__ import annotations
 
 
@@ -27,8 +29,9 @@ from test_localization import explained
 
 
 # --------------------------------------------------------------------------- reference (loops)
-def ref_normalize(cam):
-    cam = cam.astype(np.float32).copy()
+def ref_normalize(cam, dtype=np.float64):
+    """wsolevaluation's normalize_scoremap on t2n's float64 map (dtype=float32: the old, wrong precision)."""
+    cam = cam.astype(dtype).copy()
     if np.isnan(cam).any() or cam.min() == cam.max():
         return np.zeros_like(cam)
     cam -= cam.min()
@@ -39,7 +42,7 @@ def ref_normalize(cam):
 def ref_boxes(scoremap, threshold, all_contours):
     """Boxes at one threshold: uint8 map, cv2.threshold (strictly greater), contours, rects."""
     height, width = scoremap.shape
-    image = (scoremap * 255).astype(np.uint8)
+    image = (scoremap * scoremap.dtype.type(255)).astype(np.uint8)
     _, binary = cv2.threshold(image, int(threshold * np.max(image)), 255, cv2.THRESH_BINARY)
     contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
     if len(contours) == 0:
@@ -72,13 +75,13 @@ def ref_resize_box(box, orig_hw, new_hw):
     return [int(x0 * nw / ow), int(y0 * nh / oh), int(x1 * nw / ow), int(y1 * nh / oh)]
 
 
-def ref_maxboxacc(maps, gt_boxes, orig_sizes, step, iou_thresholds, all_contours):
+def ref_maxboxacc(maps, gt_boxes, orig_sizes, step, iou_thresholds, all_contours, dtype=np.float64):
     """Per IoU threshold: (max accuracy in percent, first best tau)."""
     taus = list(np.arange(0, 1, step))
     correct = {t: np.zeros(len(taus)) for t in iou_thresholds}
     count = 0
     for cam, boxes, orig in zip(maps, gt_boxes, orig_sizes):
-        scoremap = ref_normalize(cam)
+        scoremap = ref_normalize(cam, dtype)
         gt = [ref_resize_box(b, orig, scoremap.shape) for b in boxes]
         for k, tau in enumerate(taus):
             best = max(ref_iou(p, g) for p in ref_boxes(scoremap, tau, all_contours) for g in gt)
@@ -93,12 +96,12 @@ def ref_maxboxacc(maps, gt_boxes, orig_sizes, step, iou_thresholds, all_contours
     return out
 
 
-def ref_pxap(maps, masks, ignores, step):
+def ref_pxap(maps, masks, ignores, step, dtype=np.float64):
     taus = list(np.arange(0, 1, step))
     edges = np.append(taus, [1.0, 2.0, 3.0])
     fg_hist, bg_hist = np.zeros(len(edges) - 1), np.zeros(len(edges) - 1)
     for cam, mask, ignore in zip(maps, masks, ignores):
-        scoremap = ref_normalize(cam)
+        scoremap = ref_normalize(cam, dtype)
         gt = mask.astype(np.uint8) + 255 * (ignore & ~mask).astype(np.uint8)
         fg_hist += np.histogram(scoremap[gt == 1], bins=edges)[0]
         bg_hist += np.histogram(scoremap[gt == 0], bins=edges)[0]
@@ -204,7 +207,7 @@ def test_wsoleval_bicubic_resize_matches_cv2():
                    orig_boxes=[[[4, 4, 30, 20]], [[0, 10, 39, 39]], [[5, 5, 10, 10]]])
     metric = create_metric("wsoleval", tau_step=0.01, resize_to=32)
     metric.update(ex)
-    resized = [cv2.resize(m, (32, 32), interpolation=cv2.INTER_CUBIC) for m in maps.numpy()]
+    resized = [cv2.resize(m, (32, 32), interpolation=cv2.INTER_CUBIC) for m in maps.double().numpy()]
     ref = ref_maxboxacc(resized, [[[4, 4, 30, 20]], [[0, 10, 39, 39]], [[5, 5, 10, 10]]], [(40, 40)] * 3, 0.01,
                         [0.3, 0.5, 0.7], True)
     got = metric.compute()["toy"]
@@ -279,4 +282,257 @@ def test_wsoleval_protocol_and_tables():
     metric.update(ex)
     curves = metric.tables()["tau_curves"]
     assert len(curves) == 4 * 10 and set(curves["variant"]) == {"maxboxacc", "maxboxacc_v2"}
-    assert set(curves["method"]) == {"toy"} and metric.table_kinds == ("tau_curves",)
+    assert set(curves["method"]) == {"toy"} and metric.table_kinds == ("tau_curves", "tau_images")
+
+
+# --------------------------------------------------------------------------- float64 (constructed)
+def float32_quantized(maps):
+    """The old float32 pipeline: float32 min-max, float32 x 255, truncation."""
+    flat = maps.float().flatten(1)
+    low, high = flat.amin(1)[:, None, None], flat.amax(1)[:, None, None]
+    return (((maps.float() - low) / (high - low)) * 255).to(torch.uint8)
+
+
+def level_split(seed=1):
+    """float32 (low, high, v) where float32 min-max-quantizes v one uint8 level above float64."""
+    rng = np.random.default_rng(seed)
+    while True:
+        low = np.float32(rng.random() * 2 - 1)
+        high = np.float32(low + np.float32(rng.random() * 3 + 0.1))
+        k = int(rng.integers(20, 230))
+        value = np.float32(low + np.float32(k / 255) * (high - low))
+        q64 = int(((np.float64(value) - np.float64(low)) / (np.float64(high) - np.float64(low))) * 255)
+        q32 = int(float32_quantized(torch.tensor([[[low, value, high]]]))[0, 0, 1])
+        if q32 == q64 + 1:
+            return float(low), float(high), float(value), q64
+
+
+def test_maps_on_a_uint8_level_give_wsolevaluations_maxboxacc_100_vs_50_in_float32():
+    """Image A is right while its block survives (level < its quantized value), image B only once
+    its larger distractor (quantized to the same level k in both precisions) is gone: in float64
+    the block sits one level lower, so no tau serves both (50); float32 would report 100."""
+    low, high, value, k = level_split()
+    maps = torch.full((2, 16, 16), low)
+    maps[0, 4:10, 4:10] = value  # image A: the block, its peak inside
+    maps[0, 6, 6] = high
+    maps[1] = 0.0
+    maps[1, 1:5, 1:5] = 1.0  # image B: the object, 4 x 4
+    maps[1, 6:15, 6:15] = (k + 0.5) / 255  # the distractor: level k in both precisions
+    boxes = [[[4, 4, 9, 9]], [[1, 1, 4, 4]]]
+    assert float32_quantized(maps)[0, 5, 5] == k + 1 and quantize(wsol_scoremaps(maps))[0, 5, 5] == k
+    assert quantize(wsol_scoremaps(maps))[1, 7, 7] == k == float32_quantized(maps)[1, 7, 7]
+    ex = explained(maps, boxes, orig_sizes=[(16, 16)] * 2, orig_boxes=boxes)
+    metric = create_metric("wsoleval", tau_step=0.001)
+    metric.update(ex)
+    got = metric.compute()["toy"]
+    np_maps = [m.numpy() for m in maps]
+    reference = ref_maxboxacc(np_maps, boxes, [(16, 16)] * 2, 0.001, [0.5], all_contours=False)
+    as_float32 = ref_maxboxacc(np_maps, boxes, [(16, 16)] * 2, 0.001, [0.5], all_contours=False, dtype=np.float32)
+    assert got["maxboxacc"] == reference[0.5][0] == 50.0
+    assert as_float32[0.5][0] == 100.0  # what the float32 pipeline reported
+
+
+def edge_split(seed=0):
+    """float32 (low, high, v) with v's min-max value just below 0.5 in float64, 0.5 in float32."""
+    rng = np.random.default_rng(seed)
+    while True:
+        low = np.float32(rng.random())
+        high = np.float32(low + rng.random() + 0.01)
+        value = np.float32(low + (high - low) / 2)
+        r64 = (np.float64(value) - np.float64(low)) / (np.float64(high) - np.float64(low))
+        r32 = (value - low) / (high - low)
+        if r64 < 0.5 <= r32:
+            return float(low), float(high), float(value)
+
+
+def test_maps_on_a_pxap_bin_edge_give_wsolevaluations_pxap():
+    """Foreground pixels whose min-max value is 0.5 in float32 but just below in float64 share the
+    [0.25, 0.5) bin with background pixels in float64 (the reference), not in float32."""
+    low, high, value = edge_split()
+    maps = torch.full((1, 8, 8), low)
+    maps[0, 0, 0] = high
+    maps[0, 1:3, :] = value  # 16 foreground pixels on the edge
+    maps[0, 4:5, :] = low + 0.3 * (high - low)  # 8 background pixels in [0.25, 0.5)
+    masks = torch.zeros(1, 8, 8, dtype=torch.bool)
+    masks[0, 0, 0] = True
+    masks[0, 1:3, :] = True
+    ex = explained(maps, [[[0, 0, 1, 1]]], masks=list(masks))
+    metric = create_metric("pxap", tau_step=0.25)
+    metric.update(ex)
+    got = metric.compute()["toy"]["pxap"]
+    ignore = np.zeros((1, 8, 8), bool)
+    reference = ref_pxap(maps.numpy(), masks.numpy(), ignore, 0.25)
+    as_float32 = ref_pxap(maps.numpy(), masks.numpy(), ignore, 0.25, dtype=np.float32)
+    assert got == reference and as_float32 == 100.0 and reference < 90.0
+
+
+# --------------------------------------------------------------------------- the protocol around the scores
+def toy_case(seed=3, batch=6, size=20):
+    """Blobs on random boxes, some too wide, some too narrow (box accuracy varies with tau), a
+    little noise; every third prediction wrong."""
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    maps, boxes = [], []
+    for _ in range(batch):
+        x0, y0 = (int(v) for v in rng.integers(0, size - 8, 2))
+        x1, y1 = x0 + int(rng.integers(5, size - x0)), y0 + int(rng.integers(5, size - y0))
+        spread = float(rng.uniform(0.3, 1.5))
+        sx, sy = spread * (x1 - x0 + 1) / 2, spread * (y1 - y0 + 1) / 2
+        blob = torch.exp(-((xs - (x0 + x1) / 2) ** 2 / (2 * sx**2) + (ys - (y0 + y1) / 2) ** 2 / (2 * sy**2)))
+        maps.append(blob + 0.05 * torch.rand(size, size, generator=generator))
+        boxes.append([[x0, y0, x1, y1]])
+    labels = [int(v) for v in rng.integers(0, 3, batch)]
+    logits = torch.nn.functional.one_hot(torch.tensor([l if i % 3 else (l + 1) % 3 for i, l in enumerate(labels)]),
+                                         5).float()  # every third prediction wrong
+    return explained(torch.stack(maps), boxes, labels=labels, logits=logits, orig_sizes=[(size, size)] * batch,
+                     orig_boxes=boxes)
+
+
+def test_fixed_tau_gives_per_image_gt_known_and_top1_loc():
+    ex = toy_case()
+    metric = create_metric("wsoleval", tau=0.3)
+    assert metric.preset == "custom" and create_metric("wsoleval", tau=0.2).preset == "cvpr16"
+    out = scores_of(metric, ex)
+    largest, _ = wsol_best_ious(quantize(wsol_scoremaps(ex.maps["toy"])), ex.batch.orig_boxes, np.array([0.3]))
+    known = (largest[:, 0] >= 0.5).float()
+    right = (ex.logits.argmax(1) == ex.batch.labels).float()
+    assert out["gt_known_loc"].tolist() == known.tolist()
+    assert out["top1_loc"].tolist() == (known * right).tolist()
+    got = metric.compute()["toy"]
+    assert got["maxboxacc"] == pytest.approx(100 * known.mean().item()) and got["maxboxacc_tau"] == 0.3
+    assert got["maxboxacc_top1"] == pytest.approx(100 * (known * right).mean().item())
+
+
+def test_top1_loc_at_the_best_tau():
+    ex = toy_case(seed=5)
+    metric = create_metric("wsoleval", tau_step=0.01)
+    metric.update(ex)
+    got = metric.compute()["toy"]
+    largest, _ = wsol_best_ious(quantize(wsol_scoremaps(ex.maps["toy"])), ex.batch.orig_boxes, tau_grid(0.01))
+    accuracy = (largest >= 0.5).double().mean(0) * 100
+    best = int(accuracy.argmax())
+    right = (ex.logits.argmax(1) == ex.batch.labels)
+    assert got["maxboxacc"] == pytest.approx(accuracy[best].item()) and got["maxboxacc_tau"] == tau_grid(0.01)[best]
+    assert got["maxboxacc_top1"] == pytest.approx(100 * ((largest[:, best] >= 0.5) & right).double().mean().item())
+
+
+def finished_run(path, taus, status="completed", key="wsoleval", name="wsoleval"):
+    """A run directory holding the dataset tau rows of one wsoleval metric."""
+    import json
+
+    import pandas as pd
+
+    path.mkdir(parents=True, exist_ok=True)
+    rows = [{"method": method, "metric": key, "score": score, "value": value, "scope": "dataset"}
+            for method, values in taus.items() for score, value in values.items()]
+    pd.DataFrame(rows).to_parquet(path / "scores.parquet")
+    (path / "run.json").write_text(json.dumps({"status": status, "components": {"metrics": {key: {"name": name}}}}))
+    return path
+
+
+def test_tau_from_applies_another_runs_taus(tmp_path):
+    taus = {"maxboxacc_tau": 0.3, "maxboxacc_v2_iou30_tau": 0.1, "maxboxacc_v2_iou50_tau": 0.3,
+            "maxboxacc_v2_iou70_tau": 0.6, "maxboxacc": 55.0}
+    run = finished_run(tmp_path / "val", {"toy": taus}, key="wsol_on_val")
+    ex = toy_case()
+    metric = create_metric("wsoleval", tau_from=str(run))
+    assert metric.preset == "wsoleval" and metric.protocol()["tau_from"] == str(run)
+    per_image = scores_of(metric, ex)
+    fixed = create_metric("wsoleval", tau=0.3)
+    assert per_image["gt_known_loc"].tolist() == scores_of(fixed, ex)["gt_known_loc"].tolist()
+    got = metric.compute()["toy"]
+    _, every = wsol_best_ious(quantize(wsol_scoremaps(ex.maps["toy"])), ex.batch.orig_boxes, np.array([0.1, 0.3, 0.6]))
+    for k, (tag, threshold) in enumerate((("iou30", 0.3), ("iou50", 0.5), ("iou70", 0.7))):
+        assert got[f"maxboxacc_v2_{tag}"] == pytest.approx(100 * (every[:, k] >= threshold).double().mean().item())
+        assert got[f"maxboxacc_v2_{tag}_tau"] == taus[f"maxboxacc_v2_{tag}_tau"]
+    assert got["maxboxacc"] == fixed.compute()["toy"]["maxboxacc"] and got["maxboxacc_tau"] == 0.3
+
+
+def test_tau_from_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no run directory"):
+        create_metric("wsoleval", tau_from=str(tmp_path / "absent"))
+    running = finished_run(tmp_path / "running", {"toy": {"maxboxacc_tau": 0.3}}, status="running")
+    with pytest.raises(ValueError, match="not finished"):
+        create_metric("wsoleval", tau_from=str(running))
+    other = finished_run(tmp_path / "other", {"toy": {"deletion_auc": 0.3}}, key="rise", name="rise")
+    with pytest.raises(ValueError, match="no wsoleval taus.*rise"):
+        create_metric("wsoleval", tau_from=str(other))
+    partial = finished_run(tmp_path / "partial", {"gradcam": {"maxboxacc_tau": 0.3}})
+    metric = create_metric("wsoleval", tau_from=str(partial))
+    with pytest.raises(ValueError, match="no taus of method 'toy'; methods there: gradcam"):
+        metric.update(toy_case())
+    metric = create_metric("wsoleval", tau_from=str(finished_run(tmp_path / "v1", {"toy": {"maxboxacc_tau": 0.3}})))
+    with pytest.raises(ValueError, match="no maxboxacc_v2_iou30_tau"):
+        metric.update(toy_case())
+    with pytest.raises(ValueError, match="at most one"):
+        create_metric("wsoleval", tau=0.2, tau_from=str(partial))
+
+
+# --------------------------------------------------------------------------- bootstrap
+def test_per_image_table_reproduces_the_dataset_scores(tmp_path):
+    from salbench.metrics.wsoleval import TauImages
+
+    ex = toy_case(seed=7, batch=8)
+    metric = create_metric("wsoleval", tau_step=0.01)
+    metric.update(ex)
+    masks = smooth_maps(11, 8, 20, 20) > 0.5
+    ex_masks = explained(ex.maps["toy"], [[[0, 0, 1, 1]]] * 8, masks=list(masks))
+    pxap = create_metric("pxap", tau_step=0.01)
+    pxap.update(ex_masks)
+    table = pd_concat([metric.tables()["tau_images"].assign(metric="wsoleval"),
+                       pxap.tables()["tau_images"].assign(metric="pxap")])
+    table.to_parquet(tmp_path / "t.parquet")  # bytes columns survive parquet
+    import pandas as pd
+
+    table = pd.read_parquet(tmp_path / "t.parquet")
+    got = TauImages(table[table["metric"] == "wsoleval"]).scores(np.ones((1, 8)))
+    expected = metric.compute()["toy"]
+    for score in ("maxboxacc", "maxboxacc_top1", "maxboxacc_v2", "maxboxacc_v2_iou30", "maxboxacc_v2_iou70"):
+        assert got[score][0] == pytest.approx(expected[score], abs=1e-9), score
+    assert TauImages(table[table["metric"] == "pxap"]).scores(np.ones((1, 8)))["pxap"][0] == pytest.approx(
+        pxap.compute()["toy"]["pxap"], abs=1e-9)
+
+
+def pd_concat(frames):
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_dataset_interval_at_a_fixed_tau_is_the_reports_bootstrap_of_gt_known_loc():
+    """At a fixed tau MaxBoxAcc is the mean of the per-image GT-known flags (x 100): its interval
+    must be the report's bootstrap interval of those flags, draw for draw (paired resampling)."""
+    from salbench.metrics.wsoleval import TauImages, bootstrap_weights, dataset_intervals
+    from salbench.reports.stats import bootstrap_ci, bootstrap_means
+
+    ex = toy_case(seed=9, batch=12)
+    metric = create_metric("wsoleval", tau=0.25)
+    known = scores_of(metric, ex)["gt_known_loc"].double().numpy() * 100
+    table = metric.tables()["tau_images"].assign(metric="wsoleval")
+    assert 0 < known.mean() < 100
+    images = TauImages(table)
+    draws = np.concatenate([images.scores(w)["maxboxacc"] for w in bootstrap_weights(images.n, 300, 4)])
+    np.testing.assert_allclose(draws, bootstrap_means(known, 300, 4), rtol=0, atol=1e-9)
+    for confidence in (0.5, 0.8, 0.9):
+        intervals = dataset_intervals(table, resamples=300, confidence=confidence, seed=4)
+        row = intervals[intervals["score"] == "maxboxacc"].iloc[0]
+        low, high = bootstrap_ci(known, resamples=300, confidence=confidence, seed=4)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high), abs=1e-9)
+    assert set(intervals["score"]) >= {"maxboxacc", "maxboxacc_top1", "maxboxacc_v2", "maxboxacc_v2_iou50"}
+    assert (intervals["ci_low"] <= intervals["ci_high"]).all()
+
+
+def test_report_fills_dataset_score_intervals():
+    import pandas as pd
+
+    from salbench.reports.stats import fill_intervals
+
+    summary = pd.DataFrame({"model": ["m"] * 2, "dataset": ["d"] * 2, "method": ["a"] * 2, "metric": ["w"] * 2,
+                            "score": ["maxboxacc", "iou"], "ci_low": [np.nan, 0.1], "ci_high": [np.nan, 0.2],
+                            "n": [1, 10]})
+    intervals = pd.DataFrame({"model": ["m"], "dataset": ["d"], "method": ["a"], "metric": ["w"],
+                              "score": ["maxboxacc"], "ci_low": [40.0], "ci_high": [60.0], "n": [10]})
+    filled = fill_intervals(summary, intervals)
+    assert filled["ci_low"].tolist() == [40.0, 0.1] and filled["ci_high"].tolist() == [60.0, 0.2]
+    assert filled["n"].tolist() == [1, 10] and list(filled.columns) == list(summary.columns)
