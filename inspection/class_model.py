@@ -5,7 +5,8 @@
 
 ``S_c``: the unnormalized (pre-softmax) score of class ``c``; ``I``: the image in the model's
 input space (normalized: the zero image is the mean image, the paper's start). Plain gradient
-ascent ``I <- I + lr * grad`` (``optimizer="sgd"``) or Adam. Optional regularizers of later
+ascent ``I <- I + lr * grad`` (``optimizer="sgd"``, the paper's) or Adam (the default: its step
+does not depend on the scale of a model's gradients, so one ``lr`` serves every model). Optional regularizers of later
 work (Yosinski, Clune, Nguyen, Fuchs & Lipson 2015, "Understanding neural networks through deep
 visualization"; Mordvintsev, Olah & Tyka 2015): ``jitter`` (each step's forward sees the image
 rolled by a random offset in [-jitter, jitter] pixels on each axis) and ``blur_sigma`` /
@@ -54,7 +55,7 @@ def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
 
 
 def class_model_visualization(model: nn.Module, classes: Sequence[int], input_size: Sequence[int], *, steps: int = 200,
-                              lr: float = 1.0, l2: float = 1e-3, optimizer: str = "sgd", init: str = "zero",
+                              lr: float = 0.05, l2: float = 1e-3, optimizer: str = "adam", init: str = "zero",
                               init_std: float = 0.1, jitter: int = 0, blur_sigma: float = 0.0, blur_every: int = 0,
                               seed: int = 0, device: torch.device = torch.device("cpu")) -> ClassModelResult:
     """Optimize one image per class of ``classes`` (see the module docstring)."""

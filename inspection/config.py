@@ -39,6 +39,7 @@ class PatchesSection:
     num_units: int = 8
     top_k: int = 9
     distinct_images: bool = True  # at most one patch per image and unit (its maximum)
+    outside: str = "clip"  # the field's part outside the image: clip (not shown) | pad (grey)
 
 
 @dataclass
@@ -113,6 +114,7 @@ def register_inspect_schema() -> None:
 
 
 CHOICES = {
+    ("patches", "outside"): ("clip", "pad"),
     ("class_model", "optimizer"): ("adam", "sgd"),
     ("class_model", "init"): ("zero", "noise"),
     ("class_model", "display"): ("minmax", "clip"),

@@ -371,7 +371,8 @@ def default_classes(job: Inspection) -> List[int]:
 
 
 def patch_crops(job: Inspection, top: Dict[str, Tensor], field: Any) -> List[List[Optional[Tensor]]]:
-    """The winners' receptive-field crops [3, h, w] (NaN outside the image), per unit and rank."""
+    """The winners' receptive-field crops [3, h, w] per unit and rank: the field clipped to the
+    image (``outside=clip``) or the whole field, NaN outside the image (``outside=pad``)."""
     cache: Dict[int, Tensor] = {}
     crops: List[List[Optional[Tensor]]] = []
     for unit_row in range(top["positions"].shape[0]):
@@ -384,8 +385,12 @@ def patch_crops(job: Inspection, top: Dict[str, Tensor], field: Any) -> List[Lis
             if position not in cache:
                 cache[position] = job.sample(position)["image"]
             image = cache[position]
-            box = crop_box(field, int(top["rows"][unit_row, rank]), int(top["cols"][unit_row, rank]), tuple(image.shape[-2:]))
-            row.append(crop_patch(image, box))
+            height, width = image.shape[-2:]
+            x0, y0, x1, y1 = crop_box(field, int(top["rows"][unit_row, rank]), int(top["cols"][unit_row, rank]),
+                                      (height, width))
+            if job.section.patches.outside == "clip":
+                x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width - 1), min(y1, height - 1)
+            row.append(crop_patch(image, (x0, y0, x1, y1)))
         crops.append(row)
     return crops
 

@@ -174,8 +174,9 @@ def draw_patches(out: Path, top: Dict[str, Tensor], crops: List[List[Optional[Te
     fig.suptitle(f"{layer}: top-{k} patches per unit (receptive field {extent})", fontsize=9)
     caption = (f"Maximally activating patches of {layer} (Zeiler & Fergus 2014): for each unit (row), the {k} dataset "
                f"positions with the highest activation{' (one per image)' if section.distinct_images else ''}, cropped "
-               f"by the unit's receptive field ({extent}, start {field.start}); grey: the field outside the image "
-               "(padding). Titles: activation, dataset position.")
+               f"by the unit's receptive field ({extent}, start {field.start})"
+               + ("; grey: the field outside the image (padding)" if section.outside == "pad" else
+                  ", clipped to the image") + ". Titles: activation, dataset position.")
     figure = _figure(out, fig, f"patches-{slug(layer)}", "patches", caption,
                      {**_settings(section), "layer": layer, "receptive_field": field.describe(),
                       "units": units}, figures)
@@ -213,6 +214,7 @@ def draw_class_model(out: Path, result: Dict[str, Any], table: pd.DataFrame, cla
     for i, c in enumerate(classes):
         ax.plot(np.arange(scores.shape[0]), scores[:, i].numpy(), label=class_names[c], lw=1.3)
     ax.set_xlabel("step")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("class score S_c (logit)")
     ax.grid(alpha=0.3)
     if count <= 12:
