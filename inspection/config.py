@@ -68,6 +68,7 @@ class EmbeddingsSection:
     pixel_size: Optional[int] = 64  # pixel space: area-resized to this side; null: the input size
     distance: str = "euclidean"  # euclidean | cosine
     tsne_perplexity: float = 30.0
+    tsne_iterations: int = 1000  # scikit-learn's default; at least 250
 
 
 @dataclass
@@ -142,5 +143,7 @@ def validate_inspection(cfg: DictConfig) -> None:
     quantile = float(cfg.inspect.dissection.quantile)
     if not 0 < quantile < 1:
         raise ValueError(f"inspect.dissection.quantile must be in (0, 1); got {quantile}")
+    if int(cfg.inspect.embeddings.tsne_iterations) < 250:
+        raise ValueError(f"inspect.embeddings.tsne_iterations must be >= 250; got {cfg.inspect.embeddings.tsne_iterations}")
     if cfg.inspect.class_model.steps < 0:
         raise ValueError(f"inspect.class_model.steps must be >= 0; got {cfg.inspect.class_model.steps}")

@@ -165,6 +165,14 @@ class HistogramQuantile:
         return _lerp(low, high, fraction)
 
 
+def float32_floor(values: Tensor) -> Tensor:
+    """The largest float32 <= each float64 value: for a float32 ``x``, ``x > floor32(t)`` exactly
+    when ``x > t`` (if ``t`` is no float32, no float32 lies between ``floor32(t)`` and ``t``)."""
+    rounded = values.float()
+    above = rounded.double() > values
+    return torch.where(above, torch.nextafter(rounded, torch.full_like(rounded, float("-inf"))), rounded)
+
+
 class IoUAccumulator:
     """Sums over a dataset, per unit ``k`` and concept ``c``: ``intersection[k, c]`` (pixels where
     the thresholded upsampled map and the concept mask are both on), ``activated[k]`` and
@@ -204,10 +212,11 @@ class IoUAccumulator:
         exact_dtype = torch.float32 if batch * height * width < 2**24 else torch.float64
         masks_float = masks_float.to(exact_dtype)
         chunk = max(1, self.chunk_elements // max(1, batch * height * width))
+        levels = float32_floor(self.thresholds)
         for start in range(0, units, chunk):
             stop = min(units, start + chunk)
             maps = self._upsampled(activations[:, start:stop], (height, width))
-            fired = maps.double() > self.thresholds[start:stop][None, :, None, None]
+            fired = maps > levels[start:stop][None, :, None, None]  # == (maps as float64 > thresholds)
             self.activated[start:stop] += fired.sum((0, 2, 3)).double()
             if len(concepts):
                 overlap = torch.einsum("bkhw,bphw->kp", fired.to(exact_dtype), masks_float).double()

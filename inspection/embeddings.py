@@ -66,17 +66,26 @@ def pixel_vectors(images: Tensor, size: Optional[int] = None) -> Tensor:
     return images.flatten(1).float()
 
 
-def tsne_map(features: Tensor, seed: int = 0, perplexity: float = 30.0, metric: str = "euclidean") -> Tuple[np.ndarray, Dict[str, Any]]:
+def tsne_map(features: Tensor, seed: int = 0, perplexity: float = 30.0, metric: str = "euclidean",
+             iterations: int = 1000) -> Tuple[np.ndarray, Dict[str, Any]]:
     """A 2-D t-SNE embedding of ``features`` [N, D] (scikit-learn, PCA initialization, the
-    given seed) and the settings used: the perplexity is capped below ``N`` as t-SNE requires
-    (``min(perplexity, (N - 1) / 3)``)."""
+    given seed, ``iterations`` optimization steps: at least 250) and the settings used: the
+    perplexity is capped below ``N`` as t-SNE requires (``min(perplexity, (N - 1) / 3)``)."""
+    import inspect
+
     from sklearn.manifold import TSNE
 
     count = features.shape[0]
     if count < 3:
         raise ValueError(f"t-SNE needs at least 3 images; got {count}")
+    if iterations < 250:
+        raise ValueError(f"t-SNE needs at least 250 iterations; got {iterations}")
     used = float(min(perplexity, max(1.0, (count - 1) / 3)))
-    tsne = TSNE(n_components=2, perplexity=used, init="pca", random_state=int(seed), metric=metric)
+    # scikit-learn 1.5 renamed n_iter to max_iter
+    steps = "max_iter" if "max_iter" in inspect.signature(TSNE).parameters else "n_iter"
+    tsne = TSNE(n_components=2, perplexity=used, init="pca", random_state=int(seed), metric=metric,
+                **{steps: int(iterations)})
     coordinates = tsne.fit_transform(features.detach().cpu().double().numpy())
     return coordinates, {"perplexity": used, "requested_perplexity": float(perplexity), "init": "pca",
-                         "random_state": int(seed), "metric": metric, "implementation": "sklearn.manifold.TSNE"}
+                         "random_state": int(seed), "metric": metric, "iterations": int(iterations),
+                         "implementation": "sklearn.manifold.TSNE"}

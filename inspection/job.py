@@ -31,7 +31,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -152,7 +152,6 @@ class EmbeddingConsumer(Consumer):
         self.pixels: List[Tensor] = []
         self.labels: List[Tensor] = []
         self.positions: List[Tensor] = []
-        self.seen = 0
 
     def update(self, step: PassStep) -> None:
         keep = step.positions < self.images_needed
@@ -370,10 +369,11 @@ def default_classes(job: Inspection) -> List[int]:
     return sorted(found)
 
 
-def patch_crops(job: Inspection, top: Dict[str, Tensor], field: Any) -> List[List[Optional[Tensor]]]:
-    """The winners' receptive-field crops [3, h, w] per unit and rank: the field clipped to the
-    image (``outside=clip``) or the whole field, NaN outside the image (``outside=pad``)."""
-    cache: Dict[int, Tensor] = {}
+def patch_crops(job: Inspection, top: Dict[str, Tensor], field: Any) -> Tuple[List[List[Optional[Tensor]]], Dict[int, str]]:
+    """The winners' receptive-field crops [3, h, w] per unit and rank (the field clipped to the
+    image, ``outside=clip``, or the whole field, NaN outside the image, ``outside=pad``) and the
+    winners' image ids by dataset position."""
+    cache: Dict[int, Dict[str, Any]] = {}
     crops: List[List[Optional[Tensor]]] = []
     for unit_row in range(top["positions"].shape[0]):
         row: List[Optional[Tensor]] = []
@@ -383,8 +383,8 @@ def patch_crops(job: Inspection, top: Dict[str, Tensor], field: Any) -> List[Lis
                 row.append(None)
                 continue
             if position not in cache:
-                cache[position] = job.sample(position)["image"]
-            image = cache[position]
+                cache[position] = job.sample(position)
+            image = cache[position]["image"]
             height, width = image.shape[-2:]
             x0, y0, x1, y1 = crop_box(field, int(top["rows"][unit_row, rank]), int(top["cols"][unit_row, rank]),
                                       (height, width))
@@ -392,7 +392,7 @@ def patch_crops(job: Inspection, top: Dict[str, Tensor], field: Any) -> List[Lis
                 x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width - 1), min(y1, height - 1)
             row.append(crop_patch(image, (x0, y0, x1, y1)))
         crops.append(row)
-    return crops
+    return crops, {position: sample["image_id"] for position, sample in cache.items()}
 
 
 # --------------------------------------------------------------------------- tables
@@ -569,8 +569,7 @@ def _inspect(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> Non
     if section.patches.enabled:
         top = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in scanned["patches"].top.result().items()}
         field = fields[patch_layer]
-        crops = patch_crops(job, top, field)
-        ids = {int(p): job.sample(int(p))["image_id"] for p in top["positions"].flatten().tolist() if p >= 0}
+        crops, ids = patch_crops(job, top, field)
         _write_table(job, "patches", patches_table(top, patch_layer, field, ids, size), tables)
         page["patches"] = drawing.draw_patches(job.output_dir, top, crops, patch_layer, field, section.patches,
                                                job.figures)
@@ -639,7 +638,8 @@ def embeddings_outputs(job: Inspection, collected: EmbeddingConsumer, class_name
     agreement = pd.DataFrame(agreement_rows)
     neighbours = pd.DataFrame(neighbour_rows)
     coordinates, tsne_settings = embeddings_lib.tsne_map(features, seed=int(job.cfg.seed),
-                                                         perplexity=float(section.tsne_perplexity))
+                                                         perplexity=float(section.tsne_perplexity),
+                                                         iterations=int(section.tsne_iterations))
     tsne = pd.DataFrame({"image_index": positions.cpu().numpy(), "label": labels.cpu().numpy(),
                          "class_name": [class_names[int(c)] for c in labels.tolist()],
                          "x": coordinates[:, 0], "y": coordinates[:, 1]})

@@ -324,13 +324,6 @@ def crop_patch(image: Tensor, box: Tuple[int, int, int, int], fill: float = floa
     return patch
 
 
-def center_of(field: ReceptiveField, y: int, x: int) -> Tuple[float, float]:
-    """Input coordinates (row, col) of unit (y, x)'s field centre."""
-    y0, y1 = field.rows.span(y)
-    x0, x1 = field.cols.span(x)
-    return (y0 + y1) / 2, (x0 + x1) / 2
-
-
 def analytic_field(stack: Sequence[Tuple[int, int, int, int]]) -> AxisField:
     """One axis of the field of a plain chain of layers ``(kernel, stride, padding, dilation)``,
     by the closed forms of Araujo et al. (2019): ``size = 1 + sum_l (k'_l - 1) prod_{i<l} s_i``,
@@ -344,4 +337,4 @@ def analytic_field(stack: Sequence[Tuple[int, int, int, int]]) -> AxisField:
 
 
 __all__ = ["AxisField", "ReceptiveField", "IDENTITY", "UNKNOWN", "through", "union", "receptive_fields",
-           "crop_box", "crop_patch", "center_of", "analytic_field"]
+           "crop_box", "crop_patch", "analytic_field"]

@@ -242,6 +242,15 @@ def test_exact_quantile_equals_numpy_percentile_and_histogram_is_within_a_bin(ba
     assert exact.buffer.shape[1] == nd.top_count(17 * 42, 0.005) < 17 * 42 // 50
 
 
+def test_float32_comparison_with_a_float64_level_is_exact():
+    levels = torch.tensor([0.1, 1.0 / 3.0, -0.7, 2.0, 0.0], dtype=torch.float64)
+    floors = nd.float32_floor(levels)
+    near = torch.stack([torch.nextafter(floors, torch.full_like(floors, d)) for d in (-1e9, 1e9)] + [floors])
+    values = torch.cat([near.flatten(), torch.randn(1000)])  # float32, including the neighbours of each level
+    for level, floor in zip(levels, floors):
+        assert torch.equal(values > floor, values.double() > level)
+
+
 def test_exact_quantile_refuses_a_buffer_over_its_budget():
     quantile = nd.ExactQuantile(0.005, planned_maps=10**6, max_megabytes=1)
     with pytest.raises(ValueError, match="threshold=histogram"):
@@ -265,8 +274,9 @@ def square_images(count: int, size: int = 16, seed: int = 0):
 
 def hand_set_model() -> nn.Module:
     """conv 2x2 stride 2 + ReLU; unit 0 = mean red - mean green, unit 1 = mean green - mean red,
-    unit 2 = mean blue (responds to nothing in particular)."""
-    conv = nn.Conv2d(3, 3, 2, stride=2, bias=False)
+    unit 2 = mean blue (responds to nothing in particular), unit 3 = 0 (dead: its level is 0, and
+    the strict > lets nothing fire)."""
+    conv = nn.Conv2d(3, 4, 2, stride=2, bias=False)
     with torch.no_grad():
         conv.weight.zero_()
         conv.weight[0, 0], conv.weight[0, 1] = 0.25, -0.25
@@ -325,8 +335,9 @@ def test_dissection_iou_equals_a_plain_loop_on_a_hand_set_model(batch_size):
     np.testing.assert_allclose(iou, reference, rtol=0, atol=1e-12)
     # the hand-set units detect what they were built for
     assert iou[0].argmax() == 0 and iou[1].argmax() == 1 and iou[0, 0] > 0.04 and iou[1, 1] > 0.04
+    assert (iou[3] == 0).all() and accumulator.activated[3] == 0
     table = nd.dissection_rows("conv", torch.from_numpy(iou), [0, 1], ["red square", "green square"])
-    assert list(table.columns) == ["layer", "unit", "concept", "iou"] and len(table) == 6
+    assert list(table.columns) == ["layer", "unit", "concept", "iou"] and len(table) == 8
     units = nd.unit_summary(table, {"conv": level.thresholds().numpy()}, 0.04)
     assert list(units["best_concept"][:2]) == ["red square", "green square"] and units["detector"][:2].all()
 
