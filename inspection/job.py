@@ -597,9 +597,24 @@ def _inspect(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> Non
     run_info["figures"] = job.figures
     run_info["layers"] = {"patches": patch_layer, "activations": activation_layer, "dissection": dissection_layers}
     drawing.write_page(job.output_dir, page, run_info)
+    _remove_stale_outputs(output_dir, tables, job.figures)
     run_info["outputs"] = sorted(p.name for p in output_dir.iterdir() if not p.name.startswith(".")
                                  and p.name != CHECKPOINT)
     print(f"salbench inspect: {bundle.name} on {cfg.dataset.name} ({len(dataset)} images): {output_dir.resolve() / 'index.html'}")
+
+
+TABLES = ("receptive_fields", "filters", "class_model", "activations", "patches", "embedding_agreement", "neighbours",
+          "tsne", "dissection", "dissection_units", "dissection_layers")
+FIGURE_PREFIXES = ("filters-", "activations-", "patches-", "class_model", "embeddings-", "dissection")
+
+
+def _remove_stale_outputs(output_dir: Path, tables: Sequence[str], figures: Dict[str, Any]) -> None:
+    """Remove the tables and figures an earlier config wrote into this folder and this one did not."""
+    for path in output_dir.iterdir():
+        stale_table = path.suffix == ".parquet" and path.stem in TABLES and path.name not in tables
+        stale_figure = path.suffix in (".png", ".pdf") and path.stem.startswith(FIGURE_PREFIXES) and path.stem not in figures
+        if stale_table or stale_figure:
+            path.unlink()
 
 
 def embeddings_outputs(job: Inspection, collected: EmbeddingConsumer, class_names: Sequence[str], tables: List[str],

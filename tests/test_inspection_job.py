@@ -223,6 +223,10 @@ def test_an_interrupted_inspection_resumes_inside_its_pass_and_equals_an_uninter
     assert info["status"] == "completed" and info["attempts"] == 2 and not (tmp_path / "killed" / "checkpoint.pt").exists()
     for name in ("dissection", "dissection_units", "patches"):
         pd.testing.assert_frame_equal(table(tmp_path / "killed", name), table(tmp_path / "reference", name))
+    # another config in the same folder starts afresh and leaves none of the earlier config's outputs
+    other = job_module.run_inspection(compose_inspect(RESUME + ["inspect.patches.enabled=false"]), tmp_path / "killed")
+    assert other["attempts"] == 1 and not list((tmp_path / "killed").glob("patches*"))
+    assert (tmp_path / "killed" / "dissection.parquet").exists()
 
 
 # --------------------------------------------------------------------------- errors
