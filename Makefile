@@ -31,12 +31,12 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
-# The report page in headless Chromium (Debian's `chromium`, installed with apt-get when missing).
+# The report and inspection pages in headless Chromium (Debian's `chromium`, installed with apt-get when missing).
 .PHONY: test-report-browser
 test-report-browser: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium) \
 		|| (sudo apt-get update && sudo apt-get install -y chromium)
-	$(BIN)/python -m pytest -q -m slow tests/test_reports_browser.py
+	$(BIN)/python -m pytest -q -m slow tests/test_reports_browser.py tests/test_inspection_browser.py
 
 crosscheck: $(STAMP)
 	$(BIN)/salbench crosscheck

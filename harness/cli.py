@@ -3,7 +3,9 @@
 * ``salbench [overrides]`` / ``salbench -m [sweep overrides]``: the Hydra job (config ``config``);
 * ``salbench report DIR...``: the report of finished runs (also ``salbench-report``);
 * ``salbench check DIR... --baseline FILE [--update]``: the regression gate (:mod:`salbench.harness.check`);
-* ``salbench crosscheck [overrides]``: methods against captum / pytorch-grad-cam (config ``crosscheck``).
+* ``salbench crosscheck [overrides]``: methods against captum / pytorch-grad-cam (config ``crosscheck``);
+* ``salbench inspect [overrides]``: filters, activations, patches, class models, embeddings and
+  Network Dissection of a model (config ``inspect``, :mod:`salbench.inspection.job`).
 
 A config or data error (an unknown key or option, a missing file, an empty dataset, a locked
 output folder) prints one line ``salbench: error: ...`` and exits with status 2; ``--verbose``
@@ -22,7 +24,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-SUBCOMMANDS = ("report", "check", "crosscheck")
+SUBCOMMANDS = ("report", "check", "crosscheck", "inspect")
 
 
 def config_dir() -> str:
@@ -117,6 +119,18 @@ def main(argv: Optional[List[str]] = None) -> None:
 
         sys.argv = [f"{sys.argv[0]} crosscheck", *argv[1:]]
         _hydra_app("crosscheck", report_user_errors(crosscheck_main))()
+        return
+    if argv and argv[0] == "inspect":
+        from salbench.inspection.config import register_inspect_schema
+        from salbench.inspection.job import inspect_main
+
+        problems = unknown_group_options([a for a in argv[1:] if not a.startswith("-")])
+        if problems:
+            print("salbench inspect: error: " + "\n".join(problems), file=sys.stderr)
+            sys.exit(2)
+        register_inspect_schema()
+        sys.argv = [f"{sys.argv[0]} inspect", *argv[1:]]
+        _hydra_app("inspect", report_user_errors(inspect_main))()
         return
     problems = unknown_group_options([a for a in argv if not a.startswith("-")])
     if problems:

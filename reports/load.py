@@ -32,13 +32,19 @@ class IncompleteRunsError(ValueError):
     running), failed, or holding the scores of an earlier config (superseded)."""
 
 
+def is_evaluation_job(info: Dict) -> bool:
+    """Whether a run.json is an evaluation job's (its config selects methods; an inspection's
+    run.json, ``salbench inspect``, does not)."""
+    return "method" in (info.get("config") or {})
+
+
 def _job_dirs(path: Path) -> List[Path]:
-    """Every job directory under ``path``: a folder holding ``scores.parquet`` or a salbench
-    ``run.json`` (a job that was killed before writing its scores has only the latter)."""
+    """Every evaluation job directory under ``path``: a folder holding ``scores.parquet`` or an
+    evaluation job's ``run.json`` (a job killed before writing its scores has only the latter)."""
     if not path.is_dir():
         return []
     found = {p.parent for p in path.rglob("scores.parquet")}
-    found |= {p.parent for p in path.rglob("run.json") if "job_id" in run_info(p.parent) or "status" in run_info(p.parent)}
+    found |= {p.parent for p in path.rglob("run.json") if is_evaluation_job(run_info(p.parent))}
     return sorted(found)
 
 

@@ -30,6 +30,7 @@ import pandas as pd
 from salbench.harness import store
 from salbench.reports import html as page
 from salbench.reports import plots, stats, tables
+from salbench.reports.inspection import inspection_links
 from salbench.reports.load import components, find_runs, galleries, load, load_table, run_info, skipped_runs
 
 
@@ -210,7 +211,8 @@ def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOption
                  ("Perturbation curves", "\n".join(curve_html)),
                  ("Box accuracy vs threshold", "\n".join(box_html)),
                  ("Model-randomization check", "\n".join(random_html)), ("Timing", "\n".join(timing_html)),
-                 ("Heatmap gallery", "\n".join(gallery_html)), ("Jobs", _runs_table(runs)),
+                 ("Heatmap gallery", "\n".join(gallery_html)),
+                 ("Inspections (salbench inspect)", inspection_links(paths, out)), ("Jobs", _runs_table(runs)),
                  ("Protocols", _protocols(scores))]
     store.write_text(out / "index.html", page.page("salbench report", sections, intro))
     written["page"].append(out / "index.html")
