@@ -166,3 +166,20 @@ def split_rows(explained_batch: ExplainedBatch, parts: List[List[int]]) -> List[
                                   model=explained_batch.model, explainers=explained_batch.explainers,
                                   costs=explained_batch.costs))
     return out
+
+
+def explainer_case(method: str = "saliency", images: int = 4):
+    """(model, explainer, x, labels, maps, ExplainedBatch) of one method on synthetic images: what
+    a metric that re-runs the explainers (sensitivity, random logit) needs."""
+    from salbench.methods import create_method
+
+    model = small_cnn()
+    batch = synthetic_batch(images)
+    bundle = bundle_of(model)
+    x = bundle.normalize(batch.images)
+    explainer = create_method(method, model)
+    with torch.no_grad():
+        logits = model(x)
+    maps = explainer(x, batch.labels)
+    case = explained(batch, {method: maps}, inputs=x, logits=logits, model=bundle, explainers={method: explainer})
+    return model, explainer, x, batch.labels, maps, case

@@ -12,25 +12,15 @@ import torch
 from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 
-from salbench.methods import create_method
 from salbench.metrics import create_metric
 from salbench.metrics.base import image_seeds
 from salbench.metrics.functional import classes_from_draws, other_classes, random_logit_similarity
 from salbench.metrics.randomization import minmax
-from helpers import bundle_of, explained, small_cnn, synthetic_batch
+from helpers import explained, explainer_case, synthetic_batch
 
 
 def shared_case(method="saliency", images=4):
-    model = small_cnn()
-    batch = synthetic_batch(images)
-    bundle = bundle_of(model)
-    x = bundle.normalize(batch.images)
-    explainer = create_method(method, model)
-    with torch.no_grad():
-        logits = model(x)
-    maps = explainer(x, batch.labels)
-    case = explained(batch, {method: maps}, inputs=x, logits=logits, model=bundle, explainers={method: explainer})
-    return model, explainer, x, batch.labels, maps, case
+    return explainer_case(method, images)
 
 
 def test_random_logit_equals_quantus_with_the_same_class_draws():

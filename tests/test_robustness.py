@@ -13,20 +13,11 @@ from salbench.methods import create_method
 from salbench.metrics import create_metric
 from salbench.metrics.base import image_seeds
 from salbench.metrics.functional import gaussian_noise, linf_ball_noise, local_lipschitz, perturbation_seeds, sensitivity
-from helpers import bundle_of, explained, small_cnn, synthetic_batch
+from helpers import bundle_of, explained, explainer_case, small_cnn, synthetic_batch
 
 
 def shared_case(method="saliency", images=3):
-    model = small_cnn()
-    batch = synthetic_batch(images)
-    bundle = bundle_of(model)
-    x = bundle.normalize(batch.images)
-    explainer = create_method(method, model)
-    with torch.no_grad():
-        logits = model(x)
-    maps = explainer(x, batch.labels)
-    case = explained(batch, {method: maps}, inputs=x, logits=logits, model=bundle, explainers={method: explainer})
-    return model, explainer, x, batch.labels, maps, case
+    return explainer_case(method, images)
 
 
 def deltas_of(case, count, kind, scale, seed=0):
