@@ -152,20 +152,21 @@ def test_new_shared_pass_methods_share_one_pass_and_equal_one_at_a_time():
 
 # --------------------------------------------------------------------------- Score-CAM
 def test_scorecam_toy_hand_computed():
-    model, x, target = ToyGAP(), toy_input(), torch.tensor([0])
+    model, target = ToyGAP(), torch.tensor([0, 0])
+    x = torch.cat([toy_input(), 2 * toy_input()])  # image 1: A0 doubles, its normalized mask does not
     # A0 is linear over the 3x3 grid, so its align_corners=True upsampling to 4x4 is linear too:
     # min 10, max 50, normalized mask = arange(16) / 15 = x / 15. Channel 1 is 0: mask 0.
-    masked = x * x / 15
+    masked = x * toy_input() / 15
     windows = F.conv2d(masked, torch.ones(1, 1, 2, 2))  # conv channel 0; channel 1 = -windows -> ReLU 0
-    score_0 = windows.mean() + 0.5  # class 0: w = (1, 2), bias 0.5
-    score_1 = torch.tensor(0.5)  # an all-zero input: the bias
-    weights = torch.stack([score_0, score_1]).softmax(0)
-    got = create_method("scorecam", model, layer="act").attribute(x, target)[0]
-    torch.testing.assert_close(got, weights[0] * A0)
+    score_0 = windows.mean(dim=(1, 2, 3)) + 0.5  # class 0: w = (1, 2), bias 0.5
+    score_1 = torch.full((2,), 0.5)  # an all-zero input: the bias
+    weights = torch.stack([score_0, score_1], dim=1).softmax(dim=1)
+    expected = weights[:, :1, None] * A0 * torch.tensor([1.0, 2.0])[:, None, None]
+    torch.testing.assert_close(create_method("scorecam", model, layer="act").attribute(x, target), expected)
     # the authors' settings: softmax readouts, no softmax over channels
-    probabilities = F.softmax(model(masked), dim=1)[0, 0]
-    got = create_method("scorecam", model, layer="act", score="softmax", channel_softmax=False).attribute(x, target)[0]
-    torch.testing.assert_close(got, probabilities.detach() * A0)
+    probabilities = F.softmax(model(masked), dim=1)[:, 0].detach()
+    got = create_method("scorecam", model, layer="act", score="softmax", channel_softmax=False).attribute(x, target)
+    torch.testing.assert_close(got, probabilities[:, None, None] * A0 * torch.tensor([1.0, 2.0])[:, None, None])
 
 
 def test_scorecam_masks_match_grad_cam_upsampling():
