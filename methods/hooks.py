@@ -95,10 +95,11 @@ class OutputSlot:
 
 @contextlib.contextmanager
 def replaced_output(model: nn.Module, name: str) -> Iterator[OutputSlot]:
-    """Within the block, layer ``name`` returns ``slot.output`` instead of its own output (the
-    layers before it still run; the rest of the model gets a copy). A slot with fewer rows than the pass's batch is padded by
-    repeating its last row (the perturbation engine pads a chunk's inputs the same way); a shape
-    other than the layer's own output's is an error."""
+    """Within the block, layer ``name`` returns ``slot.output`` [n, ...] instead of its own output
+    [m, ...] (the layers before it still run; the rest of the model gets a copy). n < m: padded
+    to m rows by repeating its last row (the perturbation engine pads a chunk's inputs the same
+    way); n > m = 1: the pass ran the layers before on one input and continues with n rows
+    (tensors from before the layer broadcast against them); another shape is an error."""
     module = find_module(model, name)
     slot = OutputSlot(name)
 
@@ -106,12 +107,13 @@ def replaced_output(model: nn.Module, name: str) -> Iterator[OutputSlot]:
         replacement = slot.output
         if replacement is None:
             raise RuntimeError(f"no replacement set for the output of layer {name!r}")
-        if not isinstance(output, Tensor) or replacement.shape[1:] != output.shape[1:] or replacement.shape[0] > output.shape[0]:
+        rows = output.shape[0] if isinstance(output, Tensor) else 0
+        if not isinstance(output, Tensor) or replacement.shape[1:] != output.shape[1:] or (
+                replacement.shape[0] > rows != 1):
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
             raise ValueError(f"layer {name!r} returns {shape}; its replacement has shape {tuple(replacement.shape)}")
-        missing = output.shape[0] - replacement.shape[0]
-        if missing:
-            replacement = torch.cat([replacement, replacement[-1:].expand(missing, *replacement.shape[1:])])
+        if replacement.shape[0] < rows:
+            replacement = torch.cat([replacement, replacement[-1:].expand(rows - replacement.shape[0], *replacement.shape[1:])])
         return replacement.to(output.dtype, copy=True)  # a later in-place op cannot alter the caller's tensor
 
     handle = module.register_forward_hook(hook)

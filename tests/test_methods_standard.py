@@ -434,3 +434,35 @@ def test_batched_methods_do_not_depend_on_batch_size(name):
     one = create_method(name, model, batch_size=1, **small).attribute(x, target)
     many = create_method(name, model, batch_size=1000, **small).attribute(x, target)
     torch.testing.assert_close(one, many, rtol=1e-5, atol=1e-6 * many.abs().max().item())
+
+
+@pytest.mark.parametrize("layer", ["layer3", "layer4.0.conv2", "layer4.1.bn1"])
+def test_ablationcam_one_copy_passes_equal_full_passes_across_residual_connections(layer):
+    """reuse_prefix: the layers before run on one copy; a residual connection around the layer
+    broadcasts from it (ResNet-18's blocks), the same scores as full passes on copies."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    x, target = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([1, 4])
+    reuse = create_method("ablationcam", model, layer=layer, batch_size=48).attribute(x, target)
+    full = create_method("ablationcam", model, layer=layer, batch_size=48, reuse_prefix=False).attribute(x, target)
+    torch.testing.assert_close(reuse, full, rtol=1e-4, atol=1e-5 * full.abs().max().item())
+
+
+class BatchSizeFromInput(nn.Module):
+    """Reshapes after the conv with the batch size read from the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).reshape(x.shape[0], -1))
+
+
+def test_ablationcam_one_copy_passes_fail_clearly_on_a_batch_size_dependent_model():
+    model, x, target = BatchSizeFromInput().eval(), torch.randn(2, 3, 8, 8), torch.tensor([0, 2])
+    with pytest.raises(RuntimeError, match="use reuse_prefix=False"):  # n rows cannot take the input's batch size
+        create_method("ablationcam", model, layer="conv", batch_size=2).attribute(x, target)
+    assert create_method("ablationcam", model, layer="conv", reuse_prefix=False).attribute(x, target).shape == (2, 6, 6)
