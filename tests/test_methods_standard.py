@@ -467,3 +467,20 @@ def test_ablationcam_one_copy_passes_fail_clearly_on_a_batch_size_dependent_mode
     with pytest.raises(RuntimeError, match="use reuse_prefix=False"):  # n rows cannot take the input's batch size
         create_method("ablationcam", model, layer="conv", batch_size=2).attribute(x, target)
     assert create_method("ablationcam", model, layer="conv", reuse_prefix=False).attribute(x, target).shape == (2, 6, 6)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_draws_on_cuda_match_the_cpu():
+    """RISE's CPU draws are identical on CUDA; SmoothGrad's device noise agrees except, rarely,
+    in the last float32 bit (float64 log / sin / cos of two math libraries)."""
+    from salbench.methods.draws import hashed_normal, stream_keys
+
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cpu = hashed_normal(stream_keys([1, 2], 50, torch.device("cpu")).flatten(), (3, 64, 64))
+    gpu = hashed_normal(stream_keys([1, 2], 50, torch.device("cuda")).flatten(), (3, 64, 64)).cpu()
+    differ = cpu != gpu
+    assert differ.sum() <= 4 and (cpu - gpu).abs().max() <= 1e-6 * cpu.abs().max()
+    explainer = create_method("rise", small_cnn(), n_masks=20)
+    for on_cpu, on_gpu in zip(explainer.draws(x), explainer.draws(x.cuda())):
+        assert on_gpu.device.type == "cuda" and torch.equal(on_gpu.cpu(), on_cpu)
