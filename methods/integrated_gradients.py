@@ -10,7 +10,8 @@ space; 0 = the dataset mean), (a_j, s_j) the nodes and weights of ``integration`
   s_j = w_j / 2 (numpy's ``leggauss``);
 * ``riemann_left`` a_j = j / n, ``riemann_right`` a_j = (j + 1) / n, ``riemann_middle``
   a_j = (j + 1/2) / n, all s_j = 1 / n; ``riemann_trapezoid`` a_j = j / (n - 1), s_j = 1 / n
-  with half weight at both ends (j = 0..n-1).
+  with half weight at both ends (j = 0..n-1); the nodes in float32 as ``torch.linspace``
+  computes them (captum's values, to the bit).
 
 The B x n_steps interpolated inputs go through one forward and one backward pass per chunk of
 at most ``batch_size`` (the shared pass's true-gradient rule,
@@ -45,14 +46,17 @@ def integration_rule(integration: str, n_steps: int) -> Tuple[np.ndarray, np.nda
     if integration == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n_steps)
         return 0.5 * (1.0 + nodes), 0.5 * weights
-    j = np.arange(n_steps, dtype=np.float64)
     steps = np.full(n_steps, 1.0 / n_steps)
     if integration == "riemann_trapezoid":
         steps[0] /= 2
         steps[-1] /= 2
-        return j / (n_steps - 1), steps
-    offset = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}[integration]
-    return (j + offset) / n_steps, steps
+    first, last = {"riemann_left": (0.0, 1 - 1 / n_steps), "riemann_right": (1 / n_steps, 1.0),
+                   "riemann_middle": (1 / (2 * n_steps), 1 - 1 / (2 * n_steps)),
+                   "riemann_trapezoid": (0.0, 1.0)}[integration]
+    # captum's Riemann nodes are float32 torch.linspace values: the same here, to the bit (a node
+    # that moves by one float32 step can flip a ReLU gate on the path)
+    alphas = torch.linspace(first, last, n_steps, dtype=torch.float32, device="cpu").double().numpy()
+    return alphas, steps
 
 
 @register_method("integrated_gradients")
