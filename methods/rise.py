@@ -29,7 +29,7 @@ matrices (``M_i = R[r_i : r_i + H] g_i C[c_i : c_i + W]^T``). ``attribute``: [B,
 from __future__ import annotations
 
 import math
-from typing import Any, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -126,7 +126,7 @@ class RISE(Explainer):
         row_span = torch.arange(height, device=x.device)
         col_span = torch.arange(width, device=x.device)
         saliency = torch.zeros(x.shape[0], height, width, device=x.device, dtype=torch.float32)
-        current = {}
+        current: Dict[str, Tensor] = {}  # the chunk being built, read back with its logits
 
         def build(start: int, stop: int) -> Tensor:
             image, mask = item_indices(start, stop, self.n_masks, x.device)
