@@ -156,7 +156,53 @@ def loop_maxboxacc_v2(scoremaps: np.ndarray, gt_boxes: List[np.ndarray], taus: n
     return (correct.max(1) * 100 / len(scoremaps)).mean()
 
 
+def peers_shared_set(model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor) -> None:
+    """The 13 shared-pass methods, each called once through its peer: captum for CAM (its nearest
+    equivalent, as in :func:`captum_six`), Grad-CAM, counterfactual Grad-CAM (LayerGradCam of the
+    negated model), saliency, Input x Gradient, guided backprop, Guided Grad-CAM and deconvnet;
+    pytorch-grad-cam for Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM and Eigen-CAM (a new object per
+    call in a ``with`` block, as its README does)."""
+    import pytorch_grad_cam
+    from captum.attr import Deconvolution, InputXGradient, LayerAttribution, LayerGradCam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from salbench.harness.crosscheck import NegatedOutput
+
+    captum_six(model, layer, x, target, 0, 0, occlusion=False)
+    module = dict(model.named_modules())[layer]
+    size = x.shape[-2:]
+    LayerAttribution.interpolate(LayerGradCam(NegatedOutput(model), module).attribute(x, target=target, relu_attributions=True),
+                                 size, "bilinear")
+    InputXGradient(model).attribute(x, target=target)
+    Deconvolution(model).attribute(x, target=target)
+    targets = [ClassifierOutputTarget(int(c)) for c in target]
+    for name in ("GradCAMPlusPlus", "XGradCAM", "LayerCAM", "HiResCAM", "EigenCAM"):
+        with getattr(pytorch_grad_cam, name)(model=model, target_layers=[module]) as cam:
+            cam(input_tensor=x, targets=targets)
+
+
+def quiet_tqdm() -> Any:
+    """pytorch-grad-cam's ScoreCAM / AblationCAM progress bars off (a context manager)."""
+    from unittest import mock
+
+    import tqdm
+
+    return mock.patch.object(tqdm, "tqdm", lambda iterable, *args, **kwargs: iterable)
+
+
 # --------------------------------------------------------------------------- salbench
+SHARED_SET = ("cam", "gradcam", "counterfactual_gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam",
+              "saliency", "input_x_gradient", "guided_backprop", "guided_gradcam", "deconvnet")
+
+
+def salbench_shared_set(model: nn.Module, layer: str) -> Dict[str, Any]:
+    """The 13 methods of the shared pass (1 forward, one backward per rectifier rule: 3)."""
+    from salbench.methods import create_method
+
+    layered = {"gradcam", "counterfactual_gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "guided_gradcam"}
+    return {name: create_method(name, model, **({"layer": layer} if name in layered else {})) for name in SHARED_SET}
+
+
 def salbench_explainers(model: nn.Module, layer: str, window: int, stride: int) -> Dict[str, Any]:
     from salbench.methods import create_method
 
@@ -168,6 +214,61 @@ def salbench_explainers(model: nn.Module, layer: str, window: int, stride: int) 
         "guided_backprop": create_method("guided_backprop", model),
         "occlusion": create_method("occlusion", model, window=window, stride=stride, batch_size=64),
     }
+
+
+def perturbation_runs(timings: Timings, model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor,
+                      args: argparse.Namespace, results: Dict[str, Any]) -> None:
+    """Score-CAM, Ablation-CAM, RISE, Integrated Gradients and SmoothGrad (forward batches of
+    ``args.chunk``) and their peers (pytorch-grad-cam ScoreCAM / AblationCAM with the same batch,
+    captum IntegratedGradients / NoiseTunnel(Saliency) with the same internal batch); records the
+    number of model inputs of each."""
+    import pytorch_grad_cam
+    from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from salbench.methods import create_method
+
+    chunk, images = args.chunk, x.shape[0]
+    module = dict(model.named_modules())[layer]
+    with torch.no_grad():
+        channels = model_layer_channels(model, layer, x)
+    methods = {
+        "scorecam": create_method("scorecam", model, layer=layer, batch_size=chunk),
+        "ablationcam": create_method("ablationcam", model, layer=layer, batch_size=chunk),
+        "rise": create_method("rise", model, n_masks=args.rise_masks, batch_size=chunk),
+        "integrated_gradients": create_method("integrated_gradients", model, n_steps=args.ig_steps, batch_size=chunk),
+        "smoothgrad": create_method("smoothgrad", model, n_samples=args.smoothgrad_samples, batch_size=chunk),
+    }
+    for name, explainer in methods.items():
+        timings.add(f"salbench_{name}", lambda e=explainer: e(x, target))
+    results["perturbation_inputs"] = {"scorecam": images * channels, "ablationcam": images * channels,
+                                      "rise": images * args.rise_masks, "integrated_gradients": images * args.ig_steps,
+                                      "smoothgrad": images * args.smoothgrad_samples}
+    results["perturbation_images"] = images
+    targets = [ClassifierOutputTarget(int(c)) for c in target]
+
+    def grad_cam_peer(name: str) -> None:
+        options = {"batch_size": chunk} if name == "AblationCAM" else {}
+        with quiet_tqdm(), getattr(pytorch_grad_cam, name)(model=model, target_layers=[module], **options) as cam:
+            cam.batch_size = chunk  # ScoreCAM reads the attribute
+            cam(input_tensor=x, targets=targets)
+
+    timings.add("pytorch_grad_cam_scorecam", lambda: grad_cam_peer("ScoreCAM"), args.peer_repeats)
+    timings.add("pytorch_grad_cam_ablationcam", lambda: grad_cam_peer("AblationCAM"), args.peer_repeats)
+    timings.add("captum_integrated_gradients", lambda: IntegratedGradients(model).attribute(
+        x, target=target, n_steps=args.ig_steps, internal_batch_size=chunk), args.peer_repeats)
+    timings.add("captum_noise_tunnel", lambda: NoiseTunnel(Saliency(model)).attribute(
+        x, nt_type="smoothgrad", nt_samples=args.smoothgrad_samples, nt_samples_batch_size=max(chunk // images, 1),
+        stdevs=0.15, target=target), args.peer_repeats)
+
+
+def model_layer_channels(model: nn.Module, layer: str, x: torch.Tensor) -> int:
+    """Channels of ``layer``'s output on ``x``."""
+    from salbench.methods.hooks import capture_layer
+
+    with capture_layer(model, layer) as capture:
+        model(x[:1])
+    return int(capture.activation.shape[1])
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -209,6 +310,14 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             torch.autograd.grad(total, leaf, retain_graph=i + 1 < n_backward)
 
     timings.add("forward_backward", lambda: forward_backward(1))
+
+    def forward_backward_chunk() -> None:
+        leaf = xc.detach().requires_grad_(True)
+        with torch.enable_grad():
+            total = model(leaf)[:, 0].sum()
+        torch.autograd.grad(total, leaf)
+
+    timings.add("forward_backward_chunk", forward_backward_chunk)
     timings.add("forward_2backward", lambda: forward_backward(2))
 
     # the six seed methods
@@ -225,6 +334,16 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     timings.add("captum_occlusion", lambda: CaptumOcclusion(model).attribute(
         x, target=target, sliding_window_shapes=(3, window, window), strides=(3, stride, stride), baselines=0.0,
         perturbations_per_eval=64))
+
+    # the 13 shared-pass methods (issue 16): one forward and one backward per rectifier rule
+    shared_set = salbench_shared_set(model, layer)
+    timings.add("forward_3backward", lambda: forward_backward(3))
+    timings.add("salbench_shared_set", lambda: explain_all(shared_set, x, target))
+    timings.add("peers_shared_set", lambda: peers_shared_set(model, layer, xg, target), args.peer_repeats)
+
+    # perturbation, path and noise methods on the first images (issue 16): throughput against
+    # the raw forward (forward + backward) at the same forward batch, and the peers
+    perturbation_runs(timings, model, layer, x[:args.perturbation_images], target[:args.perturbation_images], args, results)
 
     # Grad-CAM vs pytorch-grad-cam
     from pytorch_grad_cam import GradCAM as PGCGradCAM
@@ -320,6 +439,27 @@ def ratios(r: Dict[str, Any]) -> List[Tuple[str, float, str, str]]:
           if "salbench_deletion_bf16" in t else []),
         ("per-threshold loop / salbench MaxBoxAccV2", t["loop_maxboxacc_v2"] / t["salbench_maxboxacc_v2"], "(speed-up)", ""),
     ]
+    # issue 16: the standard comparison set
+    shared = t["salbench_shared_set"] / t["forward_3backward"]
+    peers = t["peers_shared_set"] / t["salbench_shared_set"]
+    rows += [
+        ("13 shared-pass methods / (1 forward + 3 backward)", shared, "<= 1.3", shared <= 1.3),
+        ("captum / pytorch-grad-cam once per method / salbench, 13 shared-pass methods", peers, ">= 5", peers >= 5),
+    ]
+    raw_fwd_bwd = r["chunk"] / t["forward_backward_chunk"]
+    inputs = r["perturbation_inputs"]
+    for name, limit in (("scorecam", raw_fwd), ("ablationcam", raw_fwd), ("rise", raw_fwd),
+                        ("integrated_gradients", raw_fwd_bwd), ("smoothgrad", raw_fwd_bwd)):
+        value = inputs[name] / t[f"salbench_{name}"] / limit
+        raw = "raw forward" if limit is raw_fwd else "raw forward+backward"
+        rows.append((f"{name} throughput / {raw} throughput", value, ">= 0.9", value >= 0.9))
+    for peer, name, label in (("pytorch_grad_cam_scorecam", "scorecam", "pytorch-grad-cam ScoreCAM / salbench Score-CAM"),
+                              ("pytorch_grad_cam_ablationcam", "ablationcam", "pytorch-grad-cam AblationCAM / salbench Ablation-CAM"),
+                              ("captum_integrated_gradients", "integrated_gradients",
+                               "captum IntegratedGradients / salbench Integrated Gradients"),
+                              ("captum_noise_tunnel", "smoothgrad", "captum NoiseTunnel(Saliency) / salbench SmoothGrad")):
+        value = t[peer] / t[f"salbench_{name}"]
+        rows.append((label, value, "> 1", value > 1))
     return rows
 
 
@@ -357,9 +497,11 @@ def markdown(r: Dict[str, Any], rows: List[Tuple[str, float, str, str]], command
         "perf_counter on CPU). Occlusion: window "
         f"{r['window']}, stride {r['stride']} ({r['occlusion_inputs']} forward inputs); deletion curve: "
         f"{r['n_steps']} steps ({r['deletion_inputs']} forward inputs), forward chunks of {r['chunk']}; MaxBoxAccV2: "
-        f"{r['box_images']} maps, {r['taus']} thresholds.",
+        f"{r['box_images']} maps, {r['taus']} thresholds. Score-CAM, Ablation-CAM, RISE, Integrated Gradients, "
+        f"SmoothGrad and their peers: the first {r['perturbation_images']} images ("
+        + ", ".join(f"{name} {count} model inputs" for name, count in r["perturbation_inputs"].items()) + ").",
         "",
-        "## Ratios and targets (issue 7)",
+        "## Ratios and targets (issues 7 and 16)",
         "",
         "| comparison | measured | target | met |",
         "| --- | --- | --- | --- |",
@@ -397,6 +539,18 @@ NOTES = """
   Quantus flips `C*H*W/n_steps` features per step of the map broadcast over channels and needs
   that to divide `H*W`, hence the step counts that are multiples of 3 (192 at 224 px; RISE
   uses 224). salbench's curve has one more point (the untouched start).
+* **The 13 shared-pass methods** (issue 16): CAM, Grad-CAM, counterfactual Grad-CAM,
+  Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM, Eigen-CAM, saliency, Input x Gradient, guided
+  backprop, Guided Grad-CAM and deconvnet from one `explain_all` call (one forward, one backward
+  per rectifier rule: three), against the bound `forward_3backward` and against each method's
+  peer called once (captum for the first eight of its own, pytorch-grad-cam for Grad-CAM++,
+  XGrad-CAM, LayerCAM, HiResCAM, Eigen-CAM).
+* **Score-CAM, Ablation-CAM, RISE, Integrated Gradients, SmoothGrad** (issue 16) on the first
+  `--perturbation-images` images: model inputs per second against the raw forward (forward +
+  backward for the two gradient methods) at the same forward batch `--chunk`, and the peers
+  (pytorch-grad-cam `ScoreCAM` / `AblationCAM` with that batch, captum `IntegratedGradients`
+  with `internal_batch_size` and `NoiseTunnel(Saliency)` with `nt_samples_batch_size` of about
+  that many inputs), each peer timed `--peer-repeats` times.
 * **MaxBoxAccV2**: `wsol_best_ious` + `MaxBoxAccumulator` (one cv2 call per distinct
   quantized level) against the straightforward loop over every threshold (one cv2 call per
   image and threshold).
@@ -450,6 +604,12 @@ def main(argv: List[str] | None = None) -> None:
                         help="deletion curve steps (RISE: 224; a multiple of 3 dividing 3*H*W so Quantus takes it)")
     parser.add_argument("--chunk", type=int, default=64, help="forward batch of the perturbation metrics")
     parser.add_argument("--box-images", type=int, default=16)
+    parser.add_argument("--perturbation-images", type=int, default=2,
+                        help="images explained by Score-CAM, Ablation-CAM, RISE, IG, SmoothGrad and their peers")
+    parser.add_argument("--rise-masks", type=int, default=1000, help="RISE masks per image")
+    parser.add_argument("--ig-steps", type=int, default=50, help="Integrated Gradients steps")
+    parser.add_argument("--smoothgrad-samples", type=int, default=50, help="SmoothGrad samples")
+    parser.add_argument("--peer-repeats", type=int, default=2, help="timed calls of the slowest peers")
     parser.add_argument("--tau-step", type=float, default=0.001)
     parser.add_argument("--quick", action="store_true", help="coarser settings for a CPU run of a few minutes")
     parser.add_argument("--no-autocast-check", action="store_true",
@@ -459,6 +619,8 @@ def main(argv: List[str] | None = None) -> None:
     if args.quick:
         args.n_steps, args.box_images = min(args.n_steps, 24), min(args.box_images, 4)
         args.repeats = min(args.repeats, 3)
+        args.perturbation_images, args.rise_masks = min(args.perturbation_images, 1), min(args.rise_masks, 200)
+        args.ig_steps, args.smoothgrad_samples, args.peer_repeats = min(args.ig_steps, 16), min(args.smoothgrad_samples, 16), 1
     args.window = args.window or max(args.size // 7, 1)
     args.stride = args.stride or max(args.window // 2, 1)
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)

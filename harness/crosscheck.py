@@ -17,7 +17,26 @@ References (see docs/methods.md):
 * counterfactual_gradcam: ``LayerGradCam(relu_attributions=True)`` on the negated model output;
 * guided_gradcam: captum ``GuidedGradCam`` (same interpolation mode), on the ReLU6-swapped copy;
 * cam: Grad-CAM without ReLU x h*w (the identity on a GAP + linear model);
-* occlusion: captum ``Occlusion`` with window (C, w, w), strides (C, s, s), baseline ``fill``.
+* occlusion: captum ``Occlusion`` with window (C, w, w), strides (C, s, s), baseline ``fill``;
+* gradcampp / xgradcam / layercam / hirescam / scorecam / ablationcam: heatmap vs
+  ``pytorch_grad_cam.GradCAMPlusPlus`` / ``XGradCAM`` / ``LayerCAM`` / ``HiResCAM`` / ``ScoreCAM`` /
+  ``AblationCAM`` after grad-cam's normalization;
+* eigencam: heatmap vs ``pytorch_grad_cam.EigenCAM`` after grad-cam's normalization, ours taken
+  with the sign of grad-cam's own projection (``get_2d_projection``: its SVD sign is arbitrary),
+  and the raw map vs that signed projection;
+* input_x_gradient: captum ``InputXGradient``; integrated_gradients: captum
+  ``IntegratedGradients`` (Gauss-Legendre and trapezoid rules);
+* smoothgrad / smoothgrad_sq / vargrad: captum ``NoiseTunnel(Saliency)`` (``abs=False``) with
+  salbench's noise tensors supplied to it (:func:`captum_noise_tunnel`), and SmoothGrad of guided
+  backprop vs ``NoiseTunnel(GuidedBackprop)`` on the hookable copy;
+* rise: the authors' procedure (eclique/RISE) in float64, with masks from
+  ``skimage.transform.resize(order=1, mode="reflect", anti_aliasing=False)`` of the same grids and
+  shifts.
+
+Options of the costly methods (``n_steps``, ``n_samples``, ``n_masks``, batch sizes) come from
+``method_options`` ({method: {option: value}}), the rest are the methods' defaults. The rows of
+the pixel-space methods added with the standard set use a purely relative tolerance (atol 0):
+their attributions can be far below the 1e-6 absolute term.
 """
 from __future__ import annotations
 
@@ -25,7 +44,7 @@ import copy
 import math
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -44,6 +63,19 @@ CROSSCHECK_METHODS = (
     "guided_gradcam",
     "cam",
     "occlusion",
+    "gradcampp",
+    "xgradcam",
+    "layercam",
+    "hirescam",
+    "eigencam",
+    "input_x_gradient",
+    "scorecam",
+    "ablationcam",
+    "integrated_gradients",
+    "smoothgrad",
+    "smoothgrad_sq",
+    "vargrad",
+    "rise",
 )
 COLUMNS = ["method", "reference", "max_abs_diff", "rel_diff", "spearman", "passed", "note"]
 
@@ -132,17 +164,74 @@ def gradcam_library_normalization(maps: Tensor, size: Tuple[int, int]) -> Tensor
     return minmax(maps.clamp_min(0))
 
 
-def pytorch_grad_cam_heatmap(model: nn.Module, layer: nn.Module, x: Tensor, target: Tensor) -> Tensor:
-    """pytorch-grad-cam's ``GradCAM`` heatmaps [B, H, W] (its hooks live only in this call)."""
-    from pytorch_grad_cam import GradCAM as LibraryGradCAM
+def pytorch_grad_cam_heatmap(model: nn.Module, layer: nn.Module, x: Tensor, target: Tensor, cam_class: str = "GradCAM",
+                             **options: Any) -> Tensor:
+    """pytorch-grad-cam's ``cam_class`` heatmaps [B, H, W] (its hooks live only in this call;
+    ``options``: constructor options, e.g. AblationCAM's ``batch_size``; its progress bars off)."""
+    from unittest import mock
+
+    import pytorch_grad_cam
+    import tqdm
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    library_class = getattr(pytorch_grad_cam, cam_class)
     grads = {id(p): p.grad for p in model.parameters()}
-    with LibraryGradCAM(model=model, target_layers=[layer]) as cam:
+    batch_size = options.pop("score_batch_size", None)
+    with mock.patch.object(tqdm, "tqdm", lambda iterable, *args, **kwargs: iterable), \
+            library_class(model=model, target_layers=[layer], **options) as cam:
+        if batch_size is not None:
+            cam.batch_size = batch_size  # ScoreCAM reads an attribute, not an option
         out = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in target])
     for p in model.parameters():  # grad-cam calls .backward(): put the parameters' .grad back
         p.grad = grads[id(p)]
     return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
+
+
+def captum_noise_tunnel(attribution_method: Any, x: Tensor, target: Tensor, noise: Tensor, nt_type: str, **kwargs: Any) -> Tensor:
+    """captum ``NoiseTunnel(attribution_method)`` with the noise [B, n, C, H, W] supplied (its
+    ``_add_noise_to_input`` replaced: image b's sample j is input b + noise[b, j], all samples in
+    one call, as NoiseTunnel orders them)."""
+    from captum.attr import NoiseTunnel
+
+    samples = noise.shape[1]
+
+    class SuppliedNoiseTunnel(NoiseTunnel):
+        def _add_noise_to_input(self, input: Tensor, stdev: float, nt_samples_partition: int) -> Tensor:  # type: ignore[override]
+            assert nt_samples_partition == samples
+            return input.repeat_interleave(samples, dim=0) + noise.flatten(0, 1)
+
+    return SuppliedNoiseTunnel(attribution_method).attribute(x, nt_type=nt_type, nt_samples=samples, stdevs=1.0,
+                                                               target=target, **kwargs)
+
+
+def rise_reference(model: nn.Module, x: Tensor, target: Tensor, grids: Tensor, row_shifts: Tensor, col_shifts: Tensor,
+                   p1: float, score: str = "softmax", batch_size: int = 100) -> Tensor:
+    """RISE as the authors' ``explanations.py`` computes it, per image, the masks float64 from
+    ``skimage.transform.resize(grid, (s + 1) * ceil(size / s), order=1, mode="reflect",
+    anti_aliasing=False)`` cropped at the given shifts, multiplied with x in float32, readouts
+    from the model in batches, the weighted sum in float64: [B, H, W] float64."""
+    from skimage.transform import resize
+
+    batch, _, height, width = x.shape
+    n_masks, grid = grids.shape[1], grids.shape[-1]
+    up_size = ((grid + 1) * math.ceil(height / grid), (grid + 1) * math.ceil(width / grid))
+    out = []
+    for b in range(batch):
+        masks = np.empty((n_masks, height, width))
+        for i in range(n_masks):
+            r, c = int(row_shifts[b, i]), int(col_shifts[b, i])
+            masks[i] = resize(grids[b, i].cpu().numpy().astype(np.float32), up_size, order=1, mode="reflect",
+                              anti_aliasing=False)[r:r + height, c:c + width]
+        stack = torch.from_numpy(masks).float().to(x.device)[:, None] * x[b]
+        readouts = []
+        with torch.no_grad():
+            for start in range(0, n_masks, batch_size):
+                logits = model(stack[start:start + batch_size]).float()
+                values = logits.softmax(dim=1) if score == "softmax" else logits
+                readouts.append(values[:, int(target[b])])
+        weights = torch.cat(readouts).double().cpu().numpy()
+        out.append(np.tensordot(weights, masks, axes=1) / n_masks / p1)
+    return torch.from_numpy(np.stack(out)).to(x.device)
 
 
 # --------------------------------------------------------------------------- comparison rows
@@ -192,6 +281,10 @@ class CrossCheckInputs:
     occlusion_stride: int
     occlusion_fill: float
     occlusion_batch_size: int
+    method_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    def options(self, method: str) -> Dict[str, Any]:
+        return dict(self.method_options.get(method, {}))
 
 
 def _hookable(inputs: CrossCheckInputs) -> nn.Module:
@@ -326,6 +419,134 @@ def _check_occlusion(i: CrossCheckInputs) -> List[Dict[str, Any]]:
                                  f"baselines={i.occlusion_fill})", ours, ref)]
 
 
+LIBRARY_CAMS = {"gradcampp": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM", "hirescam": "HiResCAM",
+                "scorecam": "ScoreCAM", "ablationcam": "AblationCAM"}
+
+
+def _check_library_cam(method: str) -> Callable[[CrossCheckInputs], List[Dict[str, Any]]]:
+    """Heatmap vs pytorch-grad-cam's class of the same method, after its normalization."""
+
+    def check(i: CrossCheckInputs) -> List[Dict[str, Any]]:
+        from salbench.methods import create_method
+        from salbench.methods.hooks import find_module
+
+        cam_class = LIBRARY_CAMS[method]
+        reference = f"heatmap: pytorch_grad_cam.{cam_class} (its min-max normalization)"
+        layer = find_module(i.model, i.layer)
+        if layer_overwritten_in_place(i.model, layer, i.x):
+            return [skipped(method, reference, f"the output of {i.layer!r} is modified in place downstream; "
+                                               "pytorch-grad-cam then reads the overwritten values")]
+        options = i.options(method)
+        library_options: Dict[str, Any] = {}
+        # the same forward batches as grad-cam (its defaults: 16 and 32 inputs of one image):
+        # CPU kernels round a sample differently at other batch sizes
+        if method == "scorecam":
+            options.setdefault("batch_size", 16)
+            library_options["score_batch_size"] = options["batch_size"]
+        if method == "ablationcam":
+            options.setdefault("batch_size", 32)
+            library_options["batch_size"] = options["batch_size"]
+        ours = create_method(method, i.model, layer=i.layer, **options).attribute(i.x, i.target)
+        ref = pytorch_grad_cam_heatmap(i.model, layer, i.x, i.target, cam_class, **library_options)
+        return [compare(method, reference, gradcam_library_normalization(ours, tuple(i.x.shape[-2:])), ref)]
+
+    return check
+
+
+def _check_eigencam(i: CrossCheckInputs) -> List[Dict[str, Any]]:
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+    from salbench.methods import create_method
+    from salbench.methods.hooks import capture_layer, find_module, preserved_model_state
+
+    reference = "heatmap: pytorch_grad_cam.EigenCAM (its min-max normalization; ours with its SVD sign per image)"
+    layer = find_module(i.model, i.layer)
+    if layer_overwritten_in_place(i.model, layer, i.x):
+        return [skipped("eigencam", reference, f"the output of {i.layer!r} is modified in place downstream")]
+    ours = create_method("eigencam", i.model, layer=i.layer).attribute(i.x, i.target)
+    with preserved_model_state(i.model), torch.no_grad(), capture_layer(i.model, i.layer) as capture:
+        i.model(i.x)
+    projection = torch.from_numpy(get_2d_projection(capture.activation.cpu().numpy())).to(ours.device)
+    sign = torch.where((ours * projection).flatten(1).sum(1) < 0, -1.0, 1.0)[:, None, None]
+    flipped = f"grad-cam's sign opposite to ours on {int((sign < 0).sum())} of {len(sign)} images"
+    heatmap = pytorch_grad_cam_heatmap(i.model, layer, i.x, i.target, "EigenCAM")
+    return [
+        compare("eigencam", "pytorch_grad_cam get_2d_projection (attribute, with its sign)", ours * sign, projection,
+                note=flipped),
+        compare("eigencam", reference, gradcam_library_normalization(ours * sign, tuple(i.x.shape[-2:])), heatmap,
+                note=flipped),
+    ]
+
+
+def _check_input_x_gradient(i: CrossCheckInputs) -> List[Dict[str, Any]]:
+    from captum.attr import InputXGradient
+
+    from salbench.methods import create_method
+
+    ours = create_method("input_x_gradient", i.model).attribute(i.x, i.target)
+    return [compare("input_x_gradient", "captum.InputXGradient", ours, InputXGradient(i.model).attribute(i.x, target=i.target),
+                    atol=0.0)]
+
+
+def _check_integrated_gradients(i: CrossCheckInputs) -> List[Dict[str, Any]]:
+    from captum.attr import IntegratedGradients
+
+    from salbench.methods import create_method
+
+    options = {"n_steps": 16, **i.options("integrated_gradients")}
+    rows = []
+    for integration in ("gausslegendre", "riemann_trapezoid"):
+        explainer = create_method("integrated_gradients", i.model, **{**options, "integration": integration})
+        ref = IntegratedGradients(i.model).attribute(i.x, baselines=explainer.baseline, target=i.target,
+                                                     n_steps=explainer.n_steps, method=integration)
+        rows.append(compare("integrated_gradients", f"captum.IntegratedGradients(method={integration!r}, "
+                                                    f"n_steps={explainer.n_steps}, baselines={explainer.baseline})",
+                            explainer.attribute(i.x, i.target), ref, atol=0.0))
+    return rows
+
+
+def _check_noise_tunnel(method: str) -> Callable[[CrossCheckInputs], List[Dict[str, Any]]]:
+    nt_type = {"smoothgrad": "smoothgrad", "smoothgrad_sq": "smoothgrad_sq", "vargrad": "vargrad"}[method]
+
+    def check(i: CrossCheckInputs) -> List[Dict[str, Any]]:
+        from captum.attr import GuidedBackprop, Saliency
+
+        from salbench.methods import create_method
+        from salbench.methods.smoothgrad import smoothgrad_noise
+
+        options = {"n_samples": 8, **i.options(method)}
+        explainer = create_method(method, i.model, **options)
+        noise = smoothgrad_noise(i.x, explainer.n_samples, explainer.noise_level, explainer.seed)
+        ours = explainer.attribute(i.x, i.target)
+        ref = captum_noise_tunnel(Saliency(i.model), i.x, i.target, noise, nt_type, abs=False)
+        rows = [compare(method, f"captum.NoiseTunnel(Saliency, nt_type={nt_type!r}, abs=False), the same noise", ours, ref,
+                        atol=0.0)]
+        if method != "smoothgrad":
+            return rows
+        reference = "captum.NoiseTunnel(GuidedBackprop, nt_type='smoothgrad') (nn.ReLU6 -> nn.ReLU subclass), the same noise"
+        try:
+            hookable = _hookable(i)
+        except SkipComparison as why:
+            return rows + [skipped("smoothgrad(inner=guided_backprop)", reference, str(why))]
+        guided = create_method(method, i.model, **{**options, "inner": "guided_backprop"}).attribute(i.x, i.target)
+        ref = captum_noise_tunnel(GuidedBackprop(hookable), i.x, i.target, noise, nt_type)
+        return rows + [compare("smoothgrad(inner=guided_backprop)", reference, guided, ref, atol=0.0)]
+
+    return check
+
+
+def _check_rise(i: CrossCheckInputs) -> List[Dict[str, Any]]:
+    from salbench.methods import create_method
+
+    options = {"n_masks": 200, **i.options("rise")}
+    explainer = create_method("rise", i.model, **options)
+    ours = explainer.attribute(i.x, i.target)
+    grids, rows, cols = explainer.draws(i.x)
+    ref = rise_reference(i.model, i.x, i.target, grids, rows, cols, explainer.p1, explainer.score, explainer.batch_size)
+    return [compare("rise", f"RISE authors' procedure in float64 (skimage resize masks; N={explainer.n_masks}, "
+                            f"s={explainer.grid}, p1={explainer.p1}, the same draws)", ours, ref, atol=0.0)]
+
+
 CHECKS: Dict[str, Callable[[CrossCheckInputs], List[Dict[str, Any]]]] = {
     "saliency": _check_saliency,
     "guided_backprop": _check_modified_relu("guided_backprop"),
@@ -335,6 +556,14 @@ CHECKS: Dict[str, Callable[[CrossCheckInputs], List[Dict[str, Any]]]] = {
     "guided_gradcam": _check_guided_gradcam,
     "cam": _check_cam,
     "occlusion": _check_occlusion,
+    **{method: _check_library_cam(method) for method in LIBRARY_CAMS},
+    "eigencam": _check_eigencam,
+    "input_x_gradient": _check_input_x_gradient,
+    "integrated_gradients": _check_integrated_gradients,
+    "smoothgrad": _check_noise_tunnel("smoothgrad"),
+    "smoothgrad_sq": _check_noise_tunnel("smoothgrad_sq"),
+    "vargrad": _check_noise_tunnel("vargrad"),
+    "rise": _check_rise,
 }
 
 
@@ -348,10 +577,13 @@ def run_crosscheck(
     occlusion_stride: int = 8,
     occlusion_fill: float = 0.0,
     occlusion_batch_size: int = 64,
+    method_options: Optional[Dict[str, Dict[str, Any]]] = None,
 ) -> pd.DataFrame:
     """Compare salbench's methods with their references on ``x`` [B, C, H, W] (model input
     space) and ``target`` [B]. ``model``: an ``nn.Module`` or a ModelBundle (its target layer is
-    the default ``layer``). Returns a DataFrame with columns :data:`COLUMNS`."""
+    the default ``layer``). ``method_options``: {method: {option: value}} for the costly methods
+    (e.g. ``{"scorecam": {"batch_size": 32}, "rise": {"n_masks": 100}}``). Returns a DataFrame
+    with columns :data:`COLUMNS`."""
     from salbench.methods.hooks import default_target_layer
 
     module = getattr(model, "module", model)
@@ -363,7 +595,8 @@ def run_crosscheck(
         raise ValueError(f"no cross-check for {unknown}; valid: {', '.join(CHECKS)}")
     layer = layer or getattr(model, "target_layer", None) or default_target_layer(module, x)
     target = torch.as_tensor(target, device=x.device).long()
-    inputs = CrossCheckInputs(module, x, target, layer, occlusion_window, occlusion_stride, occlusion_fill, occlusion_batch_size)
+    inputs = CrossCheckInputs(module, x, target, layer, occlusion_window, occlusion_stride, occlusion_fill, occlusion_batch_size,
+                              {k: dict(v) for k, v in (method_options or {}).items()})
     rows: List[Dict[str, Any]] = []
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU activations")
@@ -418,7 +651,8 @@ def crosscheck_main(cfg: Any) -> pd.DataFrame:
     occlusion = cfg.occlusion
     table = run_crosscheck(bundle, x, target, methods=methods, layer=cfg.get("layer"),
                            occlusion_window=int(occlusion.window), occlusion_stride=int(occlusion.stride),
-                           occlusion_fill=float(occlusion.fill), occlusion_batch_size=int(occlusion.batch_size))
+                           occlusion_fill=float(occlusion.fill), occlusion_batch_size=int(occlusion.batch_size),
+                           method_options=OmegaConf.to_container(cfg.method_options, resolve=True) if cfg.get("method_options") else None)
     out_dir = Path(cfg.get("output_dir") or _hydra_output_dir() or ".")
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "crosscheck.csv", index=False)

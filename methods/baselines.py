@@ -6,7 +6,6 @@ on the batch an image lands in.
 """
 from __future__ import annotations
 
-import zlib
 from typing import Any, Optional
 
 import torch
@@ -15,6 +14,7 @@ from torch import Tensor, nn
 
 from salbench.methods import register_method
 from salbench.methods.base import Explainer, check_inputs
+from salbench.methods.draws import cpu_generator, image_seeds
 
 
 @register_method("random")
@@ -35,13 +35,9 @@ class RandomMap(Explainer):
         check_inputs(x, target)
         height, width = x.shape[-2:]
         side = (height, width) if self.resolution is None else (self.resolution, self.resolution)
-        maps = []
         # one device-to-host copy per batch (not per image); the CPU generator makes the map
         # the same on every device
-        for image in x.detach().to("cpu", torch.float32):
-            key = zlib.crc32(image.numpy().tobytes())
-            generator = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + key)
-            maps.append(torch.rand(side, generator=generator, device="cpu"))
+        maps = [torch.rand(side, generator=cpu_generator(seed), device="cpu") for seed in image_seeds(x, self.seed)]
         maps = torch.stack(maps).to(x.device)
         if self.resolution is not None:
             maps = F.interpolate(maps[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]

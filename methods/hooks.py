@@ -3,6 +3,7 @@
 * :func:`preserved_model_state`: every module's train/eval mode, every parameter's
   ``requires_grad`` and ``.grad`` restored after the block, also when it raised;
 * :func:`capture_layer`: one layer's output during one forward pass;
+* :func:`replaced_output`: one layer's output replaced by given tensors (Ablation-CAM);
 * :func:`trace_forward` / :func:`default_target_layer`: the modules a forward pass runs, in order,
   and the feature map that feeds the global pooling;
 * :func:`trace_head`: the inputs of the global average pools and of the linear heads (CAM);
@@ -81,6 +82,45 @@ def capture_layer(model: nn.Module, name: str) -> Iterator[LayerCapture]:
             f"layer {name!r} ran {capture.calls} times in one forward pass (a shared module); "
             "choose a layer that runs once"
         )
+
+
+class OutputSlot:
+    """The tensor that replaces a layer's output in the next forward passes (see
+    :func:`replaced_output`): ``output`` [n, ...], n <= the pass's batch size."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.output: Optional[Tensor] = None
+
+
+@contextlib.contextmanager
+def replaced_output(model: nn.Module, name: str) -> Iterator[OutputSlot]:
+    """Within the block, layer ``name`` returns ``slot.output`` [n, ...] instead of its own output
+    [m, ...] (the layers before it still run; the rest of the model gets a copy). n < m: padded
+    to m rows by repeating its last row (the perturbation engine pads a chunk's inputs the same
+    way); n > m = 1: the pass ran the layers before on one input and continues with n rows
+    (tensors from before the layer broadcast against them); another shape is an error."""
+    module = find_module(model, name)
+    slot = OutputSlot(name)
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> Tensor:
+        replacement = slot.output
+        if replacement is None:
+            raise RuntimeError(f"no replacement set for the output of layer {name!r}")
+        rows = output.shape[0] if isinstance(output, Tensor) else 0
+        if not isinstance(output, Tensor) or replacement.shape[1:] != output.shape[1:] or (
+                replacement.shape[0] > rows != 1):
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(f"layer {name!r} returns {shape}; its replacement has shape {tuple(replacement.shape)}")
+        if replacement.shape[0] < rows:
+            replacement = torch.cat([replacement, replacement[-1:].expand(rows - replacement.shape[0], *replacement.shape[1:])])
+        return replacement.to(output.dtype, copy=True)  # a later in-place op cannot alter the caller's tensor
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield slot
+    finally:
+        handle.remove()
 
 
 @dataclass

@@ -20,6 +20,7 @@ passes: several methods packed together equal each method alone, bit for bit.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -37,6 +38,18 @@ def autocast_scope(device: torch.device, autocast: Optional[str]) -> Any:
     if autocast is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=AUTOCAST[autocast])
+
+
+def equal_chunk(per_image: int, batch_size: int) -> int:
+    """Items per pass for ``per_image`` items of one image (masks, steps, samples, channels): the
+    most equal split of them into chunks of at most ``batch_size``,
+    ``ceil(n / ceil(n / batch_size))``. Pass a per-image count, never one that grows with the
+    number of images: the chunk must not depend on the batch an image arrived in."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if per_image < 1:
+        return 1
+    return math.ceil(per_image / math.ceil(per_image / batch_size))
 
 
 def image_aligned_chunk(per_image: int, batch_size: int) -> int:

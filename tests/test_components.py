@@ -29,7 +29,16 @@ from salbench.methods import create_method, list_methods
 from helpers import SIZE, ModelState, assert_same_values, bundle_of, explained, small_cnn, split_rows, synthetic_batch
 
 # small settings of the costly components; every other option is the registered default
-METHOD_OPTIONS: Dict[str, Dict[str, Any]] = {"occlusion": {"window": 8, "stride": 4, "batch_size": 16}}
+METHOD_OPTIONS: Dict[str, Dict[str, Any]] = {
+    "occlusion": {"window": 8, "stride": 4, "batch_size": 16},
+    "scorecam": {"batch_size": 12},  # chunks that span two images
+    "ablationcam": {"batch_size": 12},
+    "rise": {"n_masks": 48, "batch_size": 20},
+    "integrated_gradients": {"n_steps": 6, "batch_size": 8},
+    "smoothgrad": {"n_samples": 5, "batch_size": 8},
+    "smoothgrad_sq": {"n_samples": 5, "batch_size": 8},
+    "vargrad": {"n_samples": 5, "batch_size": 8},
+}
 METRIC_OPTIONS: Dict[str, Dict[str, Any]] = {
     "rise": {"n_steps": 8, "batch_size": 24},
     "road": {"fractions": [0.3, 0.7], "batch_size": 8},

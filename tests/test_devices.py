@@ -18,7 +18,7 @@ import contextlib
 import copy
 import dataclasses
 import math
-from typing import Any, Dict
+from typing import Dict
 
 import pytest
 import torch
@@ -30,9 +30,8 @@ from salbench.methods.shared import explain_all
 from salbench.metrics import ExplainedBatch, create_metric, list_metrics
 
 from helpers import SIZE, bundle_of, small_cnn
-from test_components import make_metric, metric_case
+from test_components import METHOD_OPTIONS, make_metric, metric_case
 
-METHOD_OPTIONS: Dict[str, Dict[str, Any]] = {"occlusion": {"window": 8, "stride": 4, "batch_size": 16}}
 
 
 def inputs(batch: int = 3):
