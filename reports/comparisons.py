@@ -253,7 +253,9 @@ def write_comparisons(scores: pd.DataFrame, summary: pd.DataFrame, out: Path, op
                                      anchor=f"cd-across-{slug}"))
         # agreement
         if (model, dataset) in kendall:
-            made = plots.plot_agreement([kendall[(model, dataset)], spearman[(model, dataset)]],
+            per_image = spearman[(model, dataset)]
+            defined = [label for label in per_image.index if per_image.loc[label].drop(label).notna().any()]
+            made = plots.plot_agreement([kendall[(model, dataset)], per_image.loc[defined, defined]],
                                         ["Kendall's tau of the method rankings", "Spearman's rho of per-image scores "
                                          "(mean over methods)"], out / f"metric_agreement-{slug}",
                                         suptitle=f"{model} on {dataset}: metric agreement")

@@ -312,7 +312,8 @@ def _cd_panel(ax, ranks: Dict[str, float], cliques: Sequence[Sequence[str]], cd:
     order = sorted(ranks, key=lambda m: (ranks[m], m))
     k = len(order)
     low, high = 1, max(k, 2)
-    ax.set_xlim(low - 0.25 - 0.55 * (high - low), high + 0.25 + 0.55 * (high - low))
+    margin = 0.08 * (high - low) + 0.2  # the labels lie outside the axes: the layout makes room for them
+    ax.set_xlim(low - margin, high + margin)
     half = (k + 1) // 2
     rows = max(half, k - half)
     ax.set_ylim(-(rows + 1.3) - 0.45 * len(cliques), 1.6)
@@ -329,7 +330,7 @@ def _cd_panel(ax, ranks: Dict[str, float], cliques: Sequence[Sequence[str]], cd:
     for i, method in enumerate(order):
         left = i < half
         y = -(i + 1) if left else -(k - i)
-        x_label = low - 0.15 - 0.5 * (high - low) if left else high + 0.15 + 0.5 * (high - low)
+        x_label = low - margin if left else high + margin
         colour = colours.get(method, "black")
         ax.plot([ranks[method], ranks[method], x_label], [0, y, y], color=colour, lw=1.1)
         ax.text(x_label + (-0.05 if left else 0.05), y, f"{method} ({ranks[method]:.2f})", fontsize=8,
@@ -363,7 +364,7 @@ def plot_critical_difference(panels: Sequence[Dict], stem: Path, baselines: Coll
         _cd_panel(ax, panel["ranks"], panel["cliques"], panel.get("cd"), panel["title"], colours)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if suptitle else None)
     return save_figure(fig, stem)
 
 

@@ -5,7 +5,6 @@ files and the page; the per-image viewer's data; the percentile clip of the maps
 from __future__ import annotations
 
 import json
-import re
 import sys
 
 import numpy as np

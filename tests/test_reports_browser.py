@@ -133,7 +133,7 @@ def test_comparisons_and_the_per_image_viewer_render(tmp_path, compose_config, s
     assert found["after_next"] == "synthetic-test-0-000001" and found["visible_after_next"] == 1
     maps = found["maps"]
     assert len(maps) == 6  # the image and the five methods' maps
-    assert all(m["href"].startswith("data:image/png;base64") and m["w"] == 150 for m in maps)
+    assert all(m["href"].startswith("data:image/jpeg;base64") and m["w"] == 150 for m in maps)
     assert maps[0]["gt"] >= 1 and all(m["pred"] == 1 for m in maps[1:3])  # Grad-CAM, CAM: a predicted box
     assert found["score_rows"] == 6  # the localization scores with values (no difficult subset)
     linked = probe(report, tmp_path, "#image=synthetic-test-0-000007")
