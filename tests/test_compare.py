@@ -267,3 +267,32 @@ def test_a_score_without_values_is_left_out_of_the_tables():
                        for s, v in (("hit", [1.0, 0.0]), ("hit_difficult", [np.nan, np.nan]))])
     text = "\n".join(to_markdown(t) for t in build_tables(summarize(frame, 20)))
     assert "pg/hit ↑" in text and "hit_difficult" not in text
+
+
+def test_the_report_works_without_the_optional_packages_and_says_so(tmp_path, monkeypatch):
+    from test_reports import make_job, make_results
+
+    from salbench.reports.report import ReportOptions, write_report
+
+    monkeypatch.setitem(sys.modules, "krippendorff", None)
+    monkeypatch.setitem(sys.modules, "statsmodels.stats.multitest", None)
+    make_job(tmp_path / "run", make_results(), side_tables=False)
+    write_report([str(tmp_path / "run")], tmp_path / "report", ReportOptions(resamples=50))
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "the krippendorff package is not installed" in page and "statsmodels is not installed" in page
+    reliability = pd.read_csv(tmp_path / "report" / "compare" / "metric_reliability.csv")
+    assert reliability["inter_rater_alpha"].isna().all()
+    assert (tmp_path / "report" / "compare" / "pairwise.csv").stat().st_size > 100
+
+
+def test_report_options_are_checked_before_anything_is_written(tmp_path):
+    from test_reports import make_job, make_results
+
+    from salbench.reports.report import ReportOptions, write_report
+
+    make_job(tmp_path / "run", make_results(), side_tables=False)
+    with pytest.raises(ValueError, match="correction must be one of holm, bh, none; got 'bonferroni'"):
+        write_report([str(tmp_path / "run")], tmp_path / "report", ReportOptions(correction="bonferroni"))
+    with pytest.raises(ValueError, match="clip_percentile must be in"):
+        write_report([str(tmp_path / "run")], tmp_path / "report", ReportOptions(clip_percentile=0))
+    assert not (tmp_path / "report").exists()

@@ -136,3 +136,25 @@ def test_runs_record_the_space_of_each_method_and_a_gallery(demo_cell):
     info = pd.read_json(demo_cell / "run.json", typ="series")
     spaces = {key: value["space"] for key, value in info["components"]["methods"].items()}
     assert spaces == {"gradcam": "layer", "cam": "layer", "cam_relu": "layer", "random": "pixel", "center": "pixel"}
+
+
+def test_protocol_sensitivity_of_a_threshold_sweep(tmp_path, compose_config, synthetic_bundle):
+    """Two jobs of the same cell with CAM-paper thresholds 0.2 and 0.5: the report's protocol
+    table holds Kendall's tau between the two method rankings of each score."""
+    from scipy.stats import kendalltau
+
+    from salbench.harness.runner import run_job
+    from salbench.reports.stats import summarize
+
+    base = ["debug=fast", "dataset.limit=24", "batch_size=24", "forward_chunk=24", "gallery_images=0",
+            "method=[gradcam,saliency,random,center]", "metric=[cam_paper]"]
+    for threshold in (0.2, 0.5):
+        run_job(compose_config([*base, f"metric.cam_paper.threshold={threshold}"]), tmp_path / "sweep" / str(threshold))
+    summary = summarize(label_variants(load([tmp_path / "sweep"])), 50)
+    table = compare.protocol_sensitivity(summary)
+    assert set(table["score"]) == {"iou", "gt_known_loc", "top1_loc", "top5_loc"}
+    assert set(table["variant_a"]) | set(table["variant_b"]) == {"cam_paper[threshold=0.2]", "cam_paper[threshold=0.5]"}
+    row = table[table["score"] == "iou"].iloc[0]
+    means = summary[summary["score"] == "iou"].pivot_table(index="method", columns="metric", values="mean")
+    reference = kendalltau(means[row["variant_a"]], means[row["variant_b"]])
+    assert row["kendall_tau"] == pytest.approx(reference.statistic) and row["n_methods"] == 4
