@@ -25,6 +25,17 @@ numbers are not comparable; ``--allow-protocol-change`` compares them anyway, an
 status: 0 when nothing regressed, is missing or changed, 1 otherwise, 2 for unusable input (no
 results, an incomplete / failed / superseded job, a malformed baseline). ``--update`` writes the baseline from the current values (atomic write): entries
 already in the file keep their tolerance and direction, new ones get ``--tolerance``.
+
+Paired gate (``--paired``): ``--update`` also writes the baseline's per-image scores next to it
+(:func:`companion_path`: ``<baseline>.scores.parquet``); ``--paired`` pairs every image-scope
+entry's current per-image values with those (by image id and class), and an entry also
+REGRESSES when the paired drop is significant: the one-sided Wilcoxon signed-rank test of the
+oriented differences (scipy; differences within ``--paired-atol`` count as zero, so a GPU
+rerun's rounding is no drop) has a p-value, corrected over the paired entries (Holm by default),
+below ``--alpha`` (0.01) AND the matched-pairs rank-biserial correlation is at most
+``-min_effect`` (0.3); a significant gain of that size makes it IMPROVED. The absolute tolerance
+still applies; dataset-level entries are compared by it alone. ``--junit FILE`` writes the
+entries as JUnit XML test cases (one per entry; REGRESSED / MISSING / CHANGED are failures).
 """
 from __future__ import annotations
 
@@ -33,6 +44,7 @@ import fnmatch
 import json
 import math
 import sys
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -45,6 +57,10 @@ DIRECTIONS = ("higher", "lower")
 STATUSES = ("OK", "IMPROVED", "REGRESSED", "MISSING", "CHANGED")
 RECORDED = ("images", "protocol", "method_options")  # what a baseline entry pins beside the value
 DEFAULT_TOLERANCE = 0.02
+DEFAULT_ALPHA = 0.01
+DEFAULT_MIN_EFFECT = 0.3
+DEFAULT_PAIRED_ATOL = 1e-5
+PER_IMAGE_COLUMNS = KEY + ["image_id", "target", "value"]
 
 
 class BaselineError(ValueError):
@@ -262,6 +278,155 @@ def compare(current: pd.DataFrame, entries: Sequence[Dict[str, Any]], allow_prot
     return pd.DataFrame(rows, columns=columns)
 
 
+# --------------------------------------------------------------------------- paired gate
+def companion_path(baseline: Path) -> Path:
+    """Where a baseline keeps its per-image scores: ``<baseline>.scores.parquet`` beside it."""
+    baseline = Path(baseline)
+    return baseline.with_name(baseline.name + ".scores.parquet")
+
+
+def per_image(scores: pd.DataFrame) -> pd.DataFrame:
+    """The image-scope rows of tidy scores as :data:`PER_IMAGE_COLUMNS` (``target`` -1 when
+    the scores have no such column; flagged rows keep their NaN)."""
+    rows = scores[scores["scope"] == "image"] if "scope" in scores.columns else scores
+    rows = rows.assign(target=rows["target"] if "target" in rows.columns else -1)
+    rows = rows[PER_IMAGE_COLUMNS].copy()
+    for column in KEY + ["image_id"]:
+        rows[column] = rows[column].astype(str)
+    rows["target"] = pd.to_numeric(rows["target"], errors="coerce").fillna(-1).astype("int64")
+    rows["value"] = pd.to_numeric(rows["value"], errors="coerce").astype("float64")
+    return rows.reset_index(drop=True)
+
+
+def write_companion(baseline: Path, scores: pd.DataFrame, entries: Sequence[Dict[str, Any]],
+                    kept: Optional[pd.DataFrame] = None) -> Path:
+    """Write the per-image scores of ``entries`` (from ``scores``; an entry with no current rows
+    keeps its rows of ``kept``, the previous companion) next to the baseline."""
+    wanted = {tuple(e[k] for k in KEY) for e in entries}
+    rows = per_image(scores)
+    keys = pd.Series(list(zip(*(rows[k] for k in KEY))), index=rows.index, dtype=object) if len(rows) else pd.Series(
+        [], dtype=object)
+    chosen = rows[keys.isin(wanted)] if len(rows) else rows
+    if kept is not None and len(kept):
+        have = set(zip(*(chosen[k] for k in KEY))) if len(chosen) else set()
+        old_keys = pd.Series(list(zip(*(kept[k] for k in KEY))), index=kept.index, dtype=object)
+        chosen = pd.concat([chosen, kept[old_keys.isin(wanted - have)]], ignore_index=True)
+    path = companion_path(baseline)
+    store.write_parquet(path, chosen[PER_IMAGE_COLUMNS])
+    return path
+
+
+def read_companion(baseline: Path) -> pd.DataFrame:
+    path = companion_path(baseline)
+    if not path.is_file():
+        raise BaselineError(f"--paired needs the baseline's per-image scores {path}; write them with "
+                            f"`salbench check RESULTS --baseline {baseline} --update`")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as error:
+        raise BaselineError(f"{path} is not readable ({type(error).__name__}: {error})") from None
+    missing = set(PER_IMAGE_COLUMNS) - set(frame.columns)
+    if missing:
+        raise BaselineError(f"{path} lacks the columns {sorted(missing)}")
+    return per_image(frame.assign(scope="image"))
+
+
+def paired_tests(current: pd.DataFrame, baseline: pd.DataFrame, diff: pd.DataFrame, *, alpha: float = DEFAULT_ALPHA,
+                 min_effect: float = DEFAULT_MIN_EFFECT, atol: float = DEFAULT_PAIRED_ATOL,
+                 correction: str = "holm") -> pd.DataFrame:
+    """``diff`` (from :func:`compare`) with the paired test of every entry that has per-image
+    values on both sides (``current``, ``baseline``: :func:`per_image` frames): ``paired_n``
+    (images paired by id and class, both values finite), ``p_worse`` / ``p_better`` (one-sided
+    Wilcoxon signed-rank of the oriented differences current - baseline, ties within ``atol``
+    counted as zero), their ``correction`` over the tested entries, ``effect`` (matched-pairs
+    rank-biserial of the oriented differences: -1 = every differing image worse) and the status
+    updated: REGRESSED when the absolute rule says so or the corrected ``p_worse < alpha`` and
+    ``effect <= -min_effect``; IMPROVED when not regressed and the absolute rule or the mirrored
+    test says so; MISSING and CHANGED stay."""
+    from salbench.reports.compare import adjust, rank_biserial, signed_rank_test, ties_to_zero
+
+    out = diff.copy()
+    for column in ("paired_n", "p_worse", "p_better", "effect"):
+        out[column] = float("nan")
+    out["paired"] = ""
+    index_current = {key: part for key, part in current.groupby(KEY, sort=False)} if len(current) else {}
+    index_base = {key: part for key, part in baseline.groupby(KEY, sort=False)} if len(baseline) else {}
+    tested = []
+    for i, row in out.iterrows():
+        key = tuple(str(row[k]) for k in KEY)
+        if row["status"] == "MISSING":
+            continue
+        now, then = index_current.get(key), index_base.get(key)
+        if now is None or then is None:
+            out.at[i, "paired"] = ("no per-image baseline: absolute tolerance only" if now is not None
+                                   else "dataset-level: absolute tolerance only")
+            continue
+        pairs = now.merge(then, on=["image_id", "target"], suffixes=("_now", "_then"))
+        pairs = pairs[np_isfinite(pairs["value_now"]) & np_isfinite(pairs["value_then"])]
+        sign = 1.0 if row["direction"] == "higher" else -1.0
+        gains = ties_to_zero(sign * (pairs["value_now"] - pairs["value_then"]).to_numpy(dtype="float64"), atol)
+        out.at[i, "paired_n"] = len(gains)
+        if len(gains) == 0:
+            out.at[i, "paired"] = "no common images: absolute tolerance only"
+            continue
+        out.at[i, "p_worse"] = signed_rank_test(gains, "wilcox", "less")[1]
+        out.at[i, "p_better"] = signed_rank_test(gains, "wilcox", "greater")[1]
+        out.at[i, "effect"] = rank_biserial(gains)
+        tested.append(i)
+    if tested:
+        out.loc[tested, "p_worse"] = adjust(out.loc[tested, "p_worse"].to_numpy(dtype=float), correction)
+        out.loc[tested, "p_better"] = adjust(out.loc[tested, "p_better"].to_numpy(dtype=float), correction)
+    for i in tested:
+        row = out.loc[i]
+        worse = row["p_worse"] < alpha and row["effect"] <= -min_effect
+        better = row["p_better"] < alpha and row["effect"] >= min_effect
+        out.at[i, "paired"] = ("significant drop" if worse else "significant gain" if better else "no significant change")
+        if row["status"] == "CHANGED":
+            continue
+        if row["status"] == "REGRESSED" or worse:
+            out.at[i, "status"] = "REGRESSED"
+        elif row["status"] == "IMPROVED" or better:
+            out.at[i, "status"] = "IMPROVED"
+        else:
+            out.at[i, "status"] = "OK"
+    return out
+
+
+def np_isfinite(series: pd.Series) -> pd.Series:
+    return series.astype(float).map(math.isfinite)
+
+
+# --------------------------------------------------------------------------- JUnit XML
+def junit_xml(diff: pd.DataFrame, name: str = "salbench check") -> str:
+    """The entries as a JUnit XML ``testsuites`` document (the schema CI systems read: one
+    ``testcase`` per entry, classname ``salbench.MODEL.DATASET.METHOD``, name ``METRIC/SCORE``;
+    REGRESSED / MISSING / CHANGED entries hold a ``failure`` whose ``type`` is the status)."""
+    failures = int(diff["status"].isin(FAILING).sum())
+    suites = ElementTree.Element("testsuites", name=name, tests=str(len(diff)), failures=str(failures), errors="0",
+                                 time="0")
+    suite = ElementTree.SubElement(suites, "testsuite", name=name, tests=str(len(diff)), failures=str(failures),
+                                   errors="0", skipped="0", time="0")
+    for _, row in diff.iterrows():
+        case = ElementTree.SubElement(suite, "testcase", classname=f"salbench.{row['model']}.{row['dataset']}."
+                                      f"{row['method']}", name=f"{row['metric']}/{row['score']}", time="0")
+        detail = (f"baseline {row['baseline']:.6g}, current {_num(row['current'])}, delta {_num(row['delta'], True)}, "
+                  f"tolerance {row['tolerance']:g} ({row['direction']} is better)")
+        if "paired" in diff.columns and row.get("paired"):
+            detail += (f"; paired: {row['paired']}" + (f" (n={int(row['paired_n'])}, p_worse={row['p_worse']:.3g}, "
+                       f"p_better={row['p_better']:.3g}, effect={row['effect']:+.3f})"
+                       if isinstance(row.get("paired_n"), float) and math.isfinite(row["paired_n"])
+                       and math.isfinite(row["p_worse"]) else ""))
+        if row["changed"]:
+            detail += f"; changed: {row['changed']}"
+        if row["status"] in FAILING:
+            failure = ElementTree.SubElement(case, "failure", type=str(row["status"]),
+                                             message=f"{row['status']}: {row['method']} {row['metric']}/{row['score']}")
+            failure.text = detail
+        ElementTree.SubElement(case, "system-out").text = f"{row['status']}: {detail}"
+    ElementTree.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(suites, encoding="unicode") + "\n"
+
+
 FAILING = ("REGRESSED", "MISSING", "CHANGED")
 
 
@@ -272,16 +437,21 @@ def failed(diff: pd.DataFrame) -> bool:
 
 def format_diff(diff: pd.DataFrame) -> str:
     """A plain-text table of :func:`compare`'s rows and a one-line tally."""
+    paired = "paired" in diff.columns
     header = ["model", "dataset", "method", "metric/score", "baseline", "current", "delta", "tol", "better",
-              "images", "status"]
+              "images", *(["p (drop)", "effect"] if paired else []), "status"]
     lines = []
     for _, r in diff.iterrows():
         images = "-" if r["images"] is None or pd.isna(r["images"]) else str(int(r["images"]))
         if r["nan"] and not pd.isna(r["nan"]) and r["images"] is not None and not pd.isna(r["images"]):
             images += f" ({int(r['nan'])} NaN)"
+        extra = []
+        if paired:
+            tested = not pd.isna(r["p_worse"])
+            extra = [f"{r['p_worse']:.2g}" if tested else "-", f"{r['effect']:+.2f}" if tested else "-"]
         lines.append([r["model"], r["dataset"], r["method"], f"{r['metric']}/{r['score']}", f"{r['baseline']:.4f}",
                       _num(r["current"]), _num(r["delta"], signed=True), f"{r['tolerance']:.4f}", r["direction"],
-                      images, r["status"]])
+                      images, *extra, r["status"]])
     widths = [max([len(h)] + [len(row[i]) for row in lines]) for i, h in enumerate(header)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     counts = diff["status"].value_counts()
@@ -291,6 +461,11 @@ def format_diff(diff: pd.DataFrame) -> str:
     if notes:
         notes = ["", "not comparable (protocol, method options or images changed; --allow-protocol-change compares "
                      "anyway):", *[f"  {n}" for n in notes]]
+    if paired:
+        notes += ["", "paired test (per-image values against the baseline's):",
+                  *[f"  {r['method']} {r['metric']}/{r['score']}: {r['paired']}"
+                    + (f" (n={int(r['paired_n'])})" if not pd.isna(r["paired_n"]) else "")
+                    for _, r in diff.iterrows() if r["paired"]]]
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines), "", tally, *notes]) + "\n"
 
 
@@ -346,12 +521,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="check the completed jobs when others are incomplete, failed or superseded (listed); "
                              "without it such jobs are an error (exit 2)")
+    parser.add_argument("--paired", action="store_true",
+                        help="also fail on a significant paired drop against the baseline's per-image scores "
+                             "(BASELINE.scores.parquet, written by --update): one-sided Wilcoxon signed-rank test")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                        help=f"--paired: significance level after correction (default {DEFAULT_ALPHA})")
+    parser.add_argument("--min-effect", type=float, default=DEFAULT_MIN_EFFECT,
+                        help="--paired: smallest matched-pairs rank-biserial correlation of a drop or gain "
+                             f"(default {DEFAULT_MIN_EFFECT})")
+    parser.add_argument("--paired-atol", type=float, default=DEFAULT_PAIRED_ATOL,
+                        help="--paired: per-image differences within +-this count as no change (default "
+                             f"{DEFAULT_PAIRED_ATOL:g}: rounding of a GPU rerun)")
+    parser.add_argument("--correction", choices=("holm", "bh", "none"), default="holm",
+                        help="--paired: multiplicity correction over the tested entries (default holm)")
+    parser.add_argument("--junit", type=Path, default=None, metavar="FILE",
+                        help="write the entries as JUnit XML test cases to FILE (CI test reports)")
     args = parser.parse_args(argv)
+    if not 0 < args.alpha < 1 or not 0 <= args.min_effect <= 1 or args.paired_atol < 0:
+        parser.error("--alpha must be in (0, 1), --min-effect in [0, 1] and --paired-atol >= 0")
     from salbench.reports.load import load, skipped_runs
 
     try:
-        current = aggregate(load(args.results, args.allow_incomplete))
+        scores = load(args.results, args.allow_incomplete)
+        current = aggregate(scores)
         entries = read_baseline(args.baseline) if (args.baseline.exists() or not args.update) else []
+        per_image_baseline = read_companion(args.baseline) if (args.paired and entries and not args.update) else None
     except (FileNotFoundError, ValueError) as error:  # BaselineError is a ValueError
         print(f"salbench check: error: {error}", file=sys.stderr)
         return 2
@@ -360,12 +554,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"left out (--allow-incomplete): {skipped}")
     if entries:
         diff = compare(current, entries, args.allow_protocol_change)
+        if per_image_baseline is not None:
+            diff = paired_tests(per_image(scores), per_image_baseline, diff, alpha=args.alpha,
+                                min_effect=args.min_effect, atol=args.paired_atol, correction=args.correction)
         print(format_diff(diff))
+        if args.junit is not None and not args.update:
+            store.write_text(args.junit, junit_xml(diff))
+            print(f"JUnit XML: {args.junit}")
     if args.update:
         chosen = select(current, method=args.method, metric=args.metric, score=args.score)
         fresh = updated_entries(chosen, entries, args.tolerance)
         write_baseline(args.baseline, fresh)
-        print(f"baseline {'refreshed' if entries else 'written'}: {args.baseline} ({len(fresh)} entries)")
+        try:
+            previous = read_companion(args.baseline) if companion_path(args.baseline).is_file() else None
+        except BaselineError as error:  # an unreadable companion is rewritten from the current scores
+            print(f"note: {error}; rewritten")
+            previous = None
+        companion = write_companion(args.baseline, scores, fresh, previous)
+        print(f"baseline {'refreshed' if entries else 'written'}: {args.baseline} ({len(fresh)} entries; per-image "
+              f"scores for --paired: {companion})")
         return 0
     if not entries:
         print("salbench check: error: the baseline has no entries (write them with --update)", file=sys.stderr)

@@ -14,7 +14,9 @@ rows with ``scope == "dataset"``; :func:`score_rows` builds every row), one tabl
 side output (``curves``, ``tau_curves``, ``randomization``, ``timing``: ``<kind>.parquet`` with
 ``method`` and ``metric`` columns), ``run.json`` (resolved config, versions, device, git
 commit, seed, times, status, counts, and the components' declarations that reports read),
-``summary.md`` (method x score means) and ``gallery.png`` (heatmaps of the first images).
+``summary.md`` (method x score means), ``gallery.png`` (heatmaps of the first images) and
+``viewer.parquet`` (small uint8 thumbnails of the first images and of every method's maps, for the
+report's per-image viewer: :mod:`salbench.reports.viewer`).
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ from salbench.metrics.base import TABLE_KINDS
 from salbench.metrics.perturbation import logits_in_chunks
 from salbench.models import ModelBundle, create_model
 from salbench.models.bundle import check_model_output
+from salbench.reports import viewer
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,7 +145,7 @@ class ScoreRows:
 
 
 # --------------------------------------------------------------------------- identity, resume
-JOB_IDENTITY_EXCLUDES = ("progress", "gallery_images", "flush_every", "resume", "num_workers")
+JOB_IDENTITY_EXCLUDES = ("progress", "gallery_images", "viewer_images", "flush_every", "resume", "num_workers")
 
 
 def job_id(cfg: DictConfig, inputs: Optional[Dict[str, Any]] = None) -> str:
@@ -184,7 +187,7 @@ def _clear_outputs(output_dir: Path) -> None:
     """Remove every result a job writes (a job of another config or inputs starts afresh; none
     of its files can then be read as this job's)."""
     _clear_checkpoint(output_dir)
-    for name in ("scores", *TABLE_KINDS):
+    for name in ("scores", "viewer", *TABLE_KINDS):
         (output_dir / f"{name}.parquet").unlink(missing_ok=True)
     for name in ("summary.md", "gallery.png"):
         (output_dir / name).unlink(missing_ok=True)
@@ -362,6 +365,7 @@ class Job:
     def describe(self) -> Dict[str, Any]:
         """The components' declarations, recorded in run.json (reports read them)."""
         return {"methods": {key: {"name": e.name, "baseline": bool(getattr(e, "baseline", False)),
+                                  "space": getattr(e, "space", "pixel"),
                                   "options": json.loads(self.method_options[key])}
                             for key, e in self.explainers.items()},
                 "metrics": {key: metric.describe() for key, metric in self.metrics.items()}}
@@ -452,6 +456,7 @@ def evaluate_batch(job: Job, batch: Any, state: Dict[str, Any]) -> List[pd.DataF
     # an image whose clean logits are not finite has no meaningful score under any metric
     image_flags = ["" if ok else "nonfinite_logits" for ok in torch.isfinite(logits).all(1).tolist()]
     _collect_gallery(state["gallery"], batch, job_maps)
+    viewer.collect(state["viewer"], batch, job_maps, targets, predicted, job_flags, job.bundle.class_names)
 
     columns = {
         "image_id": list(batch.image_ids), "image_index": batch.indices.cpu().numpy(), "model": job.bundle.name,
@@ -548,6 +553,7 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any], bundle: Mo
     checkpoint = Checkpoint.load(output_dir, identity) if cfg.get("resume", True) else Checkpoint(output_dir)
     metrics = {key: create_metric(node.name, **options_of(node)) for key, node in cfg.metric.items()}
     state = {"gallery": {"size": int(cfg.gallery_images), "images": [], "boxes": [], "labels": [], "maps": {}},
+             "viewer": viewer.new_state(int(cfg.get("viewer_images", viewer.VIEWER_IMAGES))),
              "flagged": 0, "skipped": [], **checkpoint.state}
     for key, saved in state.pop("metrics", {}).items():  # the accumulators of the flushed batches
         metrics[key].__dict__.update(saved)
@@ -604,7 +610,12 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any], bundle: Mo
     if gallery["images"]:
         from salbench.reports.gallery import save_gallery
 
-        save_gallery(output_dir / "gallery.png", gallery, list(explainers), bundle.class_names)
+        save_gallery(output_dir / "gallery.png", gallery, list(explainers), bundle.class_names,
+                     spaces={key: getattr(e, "space", "pixel") for key, e in explainers.items()})
+    if state["viewer"]["records"]:
+        store.write_parquet(output_dir / "viewer.parquet", viewer.table(state["viewer"]), job_id=identity)
+    else:
+        (output_dir / "viewer.parquet").unlink(missing_ok=True)
     run_info["counts"] = {"images": evaluated, "skipped": len(skipped), "flagged_maps": state["flagged"],
                           "rows": len(scores)}
     run_info["skipped"] = skipped

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
+import numpy as np
 import pandas as pd
 
 from salbench.harness.store import SCORE_COLUMNS
@@ -224,7 +225,10 @@ def load_table(paths: Union[PathLike, Iterable[PathLike]], kind: str, allow_inco
     if not frames:
         return pd.DataFrame()
     table = pd.concat(frames, ignore_index=True)
-    return table.drop_duplicates(subset=[c for c in table.columns if c != "run"], ignore_index=True)
+    # the same rows read through two paths count once (list / array cells cannot be compared: left out)
+    comparable = [c for c in table.columns if c != "run" and not table[c].map(
+        lambda v: isinstance(v, (list, dict, np.ndarray))).any()]
+    return table.drop_duplicates(subset=comparable, ignore_index=True)
 
 
 def components(paths: Union[PathLike, Iterable[PathLike]], allow_incomplete: bool = False) -> Dict[str, Dict]:

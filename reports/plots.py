@@ -6,6 +6,10 @@
 * :func:`plot_randomization`: similarity of original and randomized maps vs randomized depth;
 * :func:`plot_box_accuracy`: box accuracy vs map threshold (MaxBoxAcc's sweep);
 * :func:`plot_timing`: the ``cost`` category scores per method;
+* :func:`plot_critical_difference`: critical-difference diagrams (Demsar 2006), a panel per score;
+* :func:`plot_wins`: how many scores each method significantly wins against each other one;
+* :func:`plot_agreement`: Kendall's tau of method rankings and Spearman's rho of per-image scores
+  between every pair of scores;
 * :func:`image_to_pdf`: a raster (the runner's gallery) as a PDF page.
 
 Each returns the written paths (empty when there is nothing to draw).
@@ -294,6 +298,127 @@ def plot_timing(summary: pd.DataFrame, stem: Path) -> List[Path]:
             ax.set_xscale("log")
         ax.set_title(f"{model}/{dataset}\n{metric}/{score} {arrow(cell['higher_is_better'].iloc[0])}".strip(), fontsize=9)
         ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, stem)
+
+
+# --------------------------------------------------------------------------- comparisons
+def _cd_panel(ax, ranks: Dict[str, float], cliques: Sequence[Sequence[str]], cd: Optional[float], title: str,
+              colours: dict) -> None:
+    """One critical-difference diagram on ``ax``: the rank axis on top (1 = best, on the left),
+    each method joined to its mean rank by an elbow line (best half labelled on the left, the rest
+    on the right), a thick bar under the methods that are not significantly different, and the
+    critical difference as a bracket above the axis when there is one (Nemenyi)."""
+    order = sorted(ranks, key=lambda m: (ranks[m], m))
+    k = len(order)
+    low, high = 1, max(k, 2)
+    margin = 0.08 * (high - low) + 0.2  # the labels lie outside the axes: the layout makes room for them
+    ax.set_xlim(low - margin, high + margin)
+    half = (k + 1) // 2
+    rows = max(half, k - half)
+    ax.set_ylim(-(rows + 1.3) - 0.45 * len(cliques), 1.6)
+    ax.axis("off")
+    ax.plot([low, high], [0, 0], color="black", lw=1.2)
+    for tick in range(low, high + 1):
+        ax.plot([tick, tick], [0, 0.18], color="black", lw=1.0)
+        ax.text(tick, 0.3, str(tick), ha="center", va="bottom", fontsize=8)
+    if cd is not None and np.isfinite(cd) and cd > 0:
+        ax.plot([low, low + cd], [1.05, 1.05], color="black", lw=1.6)
+        for x in (low, low + cd):
+            ax.plot([x, x], [0.95, 1.15], color="black", lw=1.0)
+        ax.text(low + cd / 2, 1.2, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=7)
+    for i, method in enumerate(order):
+        left = i < half
+        y = -(i + 1) if left else -(k - i)
+        x_label = low - margin if left else high + margin
+        colour = colours.get(method, "black")
+        ax.plot([ranks[method], ranks[method], x_label], [0, y, y], color=colour, lw=1.1)
+        ax.text(x_label + (-0.05 if left else 0.05), y, f"{method} ({ranks[method]:.2f})", fontsize=8,
+                ha="right" if left else "left", va="center", color=colour)
+    for j, clique in enumerate(cliques):
+        xs = [ranks[m] for m in clique]
+        y = -0.45 - 0.35 * j
+        ax.plot([min(xs) - 0.04, max(xs) + 0.04], [y, y], color="black", lw=3.2, solid_capstyle="round")
+    ax.set_title(title, fontsize=9)
+
+
+def plot_critical_difference(panels: Sequence[Dict], stem: Path, baselines: Collection[str] = (),
+                             suptitle: Optional[str] = None, columns: int = 2) -> List[Path]:
+    """Critical-difference diagrams (Demsar 2006), a panel per entry of ``panels``: dicts with
+    ``title``, ``ranks`` ({method: mean rank}), ``cliques`` (lists of methods not significantly
+    different: bars) and ``cd`` (Nemenyi's critical difference or None)."""
+    if not panels:
+        return []
+    plt = _pyplot()
+    methods = [m for p in panels for m in p["ranks"]]
+    colours = method_colours(methods, baselines)
+    columns = min(columns, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    k = max(len(p["ranks"]) for p in panels)
+    height = 0.32 * ((k + 1) // 2) + 0.25 * max(len(p["cliques"]) for p in panels) + 1.3
+    fig, axes = plt.subplots(rows, columns, figsize=(6.4 * columns, height * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, panels):
+        ax.set_visible(True)
+        _cd_panel(ax, panel["ranks"], panel["cliques"], panel.get("cd"), panel["title"], colours)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if suptitle else None)
+    return save_figure(fig, stem)
+
+
+def plot_wins(won: pd.DataFrame, stem: Path, title: str) -> List[Path]:
+    """Heatmap of ``won`` (methods x methods: scores on which the row method is significantly
+    better than the column method); cells say ``wins/tested``."""
+    if won.empty:
+        return []
+    plt = _pyplot()
+    tested = won.attrs.get("tested", pd.DataFrame(np.nan, index=won.index, columns=won.columns))
+    k = len(won)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * k, 0.8 + 0.5 * k))
+    image = ax.imshow(won.to_numpy(dtype=float), cmap="Greens", vmin=0, vmax=max(1, int(tested.to_numpy().max())))
+    for i in range(k):
+        for j in range(k):
+            if i != j:
+                value = int(won.iat[i, j])
+                ax.text(j, i, f"{value}/{int(tested.iat[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if value > 0.6 * max(1, tested.to_numpy().max()) else "black")
+    ax.set_xticks(range(k), won.columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), won.index, fontsize=8)
+    ax.set_xlabel("loses (column)")
+    ax.set_ylabel("wins (row)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="scores won")
+    fig.tight_layout()
+    return save_figure(fig, stem)
+
+
+def plot_agreement(matrices: Sequence[pd.DataFrame], titles: Sequence[str], stem: Path,
+                   suptitle: Optional[str] = None) -> List[Path]:
+    """Symmetric scores x scores matrices in [-1, 1] side by side (diverging colours, values
+    written in the cells; blank = undefined)."""
+    matrices = [m for m in matrices if not m.empty]
+    if not matrices:
+        return []
+    plt = _pyplot()
+    k = max(len(m) for m in matrices)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(len(matrices) * (2.2 + 0.48 * k), 1.6 + 0.45 * k),
+                             squeeze=False)
+    for ax, matrix, title in zip(axes[0], matrices, titles):
+        values = matrix.to_numpy(dtype=float)
+        image = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu", vmin=-1, vmax=1)
+        for i in range(len(matrix)):
+            for j in range(len(matrix)):
+                if np.isfinite(values[i, j]):
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=6.5,
+                            color="white" if abs(values[i, j]) > 0.6 else "black")
+        ax.set_xticks(range(len(matrix)), matrix.columns, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(matrix)), matrix.index, fontsize=7)
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, stem)
 

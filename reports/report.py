@@ -7,11 +7,14 @@ Files (``REPORT_DIR/``):
 * ``scores.{png,pdf}`` (means with intervals), ``curves-<model>-<dataset>[-<metric>].{png,pdf}``,
   ``tau_curves-<model>-<dataset>.{png,pdf}``, ``randomization-<model>-<dataset>.{png,pdf}``,
   ``timing.{png,pdf}`` and ``gallery-<i>.{png,pdf}`` when the runs hold the data;
+* ``compare/``: paired tests, rankings, critical-difference diagrams, metric agreement and
+  reliability, protocol sensitivity (:mod:`salbench.reports.comparisons`);
 
 What the figures need to know of a method or metric (which methods are baselines, how each
 kind of curve is summarized and oriented) comes from the declarations the runs recorded
 (:func:`salbench.reports.load.components`), never from names.
-* ``index.html``: everything above on one self-contained page (images embedded as base64).
+* ``index.html``: everything above on one self-contained page (images embedded as base64), with
+  a per-image viewer of the jobs' map thumbnails (:mod:`salbench.reports.viewer`).
 """
 from __future__ import annotations
 
@@ -29,7 +32,9 @@ import pandas as pd
 
 from salbench.harness import store
 from salbench.reports import html as page
-from salbench.reports import plots, stats, tables
+from salbench.reports import compare, plots, stats, tables, viewer
+from salbench.reports.comparisons import write_comparisons
+from salbench.reports.gallery import DEFAULT_CLIP_PERCENTILE, clip_caption
 from salbench.reports.inspection import inspection_links
 from salbench.reports.load import components, find_runs, galleries, load, load_table, run_info, skipped_runs
 
@@ -42,6 +47,17 @@ class ReportOptions:
     seed: int = 0
     digits: int = 3
     allow_incomplete: bool = False  # report the completed jobs when others are incomplete / failed / superseded
+    alpha: float = 0.05  # significance level of the comparisons (after correction)
+    correction: str = "holm"  # holm | bh | none: over the method pairs of each score
+    cd_test: str = "nemenyi"  # nemenyi | wilcoxon-holm: the bars of the critical-difference diagrams
+    tie_tolerance: float = 1e-6  # paired differences within +-this count as zero (float32 rounding)
+    clip_percentile: float = DEFAULT_CLIP_PERCENTILE  # pixel-space maps drawn clipped at this percentile
+    viewer_images: int = viewer.VIEWER_IMAGES  # images per (model, dataset) in the per-image viewer
+
+    def compare_options(self) -> compare.CompareOptions:
+        return compare.CompareOptions(alpha=self.alpha, correction=self.correction, cd_test=self.cd_test,
+                                      tie_tolerance=self.tie_tolerance, resamples=self.resamples,
+                                      confidence=self.confidence, seed=self.seed)
 
 
 def _with_images(section: List[str], paths: List[Path], caption: str) -> None:
@@ -111,13 +127,17 @@ def _protocols(scores: pd.DataFrame) -> str:
 def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOptions] = None) -> Dict[str, List[Path]]:
     """Write every table, figure and ``index.html`` into ``out``; returns {kind: [paths]}."""
     options = options or ReportOptions()
+    comparison_options = options.compare_options()  # a bad choice is an error before anything is written
+    if not 0 < options.clip_percentile <= 100:
+        raise ValueError(f"clip_percentile must be in (0, 100]; got {options.clip_percentile}")
     paths = [str(p) for p in paths]
     out = Path(out)
     allow = options.allow_incomplete
     runs = find_runs(paths, allow)  # before anything is written: a wrong path creates nothing
     skipped = skipped_runs(paths)
     out.mkdir(parents=True, exist_ok=True)
-    scores = stats.label_variants(load(paths, allow))
+    raw_scores = load(paths, allow)
+    scores = stats.label_variants(raw_scores)
     declared = components(paths, allow)
     baselines = plots.summary_baselines(scores)
     summary = stats.summarize(scores, options.resamples, options.confidence, options.seed)
@@ -166,6 +186,17 @@ def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOption
                          f"over images with a {options.confidence:.0%} pointwise bootstrap band.")
             written["figures"] += made
 
+    compare_html, compare_written = write_comparisons(scores, summary, out / "compare", comparison_options,
+                                                      options.digits, baselines)
+    for kind, made in compare_written.items():
+        written[kind] += made
+
+    views = viewer.labelled_views(load_table(paths, "viewer", allow), raw_scores, scores)
+    viewer_html = viewer.viewer_html(
+        views, scores, viewer.method_spaces(declared, list(dict.fromkeys(views["method"])) if len(views) else []),
+        clip_percentile=options.clip_percentile, max_images=options.viewer_images, digits=options.digits,
+        baselines=baselines)
+
     box_html: List[str] = []
     tau_curves = load_table(paths, "tau_curves", allow)
     if not tau_curves.empty:
@@ -195,7 +226,8 @@ def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOption
         shutil.copyfile(item["path"], png)
         title = f"{item['model']} on {item['dataset']}: {', '.join(item['methods'])}"
         made = [png, plots.image_to_pdf(png, out / f"gallery-{i}.pdf", title)]
-        _with_images(gallery_html, made, f"{title} — heatmaps of the first images (job {item['run']}).")
+        _with_images(gallery_html, made, f"{title} — heatmaps of the first images (job {item['run']}; as the job "
+                     f"drew them: {clip_caption(DEFAULT_CLIP_PERCENTILE)}).")
         written["figures"] += made
 
     # page
@@ -207,7 +239,8 @@ def write_report(paths: Sequence[str], out: Path, options: Optional[ReportOption
     if skipped:
         intro += ('<p class="warning"><b>Left out (--allow-incomplete): ' + str(len(skipped)) + " job(s) that are not "
                   "complete results</b>:<br>" + "<br>".join(html.escape(s) for s in skipped) + "</p>")
-    sections += [("Summary tables", table_html), ("Scores", "\n".join(figures)),
+    sections += [("Summary tables", table_html), ("Scores", "\n".join(figures)), ("Comparisons", compare_html),
+                 ("Per-image viewer", viewer_html),
                  ("Perturbation curves", "\n".join(curve_html)),
                  ("Box accuracy vs threshold", "\n".join(box_html)),
                  ("Model-randomization check", "\n".join(random_html)), ("Timing", "\n".join(timing_html)),

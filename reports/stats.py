@@ -80,14 +80,44 @@ def _variant_labels(frame: pd.DataFrame, name: str, options: str) -> pd.Series:
     return labels
 
 
+def _protocol_with_target(frame: pd.DataFrame) -> pd.Series:
+    """The ``protocol`` JSON with the explained classes' rule added as ``target`` for the metrics
+    that runs scored under different rules (a job run with ``target=label`` and one with
+    ``target=predicted`` score different maps). A (metric, run)'s rule is the set of
+    ``target_rule`` values of its image-scope rows (its dataset-level rows take the same), so a
+    metric that fixes the class itself (``present``) is never split."""
+    import json
+
+    protocol = frame["protocol"].fillna("{}") if "protocol" in frame.columns else pd.Series("{}", index=frame.index)
+    if "target_rule" not in frame.columns or "run" not in frame.columns:
+        return protocol
+    scope = frame["scope"] if "scope" in frame.columns else pd.Series("image", index=frame.index)
+    rules: Dict[Tuple[str, str], str] = {}
+    for (metric, run), part in frame.groupby(["metric", "run"], sort=False):
+        image_rules = part.loc[scope[part.index] == "image", "target_rule"]
+        chosen = image_rules if len(image_rules) else part["target_rule"]
+        rules[(metric, run)] = "+".join(sorted({str(r) for r in chosen}))
+    varied = {metric for metric in frame["metric"].unique()
+              if len({rule for (m, _), rule in rules.items() if m == metric}) > 1}
+    if not varied:
+        return protocol
+    merged = protocol.copy()
+    for index in frame.index[frame["metric"].isin(varied)]:
+        rule = rules[(frame.at[index, "metric"], frame.at[index, "run"])]
+        merged[index] = json.dumps({**json.loads(protocol[index] or "{}"), "target": rule}, sort_keys=True)
+    return merged
+
+
 def label_variants(scores: pd.DataFrame) -> pd.DataFrame:
     """The frame with ``method`` and ``metric`` relabelled where runs used different options of
-    the same method (``method_options``) or metric (``protocol``), so they are never pooled."""
+    the same method (``method_options``) or metric (``protocol``, and the explained class's rule
+    ``target_rule`` when it differs between runs), so they are never pooled."""
     scores = scores.copy()
     for (model, dataset), part in scores.groupby(["model", "dataset"], sort=False):
         index = part.index
         scores.loc[index, "method"] = _variant_labels(part, "method", "method_options").to_numpy()
-        scores.loc[index, "metric"] = _variant_labels(part, "metric", "protocol").to_numpy()
+        variants = part.assign(_variant=_protocol_with_target(part))
+        scores.loc[index, "metric"] = _variant_labels(variants, "metric", "_variant").to_numpy()
     return scores
 
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import pandas as pd
 
 
@@ -106,6 +107,13 @@ def build_tables(summary: pd.DataFrame, digits: int = 3, expected_baselines: Opt
     summary = summary.assign(category=summary["category"].fillna("other"))
     order = {c: i for i, c in enumerate(CATEGORY_ORDER)}
     for (model, dataset), pair in summary.groupby(["model", "dataset"], sort=False):
+        # a score with no value for this (model, dataset) (e.g. the difficult-subset pointing game
+        # on a dataset without difficult objects) is left out instead of filling a column with dashes
+        valued = pair.groupby(["metric", "score"], sort=False)["mean"].transform(
+            lambda means: bool(np.isfinite(pd.to_numeric(means, errors="coerce").to_numpy(dtype=float)).any()))
+        pair = pair[valued.astype(bool)]
+        if pair.empty:
+            continue
         methods = list(dict.fromkeys(pair["method"]))
         flagged = set(pair.loc[pair["baseline"].fillna(False).astype(bool), "method"]) if "baseline" in pair else set()
         present = [m for m in methods if m in flagged]

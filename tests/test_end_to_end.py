@@ -113,7 +113,7 @@ def test_a_job_writes_one_table_per_kind_with_method_and_metric_columns(tmp_path
                             "metric=[cam_paper,wsoleval,rise,road,randomization,timing]", "metric.rise.n_steps=4",
                             "metric.road.fractions=[0.5]", "metric.randomization.max_images=1"]), out)
     tables = sorted(p.stem for p in out.glob("*.parquet"))
-    assert tables == ["curves", "randomization", "scores", "tau_curves", "tau_images", "timing"]
+    assert tables == ["curves", "randomization", "scores", "tau_curves", "tau_images", "timing", "viewer"]
     for kind in ("curves", "randomization", "tau_curves", "tau_images", "timing"):
         table = pd.read_parquet(out / f"{kind}.parquet")
         assert list(table.columns[:2]) == ["method", "metric"] and set(table["method"]) == {"gradcam", "saliency",
@@ -126,4 +126,5 @@ def test_a_job_writes_one_table_per_kind_with_method_and_metric_columns(tmp_path
     assert components["metrics"]["cam_paper"]["needs"]["maps"] == "label"
     # a re-run with another metric set leaves no table of the old one behind
     run_job(compose_config(["debug=fast", "dataset.limit=4", "method=[gradcam]", "metric=[cam_paper]"]), out)
-    assert sorted(p.stem for p in out.glob("*.parquet")) == ["scores"]
+    assert sorted(p.stem for p in out.glob("*.parquet")) == ["scores", "viewer"]
+    assert set(pd.read_parquet(out / "viewer.parquet")["method"]) == {"", "gradcam"}  # the new job's maps only

@@ -313,7 +313,7 @@ def test_report_writes_every_table_and_figure(report_dir):
                  "tau_curves-toy_net-toy_set", "timing", "gallery-0"):
         assert {f"{stem}.png", f"{stem}.pdf"} <= names, stem
     for path in written["figures"] + written["tables"] + written["page"]:
-        assert path.exists() and path.stat().st_size > 500, path
+        assert path.exists() and path.stat().st_size > (100 if path.parent.name == "compare" else 500), path
         if path.suffix == ".pdf":
             assert path.read_bytes().startswith(b"%PDF")
         if path.suffix == ".png":
