@@ -41,6 +41,7 @@ class SalbenchConfig:
     target: str = "label"
     progress: bool = True
     gallery_images: int = 8
+    viewer_images: int = 32
     flush_every: int = 256
     resume: bool = True
     shared_passes: bool = True
@@ -152,6 +153,9 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError(f"batch_size must be >= 1; got {cfg.batch_size}")
     if cfg.get("forward_chunk", 1) < 1:
         raise ValueError(f"forward_chunk must be >= 1; got {cfg.forward_chunk}")
+    for key in ("gallery_images", "viewer_images"):
+        if cfg.get(key, 0) < 0:
+            raise ValueError(f"{key} must be >= 0 (0: none); got {cfg[key]}")
     if not cfg.metric:
         raise ValueError("no metric selected; e.g. metric=[cam_paper]")
     _check_node("model", cfg.model, registries["model"])
