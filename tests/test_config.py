@@ -27,7 +27,7 @@ def override(group, option):
 def needs_files(node):
     """Datasets/models whose config points at data the test machine does not have: a dataset
     ``root`` left empty, pretrained torchvision/timm weights (never on the test machine)."""
-    return node.get("root", "absent") in (None, "???") or (
+    return node.get("root", "absent") in (None, "???") or node.get("factory", "absent") is None or (
         node.get("name") in ("torchvision", "timm") and node.get("pretrained", False)
     )
 
