@@ -25,7 +25,7 @@ some tensors without ``device=`` and moves them), so the call runs with that def
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from torch import Tensor, nn

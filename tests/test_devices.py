@@ -18,7 +18,7 @@ import contextlib
 import copy
 import dataclasses
 import math
-from typing import Any, Dict
+from typing import Dict
 
 import pytest
 import torch

@@ -6,7 +6,6 @@ saved maps."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
