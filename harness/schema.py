@@ -251,6 +251,9 @@ def validate_config(cfg: DictConfig) -> None:
     labels: Dict[str, str] = {}
     for key, node in cfg.method.items():
         label = method_key(key, node)
+        if not label or "/" in label or "\\" in label or label.startswith("."):
+            raise ValueError(f"method.{key}.label={label!r}: a label names a folder of saved maps; no '/', '\\' "
+                             "or leading '.'")
         if label in labels:
             raise ValueError(f"methods {labels[label]!r} and {key!r} are both labelled {label!r}; give each instance "
                              f"its own label (method.{key}.label=...)")

@@ -36,15 +36,15 @@ def test_the_readme_snippet_runs_as_written(synthetic_bundle, capsys):
 
 def test_evaluate_gives_the_rows_of_a_job_on_the_same_images(compose_config, synthetic_bundle, tmp_path):
     """The same images, model, methods and metrics through run_job and through evaluate: equal rows."""
-    overrides = ["debug=fast", "method=[gradcam,saliency]", "metric=[cam_paper,rise]", "metric.rise.n_steps=6",
-                 "gallery_images=0"]
+    overrides = ["debug=fast", "dataset.limit=6", "method=[gradcam,saliency]", "metric=[cam_paper,rise]",
+                 "metric.rise.n_steps=4", "gallery_images=0"]
     job = run_job(compose_config(overrides), tmp_path / "job")
-    dataset = create_dataset("synthetic", num_images=200, image_size=64, limit=8)
-    samples = [dataset[i] for i in range(8)]
+    dataset = create_dataset("synthetic", num_images=200, image_size=64, limit=6)
+    samples = [dataset[i] for i in range(6)]
     scores, tables = salbench.evaluate(
         synthetic_bundle, torch.stack([s["image"] for s in samples]), torch.tensor([s["label"] for s in samples]),
         boxes=[s["boxes"] for s in samples], methods=["gradcam", "saliency"],
-        metrics=["cam_paper", {"name": "rise", "n_steps": 6}], image_ids=[s["image_id"] for s in samples],
+        metrics=["cam_paper", {"name": "rise", "n_steps": 4}], image_ids=[s["image_id"] for s in samples],
         batch_size=4, forward_chunk=4, dataset_name="synthetic", return_tables=True)
     key = ["method", "metric", "score", "image_id"]
     columns = [c for c in SCORE_COLUMNS if c not in ("image_index",)]

@@ -63,8 +63,8 @@ def test_a_finetuned_torchvision_checkpoint_is_the_in_memory_model(finetuned, co
     assert bundle.class_names == ["0", "1", "2", "3", "4"] and bundle.info["num_classes"] == 5
     root = folder_of_images(tmp_path / "images", ["0", "1", "2", "3", "4"])
     job = compose_config([*overrides, "dataset=imagefolder", f"dataset.root={root}", "method=[gradcam]",
-                          "metric=[rise]", "metric.rise.n_steps=3", "metric.rise.batch_size=8", "batch_size=5",
-                          "forward_chunk=5", "progress=false", "gallery_images=0"])
+                          "metric=[complexity]", "batch_size=5", "forward_chunk=5", "progress=false",
+                          "gallery_images=0"])
     scores = run_job(job, tmp_path / "job")
     images = torch.stack([torch.from_numpy(np.asarray(Image.open(root / c / "img0.png").convert("RGB").resize(
         (224, 224), Image.BILINEAR), dtype=np.float32) / 255.0).permute(2, 0, 1) for c in "01234"])

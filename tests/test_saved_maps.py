@@ -18,8 +18,8 @@ from salbench.harness.runner import run_job
 from salbench.methods import create_method
 from salbench.methods.base import Explainer
 
-COMMON = ["debug=fast", "gallery_images=0", "batch_size=3", "forward_chunk=3"]
-METRICS = ["metric=[cam_paper,rise,pointing_game]", "metric.rise.n_steps=6", "metric.rise.target=explained"]
+COMMON = ["debug=fast", "dataset.limit=5", "gallery_images=0", "batch_size=3", "forward_chunk=3"]
+METRICS = ["metric=[cam_paper,rise,pointing_game]", "metric.rise.n_steps=4", "metric.rise.target=explained"]
 KEY = ["method", "metric", "score", "image_index", "target"]
 
 
@@ -46,7 +46,7 @@ def saved(tmp_path_factory, synthetic_bundle):
 def test_maps_are_saved_in_wsolevaluations_layout(saved):
     out, scores = saved
     ids = sorted(set(scores["image_id"].dropna()))
-    assert len(ids) == 8
+    assert len(ids) == 5
     for method in ("gradcam", "saliency"):
         files = sorted(p.relative_to(out / "maps" / method).as_posix() for p in (out / "maps" / method).rglob("*.npy"))
         assert files == [f"{i}.npy" for i in ids]
@@ -131,7 +131,8 @@ def test_metrics_that_re_run_the_explainers_refuse_saved_maps(saved, compose_con
 def test_maps_of_a_killed_job_are_on_disk_and_the_resumed_job_completes_them(compose_config, tmp_path, monkeypatch):
     from salbench.metrics.localization import CamPaperLocalization
 
-    common = [*COMMON, "method=[gradcam]", "metric=[cam_paper]", "save_maps=float32", "flush_every=3"]
+    common = [*COMMON, "method=[gradcam]", "metric=[cam_paper]", "save_maps=float32", "flush_every=3",
+              "dataset.limit=8"]
     original, calls = CamPaperLocalization.update, {"n": 0}
 
     def failing(self, explained):
@@ -161,7 +162,7 @@ def test_rescore_adds_a_metric_without_explaining_again(compose_config, tmp_path
     base = [*COMMON, "method=[gradcam,saliency]"]
     run = tmp_path / "run"
     run_job(compose_config([*base, "metric=[cam_paper]", "save_maps=float32"]), run)
-    reference = run_job(compose_config([*base, "metric=[cam_paper,rise]", "metric.rise.n_steps=6",
+    reference = run_job(compose_config([*base, "metric=[cam_paper,rise]", "metric.rise.n_steps=4",
                                         "metric.rise.target=explained"]), tmp_path / "reference")
     calls = []
     original_call = Explainer.__call__
@@ -172,13 +173,13 @@ def test_rescore_adds_a_metric_without_explaining_again(compose_config, tmp_path
 
     monkeypatch.setattr(Explainer, "__call__", counted)
     monkeypatch.setattr("salbench.methods.shared.shared_pass", lambda *a, **k: calls.append("shared_pass"))
-    assert rescore_main([str(run), "metric=[rise]", "metric.rise.n_steps=6", "metric.rise.target=explained"]) == 0
+    assert rescore_main([str(run), "metric=[rise]", "metric.rise.n_steps=4", "metric.rise.target=explained"]) == 0
     assert calls and set(calls) == {"precomputed"}  # maps read back; no explainer ran, no shared pass
     merged = pd.read_parquet(run / "scores.parquet")
     rise = merged[merged["metric"] == "rise"]
     pd.testing.assert_frame_equal(sorted_rows(rise), sorted_rows(reference[reference["metric"] == "rise"]))
     info = json.loads((run / "run.json").read_text())
-    assert "rise" in info["components"]["metrics"] and info["rescored"][0]["metrics"]["rise"]["n_steps"] == 6
+    assert "rise" in info["components"]["metrics"] and info["rescored"][0]["metrics"]["rise"]["n_steps"] == 4
     assert "curves" in info["tables"] and set(pd.read_parquet(run / "curves.parquet")["metric"]) == {"rise"}
     assert not (run / ".rescore").exists() and "rise/deletion_auc" in (run / "summary.md").read_text()
     assert set(load(run)["metric"]) == {"cam_paper", "rise"}  # the report reads the run with the new metric
