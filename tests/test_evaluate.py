@@ -34,24 +34,33 @@ def test_the_readme_snippet_runs_as_written(synthetic_bundle, capsys):
     assert "gt_known_loc" in capsys.readouterr().out
 
 
-def test_evaluate_gives_the_rows_of_a_job_on_the_same_images(compose_config, synthetic_bundle, tmp_path):
-    """The same images, model, methods and metrics through run_job and through evaluate: equal rows."""
-    overrides = ["debug=fast", "dataset.limit=6", "method=[gradcam,saliency]", "metric=[cam_paper,rise]",
-                 "metric.rise.n_steps=4", "gallery_images=0"]
+def test_evaluate_gives_the_rows_of_a_job_on_the_same_images(compose_config, tmp_path):
+    """The same images, model, methods and metrics through run_job and through evaluate: equal
+    rows. An untrained CNN mispredicts, so maps of the label (cam_paper, complexity under
+    target=label) and of the prediction (RISE) both differ from the other class's."""
+    overrides = ["debug=fast", "dataset.limit=6", "model.pretrained=false", "method=[gradcam,saliency]",
+                 "metric=[cam_paper,complexity,rise]", "metric.rise.n_steps=4", "gallery_images=0"]
     job = run_job(compose_config(overrides), tmp_path / "job")
+    assert (job["label"] != job["predicted"]).any()
+    torch.manual_seed(0)  # the job's seed before it builds the model: the same random weights
+    bundle = salbench.create_model("synthetic_cnn", pretrained=False)
     dataset = create_dataset("synthetic", num_images=200, image_size=64, limit=6)
     samples = [dataset[i] for i in range(6)]
     scores, tables = salbench.evaluate(
-        synthetic_bundle, torch.stack([s["image"] for s in samples]), torch.tensor([s["label"] for s in samples]),
+        bundle, torch.stack([s["image"] for s in samples]), torch.tensor([s["label"] for s in samples]),
         boxes=[s["boxes"] for s in samples], methods=["gradcam", "saliency"],
-        metrics=["cam_paper", {"name": "rise", "n_steps": 4}], image_ids=[s["image_id"] for s in samples],
+        metrics=["cam_paper", "complexity", {"name": "rise", "n_steps": 4}], image_ids=[s["image_id"] for s in samples],
         batch_size=4, forward_chunk=4, dataset_name="synthetic", return_tables=True)
-    key = ["method", "metric", "score", "image_id"]
+    key = ["method", "metric", "score", "image_id", "target"]
     columns = [c for c in SCORE_COLUMNS if c not in ("image_index",)]
     pd.testing.assert_frame_equal(scores.sort_values(key).reset_index(drop=True)[columns],
                                   job.sort_values(key).reset_index(drop=True)[columns])
     curves = pd.read_parquet(tmp_path / "job" / "curves.parquet")
     assert len(tables["curves"]) == len(curves) and set(tables["curves"]["method"]) == {"gradcam", "saliency"}
+    predicted = salbench.evaluate(bundle, torch.stack([s["image"] for s in samples]),
+                                  torch.tensor([s["label"] for s in samples]), methods=["gradcam"],
+                                  metrics=["complexity"], target="predicted", forward_chunk=4)
+    assert (predicted["target"] == predicted["predicted"]).all() and (predicted["target_rule"] == "predicted").all()
 
 
 def test_evaluate_takes_callables_explainers_and_a_plain_module():

@@ -267,6 +267,10 @@ def test_the_installed_entry_point_loads_the_plugin_without_plugins_option(insta
         assert sys.modules["salbench_example_plugin"].__file__.startswith(str(installed))
     finally:
         forget("salbench_example_plugin", NAMES)
+    # a fresh Python process: the first registry lookup loads the entry point
+    listed = subprocess.run([sys.executable, "-c", "import salbench; print(salbench.list_methods('gradient*'))"],
+                            capture_output=True, text=True, timeout=300, env=env_with(installed))
+    assert listed.returncode == 0 and listed.stdout.strip() == "['gradient_x_input']", listed.stderr[-2000:]
     # on the command line, without plugins=
     out = tmp_path / "run"
     run_cli(*FAST, "method=[gradient_x_input,gradcam]", "metric=[concentration,rise]", RISE, f"hydra.run.dir={out}",
