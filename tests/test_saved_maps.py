@@ -203,4 +203,7 @@ def test_a_metric_asking_for_another_class_than_the_saved_maps_is_a_clear_error(
                             "save_maps=float32"]), run)
     with pytest.raises(ValueError, match=r"explains class \d, but class \d was asked for .*\(metric\.<name>\.target=explained\)"):
         rescore(run, ["metric=[rise]", "metric.rise.n_steps=4"])
-    assert not (run / "scores.parquet").exists() or "rise" not in set(pd.read_parquet(run / "scores.parquet")["metric"])
+    from salbench.reports.load import load
+
+    assert (run / ".rescore" / "run.json").exists()  # the failed rescore's work, hidden from reports
+    assert set(load(run)["metric"]) == {"cam_paper"}
