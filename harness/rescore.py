@@ -124,6 +124,7 @@ def rescore(run_dir: Path, overrides: Sequence[str]) -> pd.DataFrame:
     from salbench.harness.runner import RESCORE_DIR, run_job
 
     run_dir = Path(run_dir)
+    _run_info(run_dir)  # before the lock, which would create a missing folder
     with store.output_lock(run_dir):
         config = rescore_config(run_dir, overrides)
         work = run_dir / RESCORE_DIR

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from salbench.datasets import DATASETS, collate, create_dataset
 from salbench.harness import store
 from salbench.harness.maps import MAPS, MapWriter
+from salbench.harness.plugins import load_plugins, loaded_plugins
 from salbench.harness.schema import drop_unselected_settings, method_key, options_of, validate_config
 from salbench.harness.timing import Stopwatch, device_name
 from salbench.methods import create_method
@@ -207,8 +208,6 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: Optional[Sequence[str]
     and an interrupted job continues from its last flushed chunk; anything unreadable is
     recomputed. ``overrides``: the command line's overrides, recorded in run.json.
     """
-    from salbench.harness.plugins import load_plugins
-
     output_dir = Path(output_dir)
     cfg = cfg.copy()
     load_plugins(cfg.get("plugins") or [])  # before validation: their names are options
@@ -255,7 +254,7 @@ def _run_locked(cfg: DictConfig, output_dir: Path, overrides: List[str]) -> pd.D
         "config": OmegaConf.to_container(cfg, resolve=True),
         "overrides": overrides,
         "versions": store.package_versions(),
-        "plugins": _plugins_record(),
+        "plugins": loaded_plugins(),
         "git_commit": store.git_commit(PROJECT_ROOT),
         "attempts": int(previous.get("attempts", 0)) + 1 if previous.get("job_id") == identity else 1,
     }
@@ -273,12 +272,6 @@ def _run_locked(cfg: DictConfig, output_dir: Path, overrides: List[str]) -> pd.D
     store.write_json(output_dir / "run.json", run_info)
     _clear_checkpoint(output_dir)
     return scores
-
-
-def _plugins_record() -> Dict[str, Any]:
-    from salbench.harness.plugins import loaded_plugins
-
-    return loaded_plugins()
 
 
 CHECKPOINT = "checkpoint.pt"
