@@ -6,6 +6,7 @@ The public API, importable from ``salbench`` itself::
     model = salbench.create_model("synthetic_cnn")
     explainer = salbench.create_method("gradcam", model)
     metric = salbench.create_metric("cam_paper")
+    scores = salbench.evaluate(model, images, labels, methods=["gradcam", my_function], metrics=["rise"])
 
 Registries: ``create_method`` / ``list_methods`` / ``register_method``, and the same for metrics,
 models and datasets (``register_*`` are decorators: a component's module registers it). Every import path
@@ -28,6 +29,7 @@ _PUBLIC = {
     "register_method": "salbench.methods", "register_metric": "salbench.metrics",
     "register_model": "salbench.models", "register_dataset": "salbench.datasets",
     "run_job": "salbench.harness.runner",
+    "evaluate": "salbench.harness.evaluate",
 }
 
 __all__ = ["__version__", *_PUBLIC]

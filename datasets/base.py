@@ -178,12 +178,17 @@ class LocalizationDataset(Dataset):
     ``num_shards``-th sample starting at ``shard`` (applied after ``limit``), so shards of a
     sweep partition the dataset. ``class_names`` lists the dataset's classes (index = label).
 
+    ``annotations``: the ground truth the samples carry (``("boxes",)``, ``()`` for labels only).
+
     ``load`` may raise :class:`SkipSample`; ``__getitem__`` turns it into a skip record and counts
     the reason in ``skipped`` (a Counter of reasons; in-process only: with DataLoader workers,
     count the records in ``batch.extras["skipped"]`` instead).
     """
 
     class_names: List[str] = []
+    # the ground truth its samples carry ("boxes", "masks"); () for a dataset of labels only
+    # (imagefolder): the job refuses localization metrics on it instead of scoring empty boxes
+    annotations: Tuple[str, ...] = ("boxes",)
 
     def __init__(self, limit: Optional[int] = None, shard: int = 0, num_shards: int = 1):
         if num_shards < 1 or not 0 <= shard < num_shards:

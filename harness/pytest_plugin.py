@@ -46,8 +46,10 @@ class SalbenchGate:
         from hydra import compose, initialize_config_dir
 
         from salbench.harness.cli import config_dir as packaged_config_dir
+        from salbench.harness.plugins import load_plugins, plugins_in_overrides
         from salbench.harness.schema import register_schemas
 
+        load_plugins(plugins_in_overrides(list(overrides or [])))  # their names are config options
         register_schemas()
         with initialize_config_dir(config_dir=config_dir or packaged_config_dir(), version_base="1.3"):
             return compose(config_name=config_name, overrides=list(overrides or []))

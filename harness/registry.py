@@ -6,6 +6,9 @@ component is one module (plus its YAML in ``conf/<group>/``) and nothing else li
 registry with a ``package`` imports that package's modules the first time a name is looked up
 or listed. Listing globs (``list("*cam*")``); an unknown name raises :class:`UnknownNameError`,
 which lists the close matches and every choice (and the modules that failed to import).
+
+Plugins (:mod:`salbench.harness.plugins`) register into the same tables: the first lookup of a
+package registry also loads the installed ``salbench.plugins`` entry points.
 """
 from __future__ import annotations
 
@@ -16,6 +19,14 @@ import inspect
 import pkgutil
 import typing
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+
+_REGISTERING_MODULES: set = set()
+
+
+def registering_modules() -> frozenset:
+    """The modules whose code registered a component (salbench's own and the plugins')."""
+    return frozenset(_REGISTERING_MODULES - {""})
 
 
 class OptionError(TypeError, ValueError):
@@ -48,8 +59,9 @@ class Registry:
     entrypoints, not by their modules.
     """
 
-    def __init__(self, kind: str, package: Optional[str] = None, lazy: Optional[Dict[str, str]] = None):
-        self.kind, self.package = kind, package
+    def __init__(self, kind: str, package: Optional[str] = None, lazy: Optional[Dict[str, str]] = None,
+                 check: Optional[Callable[[str, Any], None]] = None):
+        self.kind, self.package, self.check = kind, package, check
         self._entries: Dict[str, Callable[..., Any]] = {}
         self._lazy: Dict[str, str] = dict(lazy or {})
         self._discovered = package is None
@@ -68,16 +80,27 @@ class Registry:
                 importlib.import_module(info.name)
             except ImportError as error:  # an optional dependency missing: said with unknown names
                 self.failed[info.name] = f"{type(error).__name__}: {error}"
+        from salbench.harness.plugins import load_entry_points
+
+        load_entry_points()  # installed plugins register into the same tables
 
     def register(self, name: Optional[str] = None) -> Callable[[Callable], Callable]:
-        """Decorator: register a class or factory under ``name`` (default: its ``__name__``)."""
+        """Decorator: register a class or factory under ``name`` (default: its ``__name__``);
+        the registry's ``check(name, entry)`` rejects an entry of the wrong kind (a TypeError)."""
 
         def decorator(entry: Callable) -> Callable:
-            key = name or entry.__name__
+            key = name or getattr(entry, "__name__", None)
+            if not isinstance(key, str) or not key:
+                raise TypeError(f"register_{self.kind}: give a name, e.g. @register_{self.kind}(\"my_{self.kind}\")")
+            if self.check is not None:
+                self.check(key, entry)
             if key in self._entries and self._entries[key] is not entry:
-                raise ValueError(f"{self.kind} {key!r} is registered twice")
+                first = self._entries[key]
+                raise ValueError(f"{self.kind} {key!r} is registered twice: by {_where(first)} and by {_where(entry)} "
+                                 "(a plugin must choose a name salbench does not use)")
             self._entries[key] = entry
             self._lazy.pop(key, None)
+            _REGISTERING_MODULES.add(getattr(entry, "__module__", None) or "")
             return entry
 
         return decorator
@@ -108,7 +131,10 @@ class Registry:
             entry = getattr(importlib.import_module(module_name), attribute)
             self._entries.setdefault(name, entry)
             return self._entries[name]
-        failed = "".join(f" ({module} failed to import: {why})" for module, why in self.failed.items())
+        from salbench.harness.plugins import failed_plugins
+
+        failed = "".join(f" ({module} failed to import: {why})" for module, why in
+                         {**self.failed, **failed_plugins()}.items())
         raise UnknownNameError(self.kind, name, self.names(), listing=None if not failed else
                                f"Valid choices: {', '.join(self.names())}.{failed}")
 
@@ -118,6 +144,10 @@ class Registry:
         entry = self.get(name)
         check_options(f"{self.kind} {name!r}", entry, options, positional=len(args))
         return entry(*args, **{k: v for k, v in options.items() if v is not None})
+
+
+def _where(entry: Any) -> str:
+    return f"{getattr(entry, '__module__', '?')}.{getattr(entry, '__qualname__', type(entry).__name__)}"
 
 
 def entry_parameters(entry: Callable, skip: Tuple[str, ...] = ("self", "model")) -> Dict[str, inspect.Parameter]:

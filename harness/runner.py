@@ -43,11 +43,13 @@ from tqdm.auto import tqdm
 
 from salbench.datasets import DATASETS, collate, create_dataset
 from salbench.harness import store
-from salbench.harness.schema import drop_unselected_settings, options_of, validate_config
+from salbench.harness.maps import MAPS, MapWriter
+from salbench.harness.plugins import load_plugins, loaded_plugins
+from salbench.harness.schema import drop_unselected_settings, method_key, options_of, validate_config
 from salbench.harness.timing import Stopwatch, device_name
 from salbench.methods import create_method
 from salbench.methods.shared import Explanations, explain_all
-from salbench.metrics import BatchCosts, ExplainedBatch, Metric, create_metric
+from salbench.metrics import METRICS, BatchCosts, ExplainedBatch, Metric, create_metric
 from salbench.metrics.base import TABLE_KINDS
 from salbench.metrics.perturbation import logits_in_chunks
 from salbench.models import ModelBundle, create_model
@@ -191,6 +193,12 @@ def _clear_outputs(output_dir: Path) -> None:
         (output_dir / f"{name}.parquet").unlink(missing_ok=True)
     for name in ("summary.md", "gallery.png"):
         (output_dir / name).unlink(missing_ok=True)
+    for name in (MAPS, RESCORE_DIR):  # saved maps and an unfinished rescore belong to the earlier job
+        if (output_dir / name).is_dir():
+            shutil.rmtree(output_dir / name)
+
+
+RESCORE_DIR = ".rescore"  # salbench rescore's working job inside a run folder (harness/rescore.py)
 
 
 def run_job(cfg: DictConfig, output_dir: Path, overrides: Optional[Sequence[str]] = None) -> pd.DataFrame:
@@ -205,6 +213,7 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: Optional[Sequence[str]
     """
     output_dir = Path(output_dir)
     cfg = cfg.copy()
+    load_plugins(cfg.get("plugins") or [])  # before validation: their names are options
     for note in drop_unselected_settings(cfg):
         print(f"salbench: {note}")
     validate_config(cfg)
@@ -248,6 +257,7 @@ def _run_locked(cfg: DictConfig, output_dir: Path, overrides: List[str]) -> pd.D
         "config": OmegaConf.to_container(cfg, resolve=True),
         "overrides": overrides,
         "versions": store.package_versions(),
+        "plugins": loaded_plugins(),
         "git_commit": store.git_commit(PROJECT_ROOT),
         "attempts": int(previous.get("attempts", 0)) + 1 if previous.get("job_id") == identity else 1,
     }
@@ -355,6 +365,7 @@ class Job:
     channels_last: bool = False
     forward_chunk: int = 32  # images per explanation pass and per logits forward (fixed: batch-size independent)
     method_options: Dict[str, str] = field(default_factory=dict)
+    map_writer: Optional[MapWriter] = None  # save_maps: every method's job maps go to disk
 
     def __post_init__(self) -> None:
         self.method_options = {key: json.dumps(e.options(), default=str) for key, e in self.explainers.items()}
@@ -377,8 +388,9 @@ class MapCache:
     :func:`explain_all` calls of exactly ``job.forward_chunk`` pairs (the last chunk padded by
     repeating its last pair), so a map does not depend on the batch its image arrived in."""
 
-    def __init__(self, job: Job, inputs: Tensor):
+    def __init__(self, job: Job, inputs: Tensor, image_ids: Optional[Sequence[str]] = None):
         self.job, self.inputs = job, inputs
+        self.image_ids = list(image_ids) if image_ids is not None else [str(i) for i in range(len(inputs))]
         self.maps: Dict[Tuple[int, int], Dict[str, Tensor]] = {}
         self.flags: Dict[Tuple[int, int], Dict[str, str]] = {}
 
@@ -396,7 +408,7 @@ class MapCache:
             index = torch.tensor([r for r, _ in padded], dtype=torch.long, device=self.inputs.device)
             wanted = torch.tensor([c for _, c in padded], dtype=torch.long, device=self.inputs.device)
             result = explain_all(self.job.explainers, self.inputs[index], wanted, shared=self.job.shared_passes,
-                                 stopwatch=stopwatch)
+                                 stopwatch=stopwatch, image_ids=[self.image_ids[r] for r, _ in padded])
             pieces.append(Explanations({k: v[:len(part)] for k, v in result.maps.items()}, result.costs,
                                        None if result.logits is None else result.logits[:len(part)]))
         explained = Explanations(
@@ -435,7 +447,7 @@ def evaluate_batch(job: Job, batch: Any, state: Dict[str, Any]) -> List[pd.DataF
     inputs = job.bundle.normalize(batch.images)
     if job.channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
-    cache = MapCache(job, inputs)
+    cache = MapCache(job, inputs, batch.image_ids)
     timer = functools.partial(job.stopwatch, memory=True)
     positions = list(range(len(batch)))
     if job.target_rule == "label":
@@ -452,6 +464,8 @@ def evaluate_batch(job: Job, batch: Any, state: Dict[str, Any]) -> List[pd.DataF
         predicted = targets = logits.argmax(1)
         explained_job = cache.explain(positions, targets.tolist(), stopwatch=timer)
     job_maps, job_flags = cache.gather(positions, targets.tolist())
+    if job.map_writer is not None:
+        job.map_writer.write(batch.image_ids, targets, job_maps)
     state["flagged"] += sum(bool(f) for flags in job_flags.values() for f in flags)
     # an image whose clean logits are not finite has no meaningful score under any metric
     image_flags = ["" if ok else "nonfinite_logits" for ok in torch.isfinite(logits).all(1).tolist()]
@@ -540,6 +554,42 @@ def write_tables(job: Job, output_dir: Path, identity: Optional[str] = None) -> 
     return sorted(by_kind)
 
 
+def check_components(explainers: Dict[str, Any], metrics: Dict[str, Metric], dataset: Any = None,
+                     dataset_name: str = "") -> None:
+    """Refuse what cannot be scored, before any work, from the components' declarations: a
+    metric that re-runs the explainers (``Needs(explainers=True)``) with a method whose maps
+    cannot be recomputed (saved maps), and a localization metric (it scores maps against
+    ground-truth boxes or masks) on a dataset that declares no ground truth (``annotations``)."""
+    fixed = [key for key, e in explainers.items() if not getattr(e, "recomputable", True)]
+    annotations = getattr(dataset, "annotations", ("boxes",)) if dataset is not None else ("boxes",)
+    for key, metric in metrics.items():
+        if metric.needs.explainers and fixed:
+            raise ValueError(
+                f"metric {key!r} re-runs the explainers on perturbed inputs or a changed model "
+                f"(Needs(explainers=True)); method(s) {', '.join(repr(f) for f in fixed)} read saved maps, which "
+                "cannot be recomputed: score saved maps with metrics that need no explainers")
+        if metric.category == "localization" and not annotations:
+            usable = [n for n in METRICS.names() if getattr(METRICS.get(n), "category", "") != "localization"]
+            raise ValueError(
+                f"metric {key!r} scores maps against ground-truth boxes or masks, and dataset {dataset_name!r} has "
+                f"none; metrics that need none: {', '.join(usable)}")
+
+
+def build_job(cfg: DictConfig, bundle: ModelBundle, device: torch.device, metrics: Optional[Dict[str, Metric]] = None,
+              dataset: Any = None) -> Job:
+    """The job's components from ``cfg``: explainers keyed by their label (``method_key``),
+    metrics (``metrics``: already built, e.g. restored from a checkpoint) and the loop's settings."""
+    explainers = {method_key(key, node): create_method(node.name, bundle, **options_of(node, "method"))
+                  for key, node in cfg.method.items()}
+    if metrics is None:
+        metrics = {key: create_metric(node.name, **options_of(node)) for key, node in cfg.metric.items()}
+    check_components(explainers, metrics, dataset, cfg.dataset.name)
+    return Job(bundle=bundle, explainers=explainers, metrics=metrics, device=device,
+               dataset_name=cfg.dataset.name, target_rule=cfg.target,
+               shared_passes=bool(cfg.get("shared_passes", True)), channels_last=bool(cfg.get("channels_last", False)),
+               forward_chunk=int(cfg.get("forward_chunk", 32)))
+
+
 def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any], bundle: ModelBundle, dataset: Any,
          device: torch.device) -> pd.DataFrame:
     run_info["device"] = {**store.device_info(device), "device_name": device_name(device),
@@ -548,7 +598,6 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any], bundle: Mo
     if cfg.get("channels_last", False):  # the job's own model copy: NHWC weights for GPU convolutions
         bundle.module.to(memory_format=torch.channels_last)
     run_info["model"] = bundle.describe()
-    explainers = {key: create_method(node.name, bundle, **options_of(node)) for key, node in cfg.method.items()}
     identity = run_info["job_id"]
     checkpoint = Checkpoint.load(output_dir, identity) if cfg.get("resume", True) else Checkpoint(output_dir)
     metrics = {key: create_metric(node.name, **options_of(node)) for key, node in cfg.metric.items()}
@@ -561,10 +610,11 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any], bundle: Mo
     if cfg.batch_size < cfg.get("forward_chunk", 32):
         print(f"salbench: note: forward_chunk={cfg.forward_chunk} > batch_size={cfg.batch_size}: every pass is padded "
               f"to {cfg.forward_chunk} images; forward_chunk={cfg.batch_size} is faster (scores then round as with it)")
-    job = Job(bundle=bundle, explainers=explainers, metrics=state["metrics"], device=device,
-              dataset_name=cfg.dataset.name, target_rule=cfg.target,
-              shared_passes=bool(cfg.get("shared_passes", True)), channels_last=bool(cfg.get("channels_last", False)),
-              forward_chunk=int(cfg.get("forward_chunk", 32)))
+    job = build_job(cfg, bundle, device, metrics=state["metrics"], dataset=dataset)
+    explainers = job.explainers
+    if cfg.get("save_maps"):
+        job.map_writer = MapWriter(output_dir / MAPS, cfg.save_maps, methods=list(explainers))
+        run_info["maps"] = job.map_writer.describe()
     run_info["components"] = job.describe()
     run_info["dataset"] = {"name": cfg.dataset.name, "num_images": len(dataset)}
     if checkpoint.done:
@@ -587,10 +637,14 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any], bundle: Mo
         since_flush += step
         progress.update(step)
         if since_flush >= flush_every and done < len(dataset):
+            if job.map_writer is not None:
+                job.map_writer.flush()
             checkpoint.flush(rows, done, identity, {**state, "metrics": {k: vars(m) for k, m in metrics.items()}})
             since_flush = 0
     progress.close()
 
+    if job.map_writer is not None:
+        job.map_writer.flush()
     for key, metric in job.metrics.items():
         rows.add(dataset_rows(job, key, metric))
     tables = write_tables(job, output_dir, identity)

@@ -8,6 +8,9 @@
   :func:`validate_config` merges every selected option into its schema, so an unknown key or a
   wrong type is an error naming the key and the valid ones. They are built when needed, not
   stored in the ConfigStore (whose groups ``--help`` would list as if they were options).
+* one config node per registered name without a packaged YAML (:func:`store_registered_options`:
+  a plugin's components, in the layout the YAMLs use, defaults from the signature), so every
+  registered name is an option of its group on the command line, in sweeps and in ``--help``.
 """
 from __future__ import annotations
 
@@ -48,6 +51,11 @@ class SalbenchConfig:
     forward_chunk: int = 32
     channels_last: bool = False
     tf32: bool = False
+    save_maps: Optional[str] = None
+    plugins: List[str] = field(default_factory=list)
+
+
+SAVE_MAPS = ("float16", "float32")
 
 
 _PLAIN = (int, float, bool, str)
@@ -89,8 +97,9 @@ def schema_for(kind: str, name: str, entry: Callable) -> Type:
     return dataclasses.make_dataclass(cls_name, fields)
 
 
-# options every entry of a group takes, handled by the group's create_* function
-COMMON_OPTIONS = {"model": ("output_key",)}
+# options every entry of a group takes, handled by the group's create_* function (model) or
+# the job (method: ``label``, the method's key in the scores)
+COMMON_OPTIONS = {"model": ("output_key",), "method": ("label",)}
 
 
 def _registries() -> Dict[str, Registry]:
@@ -103,8 +112,79 @@ def _registries() -> Dict[str, Registry]:
 
 
 def register_schemas() -> None:
-    """Store the top-level schema in the ConfigStore (config.yaml's first default)."""
+    """Store the top-level schema in the ConfigStore (config.yaml's first default) and a config
+    node for every registered name without a packaged YAML (:func:`store_registered_options`)."""
     ConfigStore.instance().store(name="salbench_schema", node=SalbenchConfig)
+    store_registered_options()
+
+
+def _plain_default(value: Any) -> Any:
+    """A signature default as a config value (tuples as lists, paths as strings; anything a
+    config cannot hold as None: the entry's own default then applies)."""
+    import enum
+    from pathlib import PurePath
+
+    if value is inspect.Parameter.empty:
+        return MISSING  # a required option: the config must give it
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if value is None or isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        items = [_plain_default(v) for v in value]
+        return items if all(v is None or isinstance(v, (*_PLAIN, list, dict)) for v in items) else None
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _plain_default(v) for k, v in value.items()}
+    return None
+
+
+def config_node(kind: str, name: str, entry: Callable) -> Dict[str, Any]:
+    """The config node of a registered entry, in the layout of the packaged YAMLs: a method or
+    metric ``{name: {name: name, **defaults}}`` (the group holds several), a model or dataset
+    ``{name: name, **defaults}``; defaults from the entry's signature (a required option is
+    ``???``: a job without it fails naming it)."""
+    node: Dict[str, Any] = {"name": name, **({"label": None} if kind == "method" else {})}
+    node.update({pname: _plain_default(param.default) for pname, param in entry_parameters(entry).items()})
+    return {name: node} if kind in ("method", "metric") else node
+
+
+def packaged_options(kind: str) -> List[str]:
+    """The options of group ``kind`` that have a YAML in the packaged config tree."""
+    from pathlib import Path
+
+    from salbench.harness.cli import config_dir
+
+    return sorted(p.stem for p in (Path(config_dir()) / kind).glob("*.yaml"))
+
+
+def store_registered_options() -> List[str]:
+    """Store a config node (:func:`config_node`) in Hydra's ConfigStore for every registered
+    method, metric, model and dataset that has no packaged YAML (a plugin's, or one registered
+    from Python), in its group; returns ``group/name`` of each. A YAML of the same name in the
+    search path (the package, ``--config-dir``) takes precedence over the stored node."""
+    store = ConfigStore.instance()
+    stored = []
+    for kind, registry in _registries().items():
+        packaged = set(packaged_options(kind))
+        for name in registry.names():
+            if name in packaged:
+                continue
+            try:
+                entry = registry.get(name)
+            except Exception:  # a lazy entry whose module fails to import: said when it is used
+                continue
+            store.store(group=kind, name=name, node=config_node(kind, name, entry), provider="salbench")
+            stored.append(f"{kind}/{name}")
+    return stored
+
+
+def method_key(key: str, node: Any) -> str:
+    """The key of a method in the job's scores: its ``label`` when set, else its config key
+    (``method.captum.label=ig32`` names that instance ``ig32``)."""
+    label = node.get("label") if hasattr(node, "get") else None
+    return str(label) if label not in (None, "") else str(key)
 
 
 def _check_node(kind: str, node: DictConfig, registry: Registry) -> None:
@@ -156,6 +236,11 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("gallery_images", "viewer_images"):
         if cfg.get(key, 0) < 0:
             raise ValueError(f"{key} must be >= 0 (0: none); got {cfg[key]}")
+    if cfg.get("save_maps") is not None and cfg.save_maps not in SAVE_MAPS:
+        raise ValueError(f"unknown save_maps {cfg.save_maps!r}; valid: null, {', '.join(SAVE_MAPS)}")
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
+    if missing:
+        raise ValueError(f"{len(missing)} option(s) need a value: {', '.join(missing)} (e.g. {missing[0]}=...)")
     if not cfg.metric:
         raise ValueError("no metric selected; e.g. metric=[cam_paper]")
     _check_node("model", cfg.model, registries["model"])
@@ -167,11 +252,24 @@ def validate_config(cfg: DictConfig) -> None:
             if not isinstance(node, DictConfig):
                 raise ValueError(f"{kind}.{key} must be a mapping with a 'name'; got {node!r}")
             _check_node(kind, node, registries[kind])
+    labels: Dict[str, str] = {}
+    for key, node in cfg.method.items():
+        label = method_key(key, node)
+        if not label or "/" in label or "\\" in label or label.startswith("."):
+            raise ValueError(f"method.{key}.label={label!r}: a label names a folder of saved maps; no '/', '\\' "
+                             "or leading '.'")
+        if label in labels:
+            raise ValueError(f"methods {labels[label]!r} and {key!r} are both labelled {label!r}; give each instance "
+                             f"its own label (method.{key}.label=...)")
+        labels[label] = key
 
 
-def options_of(node: DictConfig) -> Dict[str, Any]:
-    """A group node as plain keyword options for its factory (``name`` removed)."""
+def options_of(node: DictConfig, kind: Optional[str] = None) -> Dict[str, Any]:
+    """A group node as plain keyword options for its factory (``name`` removed, and for
+    ``kind="method"`` the job's ``label``)."""
     options = OmegaConf.to_container(node, resolve=True)
     assert isinstance(options, dict)
     options.pop("name", None)
+    if kind == "method":
+        options.pop("label", None)
     return options

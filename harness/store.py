@@ -89,14 +89,16 @@ def output_lock(folder: Path) -> Iterator[Path]:
 
 
 def remove_temporaries(folder: Path) -> List[Path]:
-    """Delete the temporaries that killed atomic writes left in ``folder`` and its ``parts/``
-    (``.NAME.XXXX.tmp``); call it while holding :func:`output_lock`. Returns what was removed."""
+    """Delete the temporaries that killed atomic writes left in ``folder``, its ``parts/`` and
+    under its ``maps/`` (``.NAME.XXXX.tmp``); call it while holding :func:`output_lock`.
+    Returns what was removed."""
     removed = []
-    for directory in (Path(folder), Path(folder) / "parts"):
-        if directory.is_dir():
-            for path in directory.glob(".*.tmp"):
-                path.unlink(missing_ok=True)
-                removed.append(path)
+    found = [p for d in (Path(folder), Path(folder) / "parts") if d.is_dir() for p in d.glob(".*.tmp")]
+    if (Path(folder) / "maps").is_dir():
+        found += list((Path(folder) / "maps").rglob(".*.tmp"))
+    for path in found:
+        path.unlink(missing_ok=True)
+        removed.append(path)
     return removed
 
 
@@ -243,13 +245,23 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return {"__tuple__": [to_plain(v) for v in value]}
     module = type(value).__module__
-    if module.startswith("salbench.") and hasattr(value, "__dict__"):
+    if _rebuildable(module) and hasattr(value, "__dict__"):
         return {"__object__": f"{module}:{type(value).__qualname__}", "state": to_plain(vars(value))}
     raise TypeError(f"cannot store a {type(value).__module__}.{type(value).__name__} in a checkpoint")
 
 
+def _rebuildable(module: str) -> bool:
+    """Classes a checkpoint may hold objects of: salbench's own, and those of loaded plugins
+    (:func:`salbench.harness.plugins.is_plugin_module`: a plugin module, a module inside a
+    plugin package, or a module that registered a component)."""
+    from salbench.harness.plugins import is_plugin_module
+
+    return module.startswith("salbench.") or is_plugin_module(module)
+
+
 def from_plain(value: Any) -> Any:
-    """The inverse of :func:`to_plain` (objects are rebuilt only for salbench's own classes)."""
+    """The inverse of :func:`to_plain`. Objects are rebuilt only for salbench's own classes and
+    those of loaded plugins (already imported: a checkpoint never imports a module)."""
     import importlib
 
     if isinstance(value, list):
@@ -266,12 +278,20 @@ def from_plain(value: Any) -> Any:
     if "__tuple__" in value:
         return tuple(from_plain(v) for v in value["__tuple__"])
     if "__object__" in value:
+        import sys
+
         module, name = value["__object__"].split(":")
-        if not module.startswith("salbench."):
-            raise ValueError(f"refusing to rebuild {value['__object__']}: not a salbench class")
-        cls = importlib.import_module(module)
+        if module.startswith("salbench."):
+            cls = importlib.import_module(module)
+        elif _rebuildable(module) and module in sys.modules:
+            cls = sys.modules[module]
+        else:
+            raise ValueError(f"refusing to rebuild {value['__object__']}: not a salbench class nor one of a loaded "
+                             "plugin (load the plugin that wrote this checkpoint: plugins=[...])")
         for part in name.split("."):
             cls = getattr(cls, part)
+        if not isinstance(cls, type) or cls.__module__ != module:
+            raise ValueError(f"refusing to rebuild {value['__object__']}: not a class of {module}")
         obj = cls.__new__(cls)
         obj.__dict__.update(from_plain(value["state"]))
         return obj

@@ -21,7 +21,7 @@ Options are the constructor's keyword arguments, stored under the same names
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -77,11 +77,19 @@ class Explainer:
     either :meth:`pass_request` + :meth:`from_pass` (methods computed from a shared pass) or
     :meth:`attribute`. Keyword options ``relu``, ``channel_reduction``, ``upsample`` and
     ``align_corners`` override the default post-processing. ``baseline``: a reference map that
-    ignores the model (random, center); reports draw baselines apart."""
+    ignores the model (random, center); reports draw baselines apart.
+
+    Declarations the job loop reads: ``needs_image_ids``: the maps are looked up by image id
+    (saved maps, :mod:`salbench.methods.precomputed`): callers pass ``image_ids`` to
+    :meth:`__call__` and :meth:`attribute`; ``recomputable``: the maps can be computed for any
+    input and model (False for saved maps: metrics that re-run the explainers on perturbed inputs
+    or a randomized model, ``Needs(explainers=True)``, refuse such a method)."""
 
     name: str = ""
     space: str = "pixel"  # "layer" for the CAM family
     baseline: bool = False
+    needs_image_ids: bool = False
+    recomputable: bool = True
     default_postprocess = Postprocess()
 
     def __init__(
@@ -124,10 +132,18 @@ class Explainer:
             raise NotImplementedError(f"{type(self).__name__} implements neither attribute nor pass_request")
         return self.from_pass(shared_pass(self.model, x, target, request))
 
-    def __call__(self, x: Tensor, target: Tensor) -> Tensor:
-        """x: [B, C, H, W]; target: [B] -> heatmap [B, H, W] float32 on x's device."""
+    def __call__(self, x: Tensor, target: Tensor, image_ids: Optional[Sequence[str]] = None) -> Tensor:
+        """x: [B, C, H, W]; target: [B] -> heatmap [B, H, W] float32 on x's device.
+        ``image_ids`` (B strings): the images' ids, for a method that ``needs_image_ids``."""
         target = check_inputs(x, target)
-        return self.postprocess(self.attribute(x, target), tuple(x.shape[-2:]))
+        if self.needs_image_ids:
+            if image_ids is None or len(image_ids) != x.shape[0]:
+                raise ValueError(f"{self.name} looks its maps up by image id: call it with image_ids=[...] "
+                                 f"({x.shape[0]} ids; got {None if image_ids is None else len(image_ids)})")
+            attribution = self.attribute(x, target, image_ids=list(image_ids))  # type: ignore[call-arg]
+        else:
+            attribution = self.attribute(x, target)
+        return self.postprocess(attribution, tuple(x.shape[-2:]))
 
     # ------------------------------------------------------------------ options
     def options(self) -> Dict[str, Any]:

@@ -162,12 +162,14 @@ def explain_all(
     *,
     shared: bool = True,
     stopwatch: Optional[Any] = None,
+    image_ids: Optional[List[str]] = None,
 ) -> Explanations:
     """Heatmaps [B, H, W] of every explainer for ``x`` [B, C, H, W] and ``target`` [B].
 
     ``shared``: compute the shareable ones from one :func:`shared_pass` per model (else each
     explainer alone). ``stopwatch``: a factory ``() -> context manager with .seconds`` (e.g.
     ``functools.partial(salbench.harness.timing.Stopwatch, device)``) to time each call.
+    ``image_ids``: the B images' ids, passed to the explainers that declare ``needs_image_ids``.
 
     A cost holds ``seconds`` (the explainer's own time; for a shared pass, its finishing step
     plus an equal share of the pass), ``shared_with`` (the keys that shared its pass, itself
@@ -183,8 +185,10 @@ def explain_all(
     for group in groups:
         if len(group) == 1:
             key = group[0]
+            explainer = explainers[key]
+            ids = {"image_ids": image_ids} if getattr(explainer, "needs_image_ids", False) else {}
             with timer() as watch:
-                heatmaps[key] = explainers[key](x.clone(), target).detach()
+                heatmaps[key] = explainer(x.clone(), target, **ids).detach()
             costs[key] = {"seconds": watch.seconds, "shared_with": [key], **_peak(watch)}
             continue
         request = PassRequest()

@@ -13,7 +13,17 @@ from salbench.metrics.base import (
 )
 from salbench.harness.registry import Registry
 
-METRICS = Registry("metric", package="salbench.metrics")
+
+
+def _check_metric(name: str, entry: object) -> None:
+    import inspect
+
+    if not (inspect.isclass(entry) and issubclass(entry, Metric)):
+        raise TypeError(f"register_metric({name!r}): {entry!r} is not a Metric subclass (salbench.metrics.Metric or "
+                        "MethodwiseMetric, with update(explained) -> {method: {score: [N]}})")
+
+
+METRICS = Registry("metric", package="salbench.metrics", check=_check_metric)
 register_metric = METRICS.register
 
 list_metrics = METRICS.list

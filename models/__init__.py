@@ -21,7 +21,14 @@ from salbench.models.bundle import (
     imagenet_class_names,
 )
 
-MODELS = Registry("model", package="salbench.models")
+
+
+def _check_model(name: str, entry: Any) -> None:
+    if not callable(entry):
+        raise TypeError(f"register_model({name!r}): {entry!r} is not a callable returning a ModelBundle")
+
+
+MODELS = Registry("model", package="salbench.models", check=_check_model)
 register_model = MODELS.register
 list_models = MODELS.list
 

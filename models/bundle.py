@@ -131,6 +131,25 @@ def imagenet_class_names() -> List[str]:
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+def class_names_from(value: Any, num_classes: int, default: Optional[List[str]] = None,
+                     what: str = "the model") -> List[str]:
+    """The class names of a model with ``num_classes`` outputs: ``value`` a list of names or a
+    text file (one name a line), else ``default``, else the indices ``"0"`` .. ``"K-1"``; a
+    count that differs from ``num_classes`` is a ValueError."""
+    if value is None:
+        return list(default) if default is not None else [str(i) for i in range(num_classes)]
+    if isinstance(value, (str, Path)):
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"class names file not found: {path} (one class name a line)")
+        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    else:
+        names = [str(v) for v in value]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names given for {what}, which has {num_classes} classes")
+    return names
+
+
 def traced_target_layer(module: nn.Module, size: Tuple[int, int]) -> str:
     """The feature map feeding the global pooling, found by one traced forward at ``size``."""
     from salbench.methods.hooks import default_target_layer

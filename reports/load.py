@@ -46,7 +46,8 @@ def _job_dirs(path: Path) -> List[Path]:
         return []
     found = {p.parent for p in path.rglob("scores.parquet")}
     found |= {p.parent for p in path.rglob("run.json") if is_evaluation_job(run_info(p.parent))}
-    return sorted(found)
+    # hidden folders are work in progress inside a job (salbench rescore's .rescore/)
+    return sorted(f for f in found if not any(part.startswith(".") for part in f.relative_to(path).parts))
 
 
 def job_problem(run: Path) -> Optional[str]:

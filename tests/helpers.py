@@ -183,3 +183,54 @@ def explainer_case(method: str = "saliency", images: int = 4):
     maps = explainer(x, batch.labels)
     case = explained(batch, {method: maps}, inputs=x, logits=logits, model=bundle, explainers={method: explainer})
     return model, explainer, x, batch.labels, maps, case
+
+
+# --------------------------------------------------------------------------- saved maps
+SAVED_MAP_IDS = 6  # the rows of the testers' method inputs that have a saved map
+
+
+def saved_maps_root() -> str:
+    """A folder of seeded random maps [SIZE // 2, SIZE // 2] named ``img0.npy`` .. ``img5.npy``
+    (made once per session, removed at exit): what ``method=precomputed`` reads in the testers."""
+    global _SAVED_MAPS
+    if _SAVED_MAPS is None:
+        import atexit
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        import numpy as np
+
+        folder = Path(tempfile.mkdtemp(prefix="salbench-saved-maps-"))
+        atexit.register(shutil.rmtree, folder, True)
+        generator = np.random.default_rng(0)
+        for i in range(SAVED_MAP_IDS):
+            np.save(folder / f"img{i}.npy", generator.random((SIZE // 2, SIZE // 2), dtype=np.float32))
+        _SAVED_MAPS = str(folder)
+    return _SAVED_MAPS
+
+
+_SAVED_MAPS: Optional[str] = None
+
+
+class ById:
+    """A method that looks its maps up by image id (``needs_image_ids``), called as the testers
+    call every method (``(x, target)``): each input row's id is ``img<i>``, ``i`` its row in
+    ``reference`` (the testers' inputs)."""
+
+    def __init__(self, explainer: Any, reference: Tensor):
+        self.explainer, self.reference = explainer, reference.detach().cpu()
+
+    def ids(self, x: Tensor) -> List[str]:
+        rows = x.detach().cpu()
+        return [f"img{next(i for i in range(len(self.reference)) if torch.equal(row, self.reference[i]))}"
+                for row in rows]
+
+    def __call__(self, x: Tensor, target: Tensor) -> Tensor:
+        return self.explainer(x, target, image_ids=self.ids(x))
+
+    def attribute(self, x: Tensor, target: Tensor) -> Tensor:
+        return self.explainer.attribute(x, target, image_ids=self.ids(x))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.explainer, name)

@@ -26,7 +26,8 @@ from salbench.metrics import BatchCosts, create_metric, list_metrics
 from salbench.metrics.base import MAP_CLASSES
 from salbench.methods import create_method, list_methods
 
-from helpers import SIZE, ModelState, assert_same_values, bundle_of, explained, small_cnn, split_rows, synthetic_batch
+from helpers import (SAVED_MAP_IDS, SIZE, ById, ModelState, assert_same_values, bundle_of, explained, saved_maps_root,
+                     small_cnn, split_rows, synthetic_batch)
 
 # small settings of the costly components; every other option is the registered default
 METHOD_OPTIONS: Dict[str, Dict[str, Any]] = {
@@ -38,7 +39,11 @@ METHOD_OPTIONS: Dict[str, Dict[str, Any]] = {
     "smoothgrad": {"n_samples": 5, "batch_size": 8},
     "smoothgrad_sq": {"n_samples": 5, "batch_size": 8},
     "vargrad": {"n_samples": 5, "batch_size": 8},
+    "captum": {"kwargs": {"n_steps": 8}},
+    "grad_cam_lib": {"cam": "GradCAMPlusPlus"},
 }
+# options that point at files made when the tests run
+METHOD_FILES = {"precomputed": lambda: {"root": saved_maps_root(), "classes": "any"}}
 METRIC_OPTIONS: Dict[str, Dict[str, Any]] = {
     "rise": {"n_steps": 8, "batch_size": 24},
     "road": {"fractions": [0.3, 0.7], "batch_size": 8},
@@ -59,7 +64,14 @@ def method_inputs(images: int = IMAGES):
 
 
 def make_method(name: str, model: nn.Module) -> Any:
-    return create_method(name, model, **METHOD_OPTIONS.get(name, {}))
+    """``create_method`` with the testers' options; a method that looks maps up by image id is
+    called with the id of each input row (:class:`helpers.ById`)."""
+    options = {**METHOD_OPTIONS.get(name, {}), **(METHOD_FILES[name]() if name in METHOD_FILES else {})}
+    explainer = create_method(name, model, **options)
+    return ById(explainer, _REFERENCE_INPUTS) if explainer.needs_image_ids else explainer
+
+
+_REFERENCE_INPUTS = method_inputs(SAVED_MAP_IDS)[0]
 
 
 # --------------------------------------------------------------------------- methods
@@ -124,7 +136,7 @@ def test_method_leaves_the_model_exactly_as_it_was_also_after_a_raise(name):
 @pytest.mark.parametrize("name", list_methods())
 def test_method_option_errors_name_the_valid_options(name):
     with pytest.raises(TypeError, match="valid options"):
-        create_method(name, small_cnn(), no_such_option=1)
+        create_method(name, small_cnn(), no_such_option=1, **(METHOD_FILES[name]() if name in METHOD_FILES else {}))
     options = make_method(name, small_cnn()).options()
     assert options["method"] == name and json.dumps(options, default=str)
 

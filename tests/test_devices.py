@@ -30,7 +30,7 @@ from salbench.methods.shared import explain_all
 from salbench.metrics import ExplainedBatch, create_metric, list_metrics
 
 from helpers import SIZE, bundle_of, small_cnn
-from test_components import METHOD_OPTIONS, make_metric, metric_case
+from test_components import make_method, make_metric, metric_case
 
 
 
@@ -59,10 +59,9 @@ def assert_same_dataset_scores(got: Dict[str, Dict[str, float]], expected: Dict[
 @pytest.mark.parametrize("name", list_methods())
 def test_method_channels_last_matches_contiguous(name):
     model, (x, target) = small_cnn(), inputs()
-    options = METHOD_OPTIONS.get(name, {})
-    contiguous = create_method(name, model, **options)(x, target)
+    contiguous = make_method(name, model)(x, target)
     nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    heatmaps = create_method(name, nhwc, **options)(x.contiguous(memory_format=torch.channels_last), target)
+    heatmaps = make_method(name, nhwc)(x.contiguous(memory_format=torch.channels_last), target)
     scale = contiguous.abs().max().item()
     torch.testing.assert_close(heatmaps, contiguous, rtol=1e-4, atol=1e-5 * max(scale, 1e-12))
 
@@ -101,12 +100,11 @@ def assert_maps_close(gpu: torch.Tensor, cpu: torch.Tensor, name: str) -> None:
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 def test_method_on_cuda_matches_cpu(name, memory_format):
     model, (x, target) = small_cnn(), inputs()
-    options = METHOD_OPTIONS.get(name, {})
-    cpu = create_method(name, model, **options)(x, target)
+    cpu = make_method(name, model)(x, target)
     gpu_model = copy.deepcopy(model).cuda().to(memory_format=memory_format)
     x_gpu = x.cuda().contiguous(memory_format=memory_format)
     with full_precision_cuda():
-        explainer = create_method(name, gpu_model, **options)
+        explainer = make_method(name, gpu_model)
         attribution = explainer.attribute(x_gpu, target.cuda())
         gpu = explainer(x_gpu, target)  # a CPU target is moved to x's device
     assert attribution.device.type == "cuda"
@@ -120,7 +118,7 @@ def test_method_on_cuda_matches_cpu(name, memory_format):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_shared_passes_on_cuda_match_cpu_and_one_at_a_time():
     model, (x, target) = small_cnn(), inputs()
-    names = [n for n in list_methods() if n != "occlusion"]
+    names = [n for n in list_methods() if n not in ("occlusion", "precomputed")]  # saved maps: need image ids
     cpu = explain_all({n: create_method(n, model) for n in names}, x, target).maps
     gpu_model = copy.deepcopy(model).cuda()
     explainers = {n: create_method(n, gpu_model) for n in names}

@@ -20,7 +20,7 @@ from salbench.metrics import METRICS
 from salbench.models import MODELS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "extending.md"
-NAMES = {METHODS: ["edge_detector"], METRICS: ["class_energy", "keep_top"], MODELS: ["tiny_gap"],
+NAMES = {METHODS: ["edge_detector", "gradient_times_input"], METRICS: ["class_energy", "keep_top"], MODELS: ["tiny_gap"],
          DATASETS: ["squares"]}
 
 
