@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 
 from salbench.datasets import collate
 from salbench.datasets.memory import InMemory
-from salbench.harness.runner import Job, ScoreRows, check_components, dataset_rows, evaluate_batch, resolve_device
+from salbench.harness.runner import (Job, ScoreRows, check_components, dataset_rows, evaluate_batch, new_job_state,
+                                     resolve_device)
 from salbench.methods import create_method
 from salbench.methods.base import Explainer
 from salbench.methods.function import CallableExplainer
@@ -149,8 +150,7 @@ def evaluate(model: Any, images: Any, targets: Any, methods: Any = ("gradcam",),
     check_components(explainers, built, dataset, dataset_name)
     job = Job(bundle=bundle, explainers=explainers, metrics=built, device=run_device, dataset_name=dataset_name,
               target_rule=target, shared_passes=shared_passes, forward_chunk=int(forward_chunk))
-    state: Dict[str, Any] = {"gallery": {"size": 0, "images": [], "boxes": [], "labels": [], "maps": {}},
-                             "flagged": 0, "skipped": []}
+    state = new_job_state()
     rows = ScoreRows()
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:

@@ -441,6 +441,12 @@ def wanted_classes(needs_maps: str, metric: Metric, batch: Any, targets: Tensor,
     return [[int(c)] for c in per_image.tolist()]
 
 
+def new_job_state(gallery_images: int = 0, viewer_images: int = 0) -> Dict[str, Any]:
+    """The per-job accumulators :func:`evaluate_batch` updates (plain data: checkpointed with the job)."""
+    return {"gallery": {"size": gallery_images, "images": [], "boxes": [], "labels": [], "maps": {}},
+            "viewer": viewer.new_state(viewer_images), "flagged": 0, "skipped": []}
+
+
 def evaluate_batch(job: Job, batch: Any, state: Dict[str, Any]) -> List[pd.DataFrame]:
     """Explain one batch with every method (shared passes where possible), score it with every
     metric (each once, with every method's maps) and return the score rows."""
@@ -601,9 +607,8 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any], bundle: Mo
     identity = run_info["job_id"]
     checkpoint = Checkpoint.load(output_dir, identity) if cfg.get("resume", True) else Checkpoint(output_dir)
     metrics = {key: create_metric(node.name, **options_of(node)) for key, node in cfg.metric.items()}
-    state = {"gallery": {"size": int(cfg.gallery_images), "images": [], "boxes": [], "labels": [], "maps": {}},
-             "viewer": viewer.new_state(int(cfg.get("viewer_images", viewer.VIEWER_IMAGES))),
-             "flagged": 0, "skipped": [], **checkpoint.state}
+    state = {**new_job_state(int(cfg.gallery_images), int(cfg.get("viewer_images", viewer.VIEWER_IMAGES))),
+             **checkpoint.state}
     for key, saved in state.pop("metrics", {}).items():  # the accumulators of the flushed batches
         metrics[key].__dict__.update(saved)
     state["metrics"] = metrics
