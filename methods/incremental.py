@@ -93,6 +93,16 @@ def trace_model(model: nn.Module) -> fx.Graph:
         if name not in called and (module._forward_hooks or module._forward_pre_hooks):
             raise Untraceable(f"module {name or type(model).__name__!r} has forward hooks that the traced graph "
                               "would bypass")
+    # the engine gives an in-place op a copy (caches stay intact): a value read again after it was
+    # overwritten in place would then read the old values
+    position = {node: i for i, node in enumerate(graph.nodes)}
+    for node in graph.nodes:
+        if node.op in ("call_module", "call_function", "call_method") and node.args \
+                and isinstance(node.args[0], fx.Node) and _mutates(node, model):
+            later = [user.name for user in node.args[0].users if position[user] > position[node]]
+            if later:
+                raise Untraceable(f"{node.name} overwrites {node.args[0].name} in place, which {', '.join(later)} "
+                                  "read(s) afterwards")
     return graph
 
 

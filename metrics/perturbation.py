@@ -293,6 +293,14 @@ def autotuned_chunks(components: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def restore_chunks(components: Dict[str, Any], saved: Dict[str, Any]) -> None:
+    """Give the components the choices :func:`autotuned_chunks` returned (a resumed job)."""
+    for key, choices in saved.items():
+        tuning = getattr(components.get(key), "chunk_tuning", None)
+        if isinstance(tuning, ChunkTuning):
+            tuning.choices.update(choices)
+
+
 def forward_probe(model: nn.Module, example: Tensor, autocast: Optional[str] = None) -> Callable[[int], Any]:
     """``run(size)`` for :func:`tune_chunk`: one inference forward of ``size`` copies of
     ``example`` [1 or more, C, H, W] (its memory format kept), under ``autocast``."""
