@@ -112,3 +112,22 @@ def test_job_records_the_chosen_chunks(tmp_path, compose_config, synthetic_bundl
     assert {json.loads(o)["batch_size"] for o in rows.method_options} == {occlusion_choice["chosen"]}
     assert {json.loads(p)["batch_size_chosen"] for p in rows.protocol} == {rise_choice["chosen"]}
     assert isinstance(scores, pd.DataFrame) and scores["value"].notna().all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tuning_on_cuda_measures_within_the_memory_bound():
+    """On CUDA: the sizes measured stay under the memory share, and rise with batch_size auto
+    agrees with a fixed chunk to float rounding."""
+    import copy
+
+    model = copy.deepcopy(small_cnn()).cuda()
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    choice = tune_chunk(lambda size: model(x[:1].expand(size, -1, -1, -1).contiguous()), "cuda", budget_s=30.0)
+    assert choice.chosen in choice.throughput and choice.device.startswith("cuda")
+    maps = {"a": torch.rand(4, 32, 32, device="cuda")}
+    explained = model_explained(model, x, maps)
+    auto = create_metric("rise", n_steps=8, batch_size="auto").update(explained)["a"]
+    fixed = create_metric("rise", n_steps=8, batch_size=24).update(explained)["a"]
+    for score in auto:
+        assert (auto[score] - fixed[score]).abs().max() <= 1e-5

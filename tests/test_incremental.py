@@ -14,6 +14,8 @@ operations the engine cannot bound), on non-square inputs with windows cropped a
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -356,3 +358,27 @@ def test_planned_regions_have_one_size_and_stay_inside_the_map():
             mine, own = plan.region, exact[name].region
             has = own.height > 0
             assert np.all((mine.top <= own.top) | ~has) and np.all((mine.top + mine.height >= own.top + own.height) | ~has)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_incremental_on_cuda_matches_the_full_forward(memory_format):
+    """On CUDA (TF32 off): the engine's occluded logits against the model's forward, float64 and
+    float32, NCHW and channels_last models; the maps against the CPU's."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        x = inputs(64)
+        model = torchvision_model("resnet18", x)
+        gpu_model = copy.deepcopy(model).cuda().to(memory_format=memory_format)
+        assert_exact(gpu_model, x.cuda().contiguous(memory_format=memory_format), 16, 16)
+        target = torch.tensor([3, 7])
+        cpu = create_method("occlusion", model, window=16, stride=16, incremental=True).attribute(x, target)
+        gpu = create_method("occlusion", gpu_model, window=16, stride=16, incremental=True).attribute(
+            x.cuda().contiguous(memory_format=memory_format), target.cuda())
+        with torch.no_grad():
+            scale = model(x).abs().max().item()
+        assert gpu.is_cuda and (gpu.cpu() - cpu).abs().max().item() <= 1e-4 * scale
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
