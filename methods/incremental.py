@@ -590,13 +590,11 @@ def _last_uses(graph: fx.Graph) -> Dict[int, List[str]]:
 # --------------------------------------------------------------------------- the engine
 @dataclass
 class Patch:
-    """A map equal to node ``node``'s clean map everywhere except rows ``top[i] ..`` and columns
-    ``left[i] ..`` of item ``i``, where it is ``values`` [n, C, h, w]; ``shape``: the whole map's
-    shape [n, C, H, W]."""
+    """A map equal to node ``node``'s clean map everywhere except on that node's planned region
+    of each item's window (``plans[node].region``), where it is ``values`` [n, C, h, w];
+    ``shape``: the whole map's shape [n, C, H, W]."""
 
     values: Tensor
-    top: Tensor
-    left: Tensor
     node: str
     shape: Tuple[int, ...]
 
@@ -631,17 +629,7 @@ class IncrementalOcclusion:
                 self.consts[node.name] = values[node.name]
         self.plans = plan_regions(self.graph, self.model, self.shapes, self.consts, self.tops, self.lefts, self.window)
         self.device = image.device
-        self.index = {}
-        for name, plan in self.plans.items():
-            if plan.mode == "patch":
-                r = plan.region
-                self.index[name] = (torch.as_tensor(r.top, device=image.device), torch.as_tensor(r.left, device=image.device))
-                if plan.crop is not None:
-                    (crop_top, _), (crop_left, _) = plan.crop
-                    self.index[name + ":crop"] = (torch.as_tensor(crop_top, device=image.device),
-                                                  torch.as_tensor(crop_left, device=image.device))
-        self.window_tops = torch.as_tensor(self.tops, device=image.device)
-        self.window_lefts = torch.as_tensor(self.lefts, device=image.device)
+        self.tables: Dict[Any, CropTable] = {}
         return output
 
     def _dynamic(self) -> set:
@@ -659,14 +647,18 @@ class IncrementalOcclusion:
 
     # ------------------------------------------------------------------ caches
     def allocate(self, slots: int, dtype: torch.dtype) -> None:
-        """Cache buffers for ``slots`` images: each cached node's clean map, NHWC rows
-        [slots * H * W, C] (a crop is then one row gather)."""
+        """Cache buffers for ``slots`` images: each cached node's clean map as NHWC rows, per
+        slot H * W rows then a row of zeros and a row of -inf (what crops read outside the map),
+        [slots * (H * W + 2), C]: a crop is then one row gather."""
         self.slots = slots
         self.caches: Dict[str, Tensor] = {}
         for name, plan in self.plans.items():
             if plan.mode == "patch" and plan.cached:
                 _, channels, height, width = plan.shape
-                self.caches[name] = torch.empty(slots * height * width, channels, dtype=dtype, device=self.device)
+                buffer = torch.empty(slots, height * width + 2, channels, dtype=dtype, device=self.device)
+                buffer[:, -2] = 0.0
+                buffer[:, -1] = -math.inf
+                self.caches[name] = buffer.view(-1, channels)
 
     def store(self, slot: int, image: Tensor) -> Any:
         """Cache the clean maps of ``image`` [1, C, H, W] in ``slot``; returns its clean pass's
@@ -674,84 +666,110 @@ class IncrementalOcclusion:
         output, values = clean_pass(self.graph, self.model, image, keep=lambda name: name in self.caches)
         for name, buffer in self.caches.items():
             _, channels, height, width = self.plans[name].shape
-            rows = buffer.view(self.slots, height, width, channels)
-            rows[slot].copy_(values[name][0].permute(1, 2, 0))
+            rows = buffer.view(self.slots, height * width + 2, channels)[slot, : height * width]
+            rows.view(height, width, channels).copy_(values[name][0].permute(1, 2, 0))
         return output
 
-    # ------------------------------------------------------------------ one chunk
-    def crop(self, source: Any, slot: Tensor, top: Tensor, left: Tensor, height: int, width: int,
-             fill: Optional[float] = None) -> Tensor:
-        """[n, C, height, width] (NHWC memory): rows ``top[i] ..`` and columns ``left[i] ..`` of
-        the map ``source`` describes for item ``i``: a :class:`Patch` (its node's clean map from
-        cache ``slot[i]`` with the patch written in) or a node name (its clean map). Positions
-        outside the map hold ``fill`` (None: the caller guarantees there are none)."""
+    # ------------------------------------------------------------------ crops
+    def table(self, key: Any, source: str, top: Optional[np.ndarray], left: Optional[np.ndarray], height: int,
+              width: int, fill: Optional[float], patched: bool) -> "CropTable":
+        """The :class:`CropTable` of crops of ``source``'s map at rows ``top[w] ..`` and columns
+        ``left[w] ..`` (``height`` x ``width``) for every window ``w`` (None: the whole map, the
+        same for all), built once per engine."""
+        if key not in self.tables:
+            _, _, map_h, map_w = self.plans[source].shape
+            shared = top is None
+            if shared:
+                top, left = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
+            rows = top[:, None] + np.arange(height)  # [W, height]
+            cols = left[:, None] + np.arange(width)
+            inside = ((rows >= 0) & (rows < map_h))[:, :, None] & ((cols >= 0) & (cols < map_w))[:, None, :]
+            if fill is None and not inside.all():
+                raise AssertionError(f"crop of {source} reaches outside its map")
+            outside_row = map_h * map_w + (1 if fill is not None and fill < 0 else 0)
+            index = np.where(inside, rows.clip(0, map_h - 1)[:, :, None] * map_w + cols.clip(0, map_w - 1)[:, None, :],
+                             outside_row)
+            target = None
+            if patched:
+                region = self.plans[source].region
+                patch_h, patch_w = int(region.height[0]), int(region.width[0])
+                at_rows = region.top[:, None] - (0 if shared else top[:, None]) + np.arange(patch_h)  # in the crop
+                at_cols = region.left[:, None] - (0 if shared else left[:, None]) + np.arange(patch_w)
+                within = ((at_rows >= 0) & (at_rows < height))[:, :, None] & ((at_cols >= 0) & (at_cols < width))[:, None, :]
+                target = torch.as_tensor(np.where(within, at_rows[:, :, None] * width + at_cols[:, None, :], -1),
+                                         device=self.device)
+            self.tables[key] = CropTable(torch.as_tensor(index, device=self.device), target, height, width, shared)
+        return self.tables[key]
+
+    def crop(self, table: "CropTable", source: Any, slot: Tensor, window_index: Tensor) -> Tensor:
+        """[n, C, height, width] (NHWC memory): item ``i``'s crop ``table`` describes of the map
+        ``source`` describes: a :class:`Patch` (its node's clean map from cache ``slot[i]`` with
+        the patch written in) or a node name (its clean map). One row gather from the cache, one
+        row copy of the patch (its elements outside the crop go to a scratch row)."""
         patch = source if isinstance(source, Patch) else None
         node = patch.node if patch is not None else source
         _, channels, map_h, map_w = self.plans[node].shape
-        n = top.shape[0]
-        rows = top[:, None] + torch.arange(height, device=top.device)  # [n, height]
-        cols = left[:, None] + torch.arange(width, device=top.device)  # [n, width]
-        index = (slot[:, None, None] * map_h + rows.clamp(0, map_h - 1)[:, :, None]) * map_w \
-            + cols.clamp(0, map_w - 1)[:, None, :]
-        out = self.caches[node].index_select(0, index.reshape(-1))  # [n * height * width, C]
+        cache = self.caches[node]
+        n = window_index.shape[0]
+        size = table.height * table.width
+        offset = (slot * (map_h * map_w + 2))[:, None, None]
+        index = (table.index.expand(n, -1, -1) if table.shared else table.index[window_index]) + offset
+        out = torch.empty(n * size + 1, channels, dtype=cache.dtype, device=cache.device)
+        torch.index_select(cache, 0, index.reshape(-1), out=out[:-1])
         if patch is not None:
-            _, _, patch_h, patch_w = patch.values.shape
-            in_rows, in_cols = rows - patch.top[:, None], cols - patch.left[:, None]
-            inside = ((in_rows >= 0) & (in_rows < patch_h))[:, :, None] & ((in_cols >= 0) & (in_cols < patch_w))[:, None, :]
-            items = torch.arange(n, device=top.device)[:, None, None]
-            patch_index = (items * patch_h + in_rows.clamp(0, patch_h - 1)[:, :, None]) * patch_w \
-                + in_cols.clamp(0, patch_w - 1)[:, None, :]
-            values = patch.values.permute(0, 2, 3, 1).reshape(-1, channels)
-            out = torch.where(inside.reshape(-1, 1), values.index_select(0, patch_index.reshape(-1)), out)
-        if fill is not None:
-            outside = ((rows < 0) | (rows >= map_h))[:, :, None] | ((cols < 0) | (cols >= map_w))[:, None, :]
-            out = torch.where(outside.reshape(-1, 1), torch.full((), fill, dtype=out.dtype, device=out.device), out)
-        return out.view(n, height, width, channels).permute(0, 3, 1, 2)
+            target = table.target[window_index]
+            target = torch.where(target >= 0, target + (torch.arange(n, device=target.device) * size)[:, None, None],
+                                 n * size)
+            out.index_copy_(0, target.reshape(-1), patch.values.permute(0, 2, 3, 1).reshape(-1, channels))
+        return out[:-1].view(n, table.height, table.width, channels).permute(0, 3, 1, 2)
 
-    def materialize(self, value: Any, slot: Tensor) -> Any:
+    def materialize(self, value: Any, slot: Tensor, window_index: Tensor) -> Any:
         """The whole map [n, C, H, W] of a :class:`Patch` (other values unchanged)."""
         if not isinstance(value, Patch):
             return value
         _, _, height, width = value.shape
-        zeros = torch.zeros_like(value.top)
-        return self.crop(value, slot, zeros, zeros, height, width)
+        table = self.table(("whole", value.node), value.node, None, None, height, width, None, True)
+        return self.crop(table, value, slot, window_index)
 
+    # ------------------------------------------------------------------ one chunk
     def run_chunk(self, window_index: Tensor, slot: Tensor) -> Any:
         """Output (logits [n, K]) of the occluded images: item ``i`` is the image cached in
         ``slot[i]`` occluded by window ``window_index[i]``."""
         env: Dict[str, Any] = {}
-        n = window_index.shape[0]
         output = None
         for position, node in enumerate(self.nodes):
             plan = self.plans[node.name]
             if plan.mode == "const":
                 env[node.name] = self.consts[node.name]
             elif node.op == "placeholder":
-                env[node.name] = self._occluded_input(node.name, plan, window_index, slot, n)
+                env[node.name] = self._occluded_input(node.name, plan, window_index, slot)
             elif node.op == "output":
-                output = fx.node.map_arg(node.args[0], lambda a: self.materialize(env[a.name], slot))
+                output = fx.node.map_arg(node.args[0], lambda a: self.materialize(env[a.name], slot, window_index))
                 break
             elif plan.mode == "full":
-                env[node.name] = self._run_full(node, env, slot)
+                env[node.name] = self._run_full(node, env, slot, window_index)
             else:
                 env[node.name] = self._run_patch(node, plan, env, window_index, slot)
             for name in self.last_use.get(position, ()):
                 env.pop(name, None)
         return output
 
-    def _occluded_input(self, name: str, plan: NodePlan, window_index: Tensor, slot: Tensor, n: int) -> Patch:
-        top, left = (t[window_index] for t in self.index[name])
-        height, width = int(plan.region.height[0]), int(plan.region.width[0])
-        crop = self.crop(name, slot, top, left, height, width)
-        rows = top[:, None] + torch.arange(height, device=self.device)
-        cols = left[:, None] + torch.arange(width, device=self.device)
-        wt, wl = self.window_tops[window_index], self.window_lefts[window_index]
-        covered = ((rows >= wt[:, None]) & (rows < wt[:, None] + self.window))[:, :, None] \
-            & ((cols >= wl[:, None]) & (cols < wl[:, None] + self.window))[:, None, :]
-        values = torch.where(covered[:, None], torch.full((), self.fill, dtype=crop.dtype, device=crop.device), crop)
-        return Patch(values, top, left, name, (n, *plan.shape[1:]))
+    def _occluded_input(self, name: str, plan: NodePlan, window_index: Tensor, slot: Tensor) -> Patch:
+        region = plan.region
+        height, width = int(region.height[0]), int(region.width[0])
+        table = self.table(name, name, region.top, region.left, height, width, None, False)
+        if ("covered", name) not in self.tables:  # the window's pixels within the region
+            rows = region.top[:, None] + np.arange(height)
+            cols = region.left[:, None] + np.arange(width)
+            covered = ((rows >= self.tops[:, None]) & (rows < self.tops[:, None] + self.window))[:, :, None] \
+                & ((cols >= self.lefts[:, None]) & (cols < self.lefts[:, None] + self.window))[:, None, :]
+            self.tables[("covered", name)] = torch.as_tensor(covered, device=self.device)
+        crop = self.crop(table, name, slot, window_index)
+        covered = self.tables[("covered", name)][window_index][:, None]
+        values = torch.where(covered, torch.full((), self.fill, dtype=crop.dtype, device=crop.device), crop)
+        return Patch(values, name, (window_index.shape[0], *plan.shape[1:]))
 
-    def _run_full(self, node: fx.Node, env: Dict[str, Any], slot: Tensor) -> Any:
+    def _run_full(self, node: fx.Node, env: Dict[str, Any], slot: Tensor, window_index: Tensor) -> Any:
         if _shape_query(node):
             target = env[node.args[0].name]
             if isinstance(target, Patch):  # the whole map's shape, without building it
@@ -762,33 +780,28 @@ class IncrementalOcclusion:
                     return len(shape)
                 dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
                 return shape if dim is None else shape[dim]
-        args = fx.node.map_arg(node.args, lambda a: self.materialize(env[a.name], slot))
-        kwargs = fx.node.map_arg(node.kwargs, lambda a: self.materialize(env[a.name], slot))
+        args = fx.node.map_arg(node.args, lambda a: self.materialize(env[a.name], slot, window_index))
+        kwargs = fx.node.map_arg(node.kwargs, lambda a: self.materialize(env[a.name], slot, window_index))
         return invoke(node, self.model, args, kwargs)
 
     def _run_patch(self, node: fx.Node, plan: NodePlan, env: Dict[str, Any], window_index: Tensor, slot: Tensor) -> Patch:
         spec = plan.spec
-        top, left = (t[window_index] for t in self.index[node.name])
-        height, width = int(plan.region.height[0]), int(plan.region.width[0])
-        n = window_index.shape[0]
-        shape = (n, *plan.shape[1:])
+        shape = (window_index.shape[0], *plan.shape[1:])
         if spec.kind == "pointwise":
-            source = next(env[a.name] for a in node.all_input_nodes if isinstance(env[a.name], Patch))
             args = fx.node.map_arg(node.args, lambda a: env[a.name].values if isinstance(env[a.name], Patch) else env[a.name])
             kwargs = fx.node.map_arg(node.kwargs, lambda a: env[a.name])
-            return Patch(invoke(node, self.model, args, kwargs), source.top, source.left, node.name, shape)
+            return Patch(invoke(node, self.model, args, kwargs), node.name, shape)
         if spec.kind == "pad":
-            source = env[node.args[0].name]
-            pad_top, _, pad_left, _ = spec.pads
-            return Patch(source.values, source.top + pad_top, source.left + pad_left, node.name, shape)
+            return Patch(env[node.args[0].name].values, node.name, shape)
+        region = plan.region
         if spec.kind == "window":
             source = env[node.args[0].name]
-            crop_top, crop_left = (t[window_index] for t in self.index[node.name + ":crop"])
-            (_, crop_h), (_, crop_w) = plan.crop
-            crop = self.crop(source, slot, crop_top, crop_left, crop_h, crop_w,
-                             spec.fill if plan.crop_outside else None)
-            return Patch(spec.apply(crop), top, left, node.name, shape)
+            (crop_top, crop_h), (crop_left, crop_w) = plan.crop
+            table = self.table(node.name, source.node, crop_top, crop_left, crop_h, crop_w,
+                               spec.fill if plan.crop_outside else None, True)
+            return Patch(spec.apply(self.crop(table, source, slot, window_index)), node.name, shape)
         # elementwise / concat: every image-dependent operand cropped to this node's region
+        height, width = int(region.height[0]), int(region.width[0])
         crops: Dict[str, Tensor] = {}
 
         def operand(a: fx.Node) -> Any:
@@ -796,12 +809,28 @@ class IncrementalOcclusion:
             if not isinstance(value, Patch):
                 return value
             if a.name not in crops:
-                crops[a.name] = self.crop(value, slot, top, left, height, width)
+                table = self.table((node.name, value.node), value.node, region.top, region.left, height, width, None,
+                                   True)
+                crops[a.name] = self.crop(table, value, slot, window_index)
             return crops[a.name]
 
         args = fx.node.map_arg(node.args, operand)
         kwargs = fx.node.map_arg(node.kwargs, operand)
-        return Patch(invoke(node, self.model, args, kwargs), top, left, node.name, shape)
+        return Patch(invoke(node, self.model, args, kwargs), node.name, shape)
+
+
+@dataclass
+class CropTable:
+    """Precomputed gather of one kind of crop: ``index`` [W or 1, height, width] (cache row of
+    each crop position within a slot: y * W_map + x, or the zero / -inf row for positions outside
+    the map), ``target`` [W, h, w] (crop position of each patch element, -1 outside the crop;
+    None for crops without a patch), ``shared``: one index for every window (whole maps)."""
+
+    index: Tensor
+    target: Optional[Tensor]
+    height: int
+    width: int
+    shared: bool
 
 
 def _planned_macs(plan: NodePlan) -> float:

@@ -68,6 +68,24 @@ class Zoo(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class NegativePools(nn.Module):
+    """Padded and ceil-mode max pooling of all-negative maps (the padding must act as -inf, not
+    0) and padded average pooling (the padding counts as 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+        with torch.no_grad():
+            self.conv.bias.fill_(-8.0)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.conv(x), 3, 2, padding=1)
+        x = F.avg_pool2d(x, 3, 2, padding=1)
+        x = nn.functional.max_pool2d(x, 2, 2, ceil_mode=True)
+        return self.fc(x.mean((2, 3)))
+
+
 class EarlyBarrier(nn.Module):
     """An op the engine cannot bound first: no node can be recomputed on a region."""
 
@@ -207,6 +225,14 @@ def test_awkward_ops_are_exact(size, window, stride):
     engine = assert_exact(model, inputs(size), window, stride)
     modes = {name: plan.mode for name, plan in engine.plans.items()}
     assert modes["norm"] == "full" and modes["interpolate"] == "full" and modes["stem"] == "patch"
+
+
+def test_padded_pooling_of_negative_maps_is_exact():
+    torch.manual_seed(0)
+    model = NegativePools().eval()
+    engine = assert_exact(model, inputs((27, 31)), 6, 5)
+    assert all(engine.plans[name].mode == "patch" for name in ("max_pool2d", "avg_pool2d", "max_pool2d_1"))
+    assert engine.plans["max_pool2d"].crop_outside
 
 
 def test_attribution_matches_the_full_path_and_captum(synthetic_bundle):
