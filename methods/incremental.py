@@ -604,14 +604,15 @@ class IncrementalOcclusion:
 
     ``model`` and its ``graph`` (:func:`trace_model`); ``window_tops`` / ``window_lefts``: the
     windows' offsets (occlusion's placement); ``window``: their side; ``fill``: the occluded
-    value; ``batch_size``: (image, window) pairs per forward chunk (the last padded)."""
+    value. :meth:`prepare` plans, :meth:`allocate` and :meth:`store` fill the cache,
+    :meth:`run_chunk` runs one chunk of (image slot, window) pairs."""
 
     def __init__(self, model: nn.Module, graph: fx.Graph, window_tops: Sequence[int], window_lefts: Sequence[int],
-                 window: int, fill: float, batch_size: int):
+                 window: int, fill: float):
         self.model, self.graph = model, graph
         self.tops = np.asarray(window_tops, dtype=np.int64)
         self.lefts = np.asarray(window_lefts, dtype=np.int64)
-        self.window, self.fill, self.batch_size = window, float(fill), int(batch_size)
+        self.window, self.fill = window, float(fill)
         self.nodes = list(graph.nodes)
         self.last_use = _last_uses(graph)
         self.plans: Dict[str, NodePlan] = {}
@@ -878,7 +879,7 @@ def incremental_cost(model: nn.Module, input_size: Tuple[int, int], window: int,
     lefts = np.asarray(window_offsets(width, window, stride), dtype=np.int64)
     grid_tops, grid_lefts = np.repeat(tops, len(lefts)), np.tile(lefts, len(tops))
     with torch.no_grad():
-        engine = IncrementalOcclusion(model, graph, grid_tops, grid_lefts, window, 0.0, 1)
+        engine = IncrementalOcclusion(model, graph, grid_tops, grid_lefts, window, 0.0)
         engine.prepare(torch.zeros(1, channels, height, width, device=device))
     exact = plan_regions(graph, model, engine.shapes, engine.consts, grid_tops, grid_lefts, window, exact=True)
     rows, total, done_exact, done_planned = [], 0, 0.0, 0.0

@@ -161,7 +161,7 @@ class Occlusion(Explainer):
                                  "full forward) or false") from None
             return None
         tops, lefts = self.window_grid(*x.shape[-2:])
-        engine = IncrementalOcclusion(self.model, graph, tops, lefts, self.window, self.fill, 1)
+        engine = IncrementalOcclusion(self.model, graph, tops, lefts, self.window, self.fill)
         engine.prepare(x[:1])
         if self.incremental == AUTO and engine.planned_share() >= AUTO_MAX_SHARE:
             return None

@@ -198,18 +198,24 @@ class ChunkChoice:
         return out
 
 
-def tune_chunk(run: Callable[[int], Any], device: Any, *, candidates: Sequence[int] = CHUNK_CANDIDATES,
-               budget_s: float = TUNE_SECONDS, memory_share: float = TUNE_MEMORY_SHARE, repeats: int = 2,
-               tolerance: float = TUNE_TOLERANCE, key: str = "") -> ChunkChoice:
+def tune_chunk(run: Callable[[int], Any], device: Any, *, candidates: Optional[Sequence[int]] = None,
+               budget_s: Optional[float] = None, memory_share: Optional[float] = None, repeats: int = 2,
+               tolerance: Optional[float] = None, key: str = "") -> ChunkChoice:
     """Pick a forward chunk: ``run(size)`` runs one forward chunk of ``size`` items; sizes are
     tried in increasing order (one warm-up call, then the best of ``repeats`` timed calls,
     :class:`salbench.harness.timing.Stopwatch`) while the predicted time fits ``budget_s`` (from
     the best throughput so far), on CUDA while the predicted peak memory fits ``memory_share`` of
     the memory free at the start (linear in the size; an out-of-memory error also stops), and
     until the throughput drops below 90% of the best. The smallest size within ``tolerance`` of
-    the best throughput is chosen. The first candidate is always measured."""
+    the best throughput is chosen. The first candidate is always measured. Unset bounds take
+    the module's :data:`CHUNK_CANDIDATES`, :data:`TUNE_SECONDS`, :data:`TUNE_MEMORY_SHARE` and
+    :data:`TUNE_TOLERANCE` (read at call time)."""
     from salbench.harness.timing import Stopwatch
 
+    candidates = CHUNK_CANDIDATES if candidates is None else candidates
+    budget_s = TUNE_SECONDS if budget_s is None else budget_s
+    memory_share = TUNE_MEMORY_SHARE if memory_share is None else memory_share
+    tolerance = TUNE_TOLERANCE if tolerance is None else tolerance
     device = torch.device(device)
     cuda = device.type == "cuda" and torch.cuda.is_available()
     begin = time.perf_counter()

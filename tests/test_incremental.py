@@ -152,7 +152,7 @@ def engine_and_reference(model: nn.Module, x: torch.Tensor, window: int, stride:
     model.to(x.dtype)
     try:
         with torch.no_grad():
-            engine = IncrementalOcclusion(model, trace_model(model), tops, lefts, window, 0.0, 1)
+            engine = IncrementalOcclusion(model, trace_model(model), tops, lefts, window, 0.0)
             engine.prepare(x[:1])
             engine.allocate(x.shape[0], x.dtype)
             for i in range(x.shape[0]):
@@ -368,7 +368,7 @@ def test_planned_regions_have_one_size_and_stay_inside_the_map():
     model = torchvision_model("resnet18", x)
     occlusion = create_method("occlusion", model, window=16, stride=8)
     tops, lefts = occlusion.window_grid(48, 48)
-    engine = IncrementalOcclusion(model, trace_model(model), tops, lefts, 16, 0.0, 1)
+    engine = IncrementalOcclusion(model, trace_model(model), tops, lefts, 16, 0.0)
     with torch.no_grad():
         engine.prepare(x)
     patched = [plan for plan in engine.plans.values() if plan.mode == "patch"]
