@@ -627,8 +627,13 @@ chunks agree to about 1e-6, not bit for bit (tests/test_autotune.py).
 `benchmarks/gpu_check.sh` runs, in a few minutes of GPU time, the tests marked `cuda` (they
 skip without a GPU) and this benchmark's micro part on ResNet-50 at 224 px, batch 64, in fp32
 and with bf16 autocast + channels_last, and writes every output (logs, the page, the JSON) into
-one folder (`$OUT` when set). No GPU was available to the session that wrote this page: the GPU
-results are **not measured here**; a run of the script puts them in its folder, and
+one folder (`$OUT` when set, else `outputs/gpu_check/`), each step logged as it runs and bounded
+by `timeout`, so a run cut short still leaves its logs (`summary.txt` lists each step's exit
+status). It installs nothing: it uses `$PYTHON`, else the project's `.venv` carried over with the
+checkout (the device machine has no network, so `make install` cannot recreate it there), else
+`python3`; that Python needs torch with CUDA and the `test` extra; salbench is imported from the
+checkout. No GPU was available to the session that wrote this page: the GPU results are **not
+measured here**; a run of the script puts them in its folder, and
 `python -m benchmarks.run --render --results FOLDER/benchmarks.json` renders them.
 """
 
