@@ -729,7 +729,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.output:
         out = Path(args.output)
         out.write_text(markdown(results, plot_name))
-        print(f"wrote {out} and {results_path}")
+        print(f"wrote {out}" + ("" if args.render else f" and {results_path}"))
 
 
 if __name__ == "__main__":
