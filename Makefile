@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= outputs/demo
 
-.PHONY: install demo test test-slow test-all crosscheck benchmark clean
+.PHONY: install demo test test-slow test-all crosscheck benchmark gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ crosscheck: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# CUDA tests + ResNet-50 benchmark in a few minutes of GPU time; outputs in $$OUT (or outputs/gpu_check)
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf outputs multirun build dist *.egg-info

@@ -1,24 +1,41 @@
-"""Benchmark salbench against the physical limit (raw forward / backward) and its peers, on one
-model, one input batch and one device, in one process; writes docs/benchmarks.md and a plot.
+"""Benchmark salbench against the physical limit (raw forward / backward), its peers and its own
+full-forward occlusion; writes docs/benchmarks.md (and the results as JSON beside it).
 
-    python -m benchmarks.run [--device cpu|cuda] [--model resnet18|resnet50|synthetic_cnn|efficientnet_lite0]
-                             [--size 224] [--batch 16] [--repeats 5] [--quick]
+    python -m benchmarks.run [--parts micro,incremental,end_to_end] [--device cpu|cuda]
+                             [--model resnet18|resnet50|synthetic_cnn|efficientnet_lite0]
+                             [--size 224] [--batch 16] [--repeats 9] [--quick]
+                             [--results docs/benchmarks.json] [--output docs/benchmarks.md]
+    python -m benchmarks.run --render          # the page from the saved results, nothing measured
 
-Every figure is the median over ``--repeats`` timed calls after one untimed warm-up call
-(:class:`salbench.harness.timing.Stopwatch`: CUDA events + synchronization on CUDA, perf_counter on CPU);
-the calls are timed round-robin, so a changing machine load affects the compared calls alike.
-Models are randomly initialised (timing does not depend on the weights). Ratios are printed as
-"salbench is N x faster" (peer time / salbench time) or as throughput fractions.
+Parts (each merged into ``--results``, so they can be measured separately and the page rendered
+from all of them):
+
+* ``micro``: one model, one input batch: the raw forward at several batch sizes (the bound is
+  the best throughput), forward + backward, the seed methods against captum and
+  pytorch-grad-cam, deletion curves against Quantus ``PixelFlipping``, the six methods'
+  deletion + insertion, occlusion (incremental and full forward), MaxBoxAccV2 against a
+  per-threshold loop;
+* ``incremental``: incremental occlusion against the full-forward occlusion of the same method
+  on several models, with the analytic ceiling (:func:`salbench.methods.incremental.incremental_cost`);
+  ``ceilings`` alone computes the ceilings (no timing);
+* ``end_to_end``: the demo's work, salbench against the peers (:mod:`benchmarks.peers`).
+
+Every timed figure is the median over the stated number of timed calls, with the minimum and
+maximum, after one untimed warm-up call per call (:class:`salbench.harness.timing.Stopwatch`:
+CUDA events + synchronization on CUDA, perf_counter on CPU); the calls of a part are timed
+round-robin, so a changing machine load affects the compared calls alike. Models are randomly
+initialised (timing does not depend on the weights) except the demo's synthetic CNN.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,21 +44,28 @@ from torch import nn
 from salbench.harness.timing import Stopwatch, device_name
 
 ROOT = Path(__file__).resolve().parent.parent
+PARTS = ("micro", "incremental", "ceilings", "end_to_end")
+# the issue's incremental occlusion cases: 224 px, window 32, stride 16, and the demo's settings
+INCREMENTAL_CASES = ("vgg11:224:32:16", "vgg16:224:32:16", "resnet18:224:32:16", "efficientnet_lite0:224:32:16",
+                     "synthetic_cnn:64:16:8", "efficientnet_lite0:224:56:28")
+# the ceiling alone (no timing) of the other supported families too
+CEILING_CASES = INCREMENTAL_CASES + ("resnet50:224:32:16", "mobilenet_v2:224:32:16", "densenet121:224:32:16",
+                                     "resnet50:224:56:28")
 
 
 class Timings:
     """Collects named calls, then times them round-robin (one untimed warm-up call each, then
-    ``repeats`` rounds calling every function once), so that a slowly changing machine load
-    affects the compared calls alike. Medians in seconds."""
+    ``repeats`` rounds calling every function once; a call may ask for fewer rounds). Returns
+    every timed call's seconds."""
 
     def __init__(self, device: torch.device, repeats: int):
         self.device, self.repeats = device, repeats
         self.calls: Dict[str, Tuple[Callable[[], Any], int]] = {}
 
-    def add(self, name: str, fn: Callable[[], Any], repeats: int | None = None) -> None:
-        self.calls[name] = (fn, self.repeats if repeats is None else repeats)
+    def add(self, name: str, fn: Callable[[], Any], repeats: Optional[int] = None) -> None:
+        self.calls[name] = (fn, self.repeats if repeats is None else min(repeats, self.repeats))
 
-    def run(self) -> Dict[str, float]:
+    def run(self) -> Dict[str, List[float]]:
         times: Dict[str, List[float]] = {name: [] for name in self.calls}
         for name, (fn, _) in self.calls.items():
             print(f"  warm-up {name}", flush=True)
@@ -54,7 +78,12 @@ class Timings:
                     fn()
                 times[name].append(watch.seconds)
             print(f"  round {round_ + 1}/{self.repeats} done", flush=True)
-        return {name: statistics.median(values) for name, values in times.items()}
+        return times
+
+
+def spread(values: Sequence[float]) -> Dict[str, float]:
+    """{median, min, max, n} of timed seconds."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -77,17 +106,22 @@ def float32_settings(device: torch.device) -> str:
 
 
 def build_model(name: str, device: torch.device) -> Tuple[nn.Module, str, str]:
-    """(eval-mode random-init model, Grad-CAM layer name, a short description)."""
+    """(eval-mode model, Grad-CAM layer name, a short description): torchvision architectures
+    and EfficientNet-Lite0 randomly initialised, the synthetic CNN with its shipped weights."""
     torch.manual_seed(0)
-    if name in ("resnet18", "resnet50"):
-        import torchvision
-
-        model = getattr(torchvision.models, name)(weights=None)
-        return model.eval().to(device), "layer4", f"torchvision {name}, random init, 1000 classes"
     from salbench.models import create_model
 
-    bundle = create_model(name, pretrained=False)
-    return bundle.module.eval().to(device), bundle.target_layer, f"salbench {name}, random init"
+    if name == "synthetic_cnn":
+        bundle = create_model(name)
+        return bundle.module.eval().to(device), bundle.target_layer, "salbench synthetic_cnn, shipped weights"
+    if name.startswith("efficientnet_lite"):
+        bundle = create_model(name, pretrained=False)
+        return bundle.module.eval().to(device), bundle.target_layer, f"salbench {name}, random init"
+    import torchvision
+
+    model = getattr(torchvision.models, name)(weights=None)
+    layer = "layer4" if name.startswith("resnet") else "features"
+    return model.eval().to(device), layer, f"torchvision {name}, random init, 1000 classes"
 
 
 # --------------------------------------------------------------------------- peers
@@ -115,7 +149,7 @@ def captum_six(model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tens
 def quantus_deletion(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: torch.Tensor, n_steps: int) -> None:
     """Quantus PixelFlipping on the same curve: ``n_steps`` steps, each setting 1 / n_steps of the
     input to 0, softmax of the target class. Quantus broadcasts the map [B, 1, H, W] over the
-    channels and flips C * H * W / n_steps features per step (it needs that to divide H * W)."""
+    channels and flips C * H * W / n_steps features per step (it asserts that this divides H * W)."""
     import quantus
 
     features = x.shape[1] * x.shape[2] * x.shape[3] // n_steps
@@ -203,6 +237,7 @@ def salbench_shared_set(model: nn.Module, layer: str) -> Dict[str, Any]:
     return {name: create_method(name, model, **({"layer": layer} if name in layered else {})) for name in SHARED_SET}
 
 
+# --------------------------------------------------------------------------- part: micro
 def salbench_explainers(model: nn.Module, layer: str, window: int, stride: int) -> Dict[str, Any]:
     from salbench.methods import create_method
 
@@ -271,9 +306,11 @@ def model_layer_channels(model: nn.Module, layer: str, x: torch.Tensor) -> int:
     return int(capture.activation.shape[1])
 
 
-def run(args: argparse.Namespace) -> Dict[str, Any]:
+def run_micro(args: argparse.Namespace) -> Dict[str, Any]:
+    from salbench.methods import create_method
     from salbench.methods.shared import explain_all
-    from salbench.metrics.deletion import make_substrate, perturbation_curve, resolve_step
+    from salbench.metrics.deletion import make_substrate, perturbation_curve, perturbation_curves, resolve_step
+    from salbench.metrics.perturbation import forward_probe, tune_chunk
     from salbench.metrics.wsoleval import MaxBoxAccumulator, quantize, tau_grid, wsol_best_ious, wsol_scoremaps
 
     device = torch.device(args.device)
@@ -281,26 +318,27 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     # parameters keep requires_grad=True, as a user's model would (pytorch-grad-cam needs it;
     # salbench switches it off inside each call since it needs only d/dx and d/dA)
     torch.manual_seed(1)
-    size, batch, repeats = args.size, args.batch, args.repeats
+    size, batch = args.size, args.batch
     x = torch.randn(batch, 3, size, size, device=device)
     with torch.no_grad():
         num_classes = model(x[:1]).shape[1]
     target = torch.randint(0, num_classes, (batch,), device=device)
-    window, stride = args.window, args.stride
-    chunk = args.chunk
-    results: Dict[str, Any] = {"model": described, "size": size, "batch": batch, "repeats": repeats,
+    window, stride, chunk = args.window, args.stride, args.chunk
+    results: Dict[str, Any] = {"model": described, "size": size, "batch": batch, "repeats": args.repeats,
                                "device": device_name(device), "float32": float32_settings(device),
-                               "window": window, "stride": stride, "chunk": chunk}
-    timings = Timings(device, repeats)
+                               "window": window, "stride": stride, "chunk": chunk, "bound_sizes": list(args.bound_sizes)}
+    timings = Timings(device, args.repeats)
 
     def infer(inputs: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return model(inputs)
 
-    # the physical limit
-    xc = torch.randn(chunk, 3, size, size, device=device)
-    timings.add("forward_chunk", lambda: infer(xc))
+    # the physical limit: the raw forward at several batch sizes (the bound: the best throughput)
+    bound_inputs = {n: torch.randn(n, 3, size, size, device=device) for n in args.bound_sizes}
+    for n, inputs in bound_inputs.items():
+        timings.add(f"forward_b{n}", lambda inputs=inputs: infer(inputs))
     timings.add("forward", lambda: infer(x))
+    xc = torch.randn(chunk, 3, size, size, device=device)  # one forward chunk of the perturbation methods
 
     def forward_backward(n_backward: int) -> None:
         leaf = x.detach().requires_grad_(True)
@@ -323,8 +361,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     # the six seed methods
     explainers = salbench_explainers(model, layer, window, stride)
     gradient_five = {k: v for k, v in explainers.items() if k != "occlusion"}
+    occlusion_full = create_method("occlusion", model, window=window, stride=stride, batch_size=64, incremental=False)
     timings.add("salbench_five_shared", lambda: explain_all(gradient_five, x, target))
     timings.add("salbench_occlusion", lambda: explainers["occlusion"](x, target))
+    timings.add("salbench_occlusion_full", lambda: occlusion_full(x, target))
     timings.add("salbench_five_alone", lambda: [e(x, target) for e in gradient_five.values()])
     xg = x.detach().clone().requires_grad_(False)
     timings.add("captum_six", lambda: captum_six(model, layer, xg, target, window, stride))
@@ -359,12 +399,16 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     timings.add("salbench_gradcam", lambda: explainers["gradcam"](x, target))
     timings.add("pytorch_grad_cam", pgc)
 
-    # deletion curve vs Quantus PixelFlipping
+    # deletion curve vs Quantus PixelFlipping; the chunk tuned as batch_size: auto would
     maps = explainers["saliency"](x, target)
     step, steps = resolve_step(size * size, n_steps=args.n_steps)
     substrate = make_substrate(x, "zero")
+    choice = tune_chunk(forward_probe(model, x[:1]), device)
+    results["tuned_chunk"] = choice.as_dict()
     timings.add("salbench_deletion", lambda: perturbation_curve(model, x, maps, target, mode="deletion", substrate=substrate,
                                                               step=step, batch_size=chunk))
+    timings.add("salbench_deletion_auto", lambda: perturbation_curve(
+        model, x, maps, target, mode="deletion", substrate=substrate, step=step, batch_size=choice.chosen))
     if bf16_supported(device):
         timings.add("salbench_deletion_bf16", lambda: perturbation_curve(
             model, x, maps, target, mode="deletion", substrate=substrate, step=step, batch_size=chunk, autocast="bf16"))
@@ -376,7 +420,18 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             model_nhwc, x_nhwc, maps, target, mode="deletion", substrate=substrate_nhwc, step=step, batch_size=chunk,
             autocast="bf16"))
     timings.add("quantus_pixel_flipping", lambda: quantus_deletion(model, x, maps, target, steps))
+    # deletion + insertion of the six seed methods' maps (what the rise metric runs)
+    six_maps = {name: e(x, target) for name, e in explainers.items()}
+    blurred = make_substrate(x, "blur")
+
+    def rise_six() -> None:
+        for mode, start in (("deletion", substrate), ("insertion", blurred)):
+            perturbation_curves(model, x, six_maps, target, mode=mode, substrate=start, step=step,
+                                batch_size=choice.chosen)
+
+    timings.add("salbench_rise_six", rise_six)
     results["deletion_inputs"] = batch * (steps + 1)
+    results["rise_six_inputs"] = 2 * len(six_maps) * batch * (steps + 1)
     results["n_steps"] = steps
     results["occlusion_inputs"] = batch * (1 + explainers["occlusion"].window_masks(size, size, device).shape[0])
 
@@ -397,27 +452,40 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     scoremaps_np = wsol_scoremaps(boxmaps).cpu().numpy()
     gt_np = [g.numpy() for g in gt]
     timings.add("salbench_maxboxacc_v2", salbench_boxacc)
-    timings.add("loop_maxboxacc_v2", lambda: loop_maxboxacc_v2(scoremaps_np, gt_np, taus), 1)
+    timings.add("loop_maxboxacc_v2", lambda: loop_maxboxacc_v2(scoremaps_np, gt_np, taus), 2)
     results["box_images"], results["taus"] = args.box_images, len(taus)
-    t = timings.run()
-    t["salbench_six"] = t["salbench_five_shared"] + t["salbench_occlusion"]
-    for name, seconds in t.items():
-        print(f"  {name}: {seconds * 1000:.1f} ms")
-    results["times"] = t
+    from salbench.methods.incremental import incremental_cost
+
+    cost = incremental_cost(model, (size, size), window, stride)
+    results["occlusion_ceiling"] = {"exact": cost.speedup_exact, "planned": cost.speedup_planned}
+    results["times"] = {name: spread(values) for name, values in timings.run().items()}
     return results
 
 
-def ratios(r: Dict[str, Any]) -> List[Tuple[str, float, str, str]]:
-    """(comparison, value, target, met) rows."""
-    t = r["times"]
-    raw_fwd = r["chunk"] / t["forward_chunk"]  # images / s at the chunk size the metrics use
-    deletion = r["deletion_inputs"] / t["salbench_deletion"] / raw_fwd
-    occlusion = r["occlusion_inputs"] / t["salbench_occlusion"] / raw_fwd
+def ratios(r: Dict[str, Any]) -> List[Tuple[str, float, str, Any]]:
+    """(comparison, value, target, met) rows of the micro part."""
+    t = {name: s["median"] for name, s in r["times"].items()}
+    t["salbench_six"] = t["salbench_five_shared"] + t["salbench_occlusion"]
+    bound = max(n / t[f"forward_b{n}"] for n in r["bound_sizes"])  # images / s at the best batch size
+    best_n = max(r["bound_sizes"], key=lambda n: n / t[f"forward_b{n}"])
+    deletion = r["deletion_inputs"] / t["salbench_deletion"] / bound
+    deletion_auto = r["deletion_inputs"] / t["salbench_deletion_auto"] / bound
+    occlusion_full = r["occlusion_inputs"] / t["salbench_occlusion_full"] / bound
+    rise_six = t["salbench_rise_six"] / (r["rise_six_inputs"] / bound)
+    speedup = t["salbench_occlusion_full"] / t["salbench_occlusion"]
+    ceiling = r["occlusion_ceiling"]
     rows = [
+        (f"raw forward: best batch size (of {', '.join(map(str, r['bound_sizes']))})", best_n, "(reference)", ""),
         ("forward+backward time / forward time", t["forward_backward"] / t["forward"], "(reference)", ""),
         ("1 forward + 2 backward time / forward time", t["forward_2backward"] / t["forward"], "(reference)", ""),
-        ("deletion curve throughput / raw forward throughput", deletion, ">= 0.9", deletion >= 0.9),
-        ("occlusion throughput / raw forward throughput", occlusion, ">= 0.9", occlusion >= 0.9),
+        (f"deletion throughput (chunk {r['chunk']}) / best raw forward throughput", deletion, ">= 0.9", deletion >= 0.9),
+        (f"deletion throughput (batch_size auto: chunk {r['tuned_chunk']['chosen']}) / best raw forward throughput",
+         deletion_auto, ">= 0.9", deletion_auto >= 0.9),
+        ("occlusion (full forward) throughput / best raw forward throughput", occlusion_full, ">= 0.9",
+         occlusion_full >= 0.9),
+        ("occlusion: full forward / incremental time", speedup,
+         f"(ceiling {ceiling['planned']:.2f} planned, {ceiling['exact']:.2f} exact)", ""),
+        ("deletion + insertion of the six methods' maps / forward bound", rise_six, "<= 1.2", rise_six <= 1.2),
         ("5 gradient methods shared / (1 forward + 2 backward)", t["salbench_five_shared"] / t["forward_2backward"],
          "<= 1.3", t["salbench_five_shared"] / t["forward_2backward"] <= 1.3),
         ("5 gradient methods: one at a time / shared", t["salbench_five_alone"] / t["salbench_five_shared"], "(speed-up)", ""),
@@ -427,10 +495,11 @@ def ratios(r: Dict[str, Any]) -> List[Tuple[str, float, str, str]]:
          ">= 5", t["captum_five"] / t["salbench_five_shared"] >= 5),
         ("pytorch-grad-cam GradCAM / salbench Grad-CAM", t["pytorch_grad_cam"] / t["salbench_gradcam"], ">= 5",
          t["pytorch_grad_cam"] / t["salbench_gradcam"] >= 5),
-        ("captum Occlusion / salbench occlusion", t["captum_occlusion"] / t["salbench_occlusion"], ">= 5",
+        ("captum Occlusion / salbench occlusion (incremental)", t["captum_occlusion"] / t["salbench_occlusion"], ">= 5",
          t["captum_occlusion"] / t["salbench_occlusion"] >= 5),
-        ("Quantus PixelFlipping / salbench deletion curve", t["quantus_pixel_flipping"] / t["salbench_deletion"], ">= 10",
-         t["quantus_pixel_flipping"] / t["salbench_deletion"] >= 10),
+        ("Quantus PixelFlipping / salbench deletion curve (batch_size auto)",
+         t["quantus_pixel_flipping"] / t["salbench_deletion_auto"], ">= 1",
+         t["quantus_pixel_flipping"] / t["salbench_deletion_auto"] >= 1),
         *([("deletion fp32 / deletion bf16 autocast", t["salbench_deletion"] / t["salbench_deletion_bf16"], "(option)", ""),
            ("deletion fp32 / deletion bf16 autocast + channels_last", t["salbench_deletion"] / t["salbench_deletion_bf16_nhwc"],
             "(option)", ""),
@@ -446,7 +515,8 @@ def ratios(r: Dict[str, Any]) -> List[Tuple[str, float, str, str]]:
         ("13 shared-pass methods / (1 forward + 3 backward)", shared, "<= 1.3", shared <= 1.3),
         ("captum / pytorch-grad-cam once per method / salbench, 13 shared-pass methods", peers, ">= 5", peers >= 5),
     ]
-    raw_fwd_bwd = r["chunk"] / t["forward_backward_chunk"]
+    raw_fwd = bound  # images / s of the raw forward at its best batch size
+    raw_fwd_bwd = r["chunk"] / t["forward_backward_chunk"]  # at the chunk the gradient methods use
     inputs = r["perturbation_inputs"]
     for name, limit in (("scorecam", raw_fwd), ("ablationcam", raw_fwd), ("rise", raw_fwd),
                         ("integrated_gradients", raw_fwd_bwd), ("smoothgrad", raw_fwd_bwd)):
@@ -463,13 +533,154 @@ def ratios(r: Dict[str, Any]) -> List[Tuple[str, float, str, str]]:
     return rows
 
 
-def plot(rows: List[Tuple[str, float, str, str]], path: Path, title: str) -> None:
+# --------------------------------------------------------------------------- part: incremental
+def parse_case(text: str) -> Tuple[str, int, int, int]:
+    model, size, window, stride = text.split(":")
+    return model, int(size), int(window), int(stride)
+
+
+def run_ceilings(cases: Sequence[str], device: str = "cpu") -> List[Dict[str, Any]]:
+    """The analytic ceiling of each case (no timing)."""
+    from salbench.methods.incremental import incremental_cost
+
+    rows = []
+    for case in cases:
+        name, size, window, stride = parse_case(case)
+        model, _, described = build_model(name, torch.device(device))
+        cost = incremental_cost(model, (size, size), window, stride)
+        rows.append({"case": case, "model": described, "size": size, "window": window, "stride": stride,
+                     "full_gmacs": cost.full_macs / 1e9, "share_exact": cost.exact, "share_planned": cost.planned,
+                     "ceiling_exact": cost.speedup_exact, "ceiling_planned": cost.speedup_planned})
+    return rows
+
+
+def run_incremental(args: argparse.Namespace) -> Dict[str, Any]:
+    """Per case: the same occlusion (window, stride, fill 0, batch_size 64) with incremental
+    false and true on ``--incremental-images`` random images, timed round-robin; the maps'
+    largest difference relative to the largest logit."""
+    from salbench.methods import create_method
+
+    device = torch.device(args.device)
+    rows = []
+    for ceiling in run_ceilings(args.incremental_cases, args.device):
+        name, size, window, stride = parse_case(ceiling["case"])
+        model, _, _ = build_model(name, device)
+        torch.manual_seed(2)
+        x = torch.randn(args.incremental_images, 3, size, size, device=device)
+        with torch.no_grad():
+            logits = model(x)
+        target = logits.argmax(1)
+        full = create_method("occlusion", model, window=window, stride=stride, batch_size=64, incremental=False)
+        incremental = create_method("occlusion", model, window=window, stride=stride, batch_size=64, incremental=True)
+        timings = Timings(device, args.incremental_repeats)
+        timings.add("full", lambda: full.attribute(x, target))
+        timings.add("incremental", lambda: incremental.attribute(x, target))
+        print(f"incremental occlusion: {ceiling['case']}", flush=True)
+        times = {k: spread(v) for k, v in timings.run().items()}
+        difference = (full.attribute(x, target) - incremental.attribute(x, target)).abs().max().item()
+        rows.append({**ceiling, "images": args.incremental_images, "windows": len(full.window_grid(size, size)[0]),
+                     "full": times["full"], "incremental": times["incremental"],
+                     "speedup": times["full"]["median"] / times["incremental"]["median"],
+                     "max_diff_rel_logits": difference / logits.abs().max().item()})
+    return {"device": device_name(device), "rows": rows}
+
+
+# --------------------------------------------------------------------------- the page
+def _ms(s: Dict[str, float]) -> str:
+    return f"{s['median'] * 1000:.1f} [{s['min'] * 1000:.1f}, {s['max'] * 1000:.1f}]"
+
+
+def micro_markdown(r: Dict[str, Any], plot_name: Optional[str]) -> List[str]:
+    counts = sorted({s["n"] for s in r["times"].values()})
+    lines = [
+        f"Device **{r['device']}**{' (' + r['float32'] + ')' if r.get('float32') else ''}, model {r['model']}, "
+        f"input {r['size']}x{r['size']}, batch {r['batch']}; medians with [min, max] over "
+        f"{' or '.join(map(str, counts))} timed calls (the n column gives each call's count; --repeats "
+        f"{r['repeats']}), round-robin, after one warm-up call each. Raw forward measured at batch sizes {', '.join(map(str, r['bound_sizes']))} (the bound: the best "
+        f"throughput). Occlusion: window {r['window']}, stride {r['stride']} ({r['occlusion_inputs']} forward inputs "
+        f"on the full path); deletion curve: {r['n_steps']} steps ({r['deletion_inputs']} forward inputs), chunks of "
+        f"{r['chunk']} or the tuned {r['tuned_chunk']['chosen']} (measured: "
+        f"{', '.join(f'{k}: {v:.0f}/s' for k, v in r['tuned_chunk']['throughput'].items())}); MaxBoxAccV2: "
+        f"{r['box_images']} maps, {r['taus']} thresholds. Score-CAM, Ablation-CAM, RISE, Integrated Gradients, "
+        f"SmoothGrad and their peers: the first {r['perturbation_images']} images ("
+        + ", ".join(f"{name} {count} model inputs" for name, count in r["perturbation_inputs"].items()) + ").",
+        "",
+        "## Ratios and targets",
+        "",
+        "| comparison | measured | target | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, value, target, met in ratios(r):
+        lines.append(f"| {name} | {value:.2f} | {target} | {'yes' if met is True else 'no' if met is False else ''} |")
+    if plot_name:
+        lines += ["", f"![ratios]({plot_name})"]
+    lines += ["", "## Times (ms: median [min, max] over n timed calls)", "", "| call | ms | n |", "| --- | --- | --- |"]
+    for name, s in r["times"].items():
+        lines.append(f"| {name} | {_ms(s)} | {s['n']} |")
+    return lines
+
+
+def incremental_markdown(results: Dict[str, Any]) -> List[str]:
+    measured = {row["case"]: row for row in results.get("incremental", {}).get("rows", [])}
+    ceilings = results.get("ceilings") or list(measured.values())
+    lines = ["## Incremental occlusion", "",
+             "Ceiling: 1 / (the share of a forward pass's multiply-adds, convolutions and linear layers, that one "
+             "window forces to be recomputed), averaged over the windows; `exact`: each window's own changed "
+             "region (any exact incremental scheme's bound), `planned`: what salbench computes (equal-size regions "
+             "per layer, full maps from where a region covers 80% of its map). Computed by "
+             "`salbench.methods.incremental.incremental_cost(model, (H, W), window, stride)`. Measured: the "
+             "full-forward occlusion's time over the incremental one's (same method, same chunk of 64).", ""]
+    device = results.get("incremental", {}).get("device")
+    if device:
+        lines += [f"Measured on **{device}**.", ""]
+    lines += ["| model | input | window / stride | GMACs | recomputed share exact / planned | ceiling exact | "
+              "ceiling planned | measured full / incremental | full ms | incremental ms | max diff / max logit |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in ceilings:
+        m = measured.get(c["case"])
+        timing = (f"{m['speedup']:.2f} | {_ms(m['full'])} | {_ms(m['incremental'])} | {m['max_diff_rel_logits']:.1e}"
+                  if m else "not measured yet | | | ")
+        lines.append(f"| {c['model']} | {c['size']} px | {c['window']} / {c['stride']} | {c['full_gmacs']:.2f} | "
+                     f"{c['share_exact']:.3f} / {c['share_planned']:.3f} | {c['ceiling_exact']:.2f} | "
+                     f"{c['ceiling_planned']:.2f} | {timing} |")
+    return lines
+
+
+def markdown(results: Dict[str, Any], plot_name: Optional[str]) -> str:
+    lines = ["# Benchmarks", "", "Written by `python -m benchmarks.run` (commands below); the results are in "
+             "`benchmarks.json` beside this page (`python -m benchmarks.run --render` rewrites the page from them).", ""]
+    for part, info in results.get("commands", {}).items():
+        lines.append(f"- {part}: `{info['command']}` ({info['when']})")
+    lines.append("")
+    if results.get("micro"):
+        lines += micro_markdown(results["micro"], plot_name) + [""]
+    else:
+        lines += ["## Ratios and targets", "", "Not measured since the changes of issue 20 (incremental occlusion, "
+                  "`batch_size: auto`, spread and best-batch bound): run `python -m benchmarks.run --parts micro` on a "
+                  "quiet machine.", ""]
+    lines += incremental_markdown(results) + [""]
+    lines += ["## End to end: the demo's work, salbench against the peers", ""]
+    if results.get("end_to_end"):
+        from benchmarks.peers import markdown as peers_markdown
+
+        lines += [peers_markdown(results["end_to_end"])]
+    else:
+        lines += ["Not measured yet: `python -m benchmarks.run --parts end_to_end` (or `python -m benchmarks.peers`).", ""]
+    lines += [NOTES.strip(), ""]
+    if results.get("gpu"):
+        lines += ["## GPU check results", "", results["gpu"], ""]
+    if results.get("autocast"):
+        lines += ["## Effect of autocast on deletion/insertion scores", "", results["autocast"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: List[Tuple[str, float, str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [(name, value, met) for name, value, _, met in rows]
+    shown = [(name, value, met) for name, value, _, met in rows if "best batch size" not in name]
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(shown) + 1.2))
     y = np.arange(len(shown))[::-1]
     colours = ["tab:green" if met is True else "tab:red" if met is False else "tab:gray" for _, _, met in shown]
@@ -486,59 +697,33 @@ def plot(rows: List[Tuple[str, float, str, str]], path: Path, title: str) -> Non
     fig.savefig(path, dpi=110)
 
 
-def markdown(r: Dict[str, Any], rows: List[Tuple[str, float, str, str]], command: str, plot_name: str) -> str:
-    t = r["times"]
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Measured by `{command}` on **{r['device']}**{' (' + r['float32'] + ')' if r.get('float32') else ''}, "
-        f"model {r['model']}, input {r['size']}x{r['size']}, "
-        f"batch {r['batch']}, medians over {r['repeats']} timed calls (round-robin) after one warm-up call each (CUDA events on CUDA, "
-        "perf_counter on CPU). Occlusion: window "
-        f"{r['window']}, stride {r['stride']} ({r['occlusion_inputs']} forward inputs); deletion curve: "
-        f"{r['n_steps']} steps ({r['deletion_inputs']} forward inputs), forward chunks of {r['chunk']}; MaxBoxAccV2: "
-        f"{r['box_images']} maps, {r['taus']} thresholds. Score-CAM, Ablation-CAM, RISE, Integrated Gradients, "
-        f"SmoothGrad and their peers: the first {r['perturbation_images']} images ("
-        + ", ".join(f"{name} {count} model inputs" for name, count in r["perturbation_inputs"].items()) + ").",
-        "",
-        "## Ratios and targets (issues 7 and 16)",
-        "",
-        "| comparison | measured | target | met |",
-        "| --- | --- | --- | --- |",
-    ]
-    for name, value, target, met in rows:
-        lines.append(f"| {name} | {value:.2f} | {target} | {'yes' if met is True else 'no' if met is False else ''} |")
-    lines += ["", f"![ratios]({plot_name})", "", "## Times (median, ms)", "", "| call | ms |", "| --- | --- |"]
-    for name, seconds in t.items():
-        lines.append(f"| {name} | {seconds * 1000:.1f} |")
-    lines += ["", NOTES.strip(), ""]
-    if r.get("autocast"):
-        lines += ["## Effect of autocast on deletion/insertion scores", "", r["autocast"]]
-    return "\n".join(lines) + "\n"
-
-
 NOTES = """
 ## What is compared
 
-* **Physical limit**: `forward` is one batched forward pass under `inference_mode`;
-  `forward_backward` and `forward_2backward` one forward with the input requiring grad and one
+* **Physical limit**: `forward_bN` is one batched forward pass of N images under
+  `inference_mode`; the bound is the best images/s over the measured N (on a CPU a batch of 64
+  can run slower per image than a batch of 8: comparing at one fixed batch hid that).
+  `forward_backward` and `forward_2backward`: one forward with the input requiring grad and one
   or two `torch.autograd.grad` calls for d y / d x (parameters keep `requires_grad`, as in a
-  user's model). Throughputs of the perturbation metrics are compared with the raw forward at
-  the same forward batch (`--chunk`).
+  user's model).
 * **Six seed methods**: CAM, Grad-CAM, Guided Grad-CAM, saliency, guided backprop (from one
-  shared pass: `salbench.methods.shared.explain_all`) plus occlusion (its own forward passes),
-  against captum called once per method (captum has no CAM: `LayerActivation` x head weights,
-  the nearest equivalent; `LayerGradCam` + bilinear `interpolate`; `GuidedGradCam`; `Saliency`;
-  `GuidedBackprop`; `Occlusion` with the same window, stride, baseline 0 and 64 perturbations
-  per forward). Occlusion cannot fit in one forward and two backward passes, so the 1.3x
-  target is checked on the five pass-sharing methods.
+  shared pass: `salbench.methods.shared.explain_all`) plus occlusion (incremental, the default
+  `incremental: auto`), against captum called once per method (captum has no CAM:
+  `LayerActivation` x head weights, the nearest equivalent; `LayerGradCam` + bilinear
+  `interpolate`; `GuidedGradCam`; `Saliency`; `GuidedBackprop`; `Occlusion` with the same
+  window, stride, baseline 0 and 64 perturbations per forward). Occlusion cannot fit in one
+  forward and two backward passes, so the 1.3x target is checked on the five pass-sharing
+  methods. The full-forward occlusion (`incremental: false`) is compared with the bound.
 * **Grad-CAM**: salbench `gradcam` against pytorch-grad-cam's `GradCAM` (hooks, `.backward()`,
   numpy post-processing; a new `GradCAM` object per call in a `with` block, as its README does).
-* **Deletion curve**: salbench `perturbation_curve` (deletion to 0, softmax of the target)
-  against Quantus 0.6 `PixelFlipping` with the same number of steps, baseline 0 and softmax:
-  Quantus flips `C*H*W/n_steps` features per step of the map broadcast over channels and needs
-  that to divide `H*W`, hence the step counts that are multiples of 3 (192 at 224 px; RISE
-  uses 224). salbench's curve has one more point (the untouched start).
+* **Deletion curve**: salbench `perturbation_curve` (deletion to 0, softmax of the target) at the
+  fixed chunk and at the chunk `batch_size: auto` picks, against Quantus 0.6 `PixelFlipping`
+  with the same number of steps, baseline 0 and softmax (Quantus flips `C*H*W/n_steps`
+  features per step of the map broadcast over channels and asserts that this divides `H*W`,
+  hence step counts that are multiples of 3: 192 at 224 px; RISE uses 224). salbench's curve has
+  one more point (the untouched start). **Six methods' deletion + insertion**: the `rise`
+  metric's work for the six seed methods' maps, against the time the same number of inputs takes
+  at the best raw-forward throughput.
 * **The 13 shared-pass methods** (issue 16): CAM, Grad-CAM, counterfactual Grad-CAM,
   Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM, Eigen-CAM, saliency, Input x Gradient, guided
   backprop, Guided Grad-CAM and deconvnet from one `explain_all` call (one forward, one backward
@@ -551,58 +736,86 @@ NOTES = """
   (pytorch-grad-cam `ScoreCAM` / `AblationCAM` with that batch, captum `IntegratedGradients`
   with `internal_batch_size` and `NoiseTunnel(Saliency)` with `nt_samples_batch_size` of about
   that many inputs), each peer timed `--peer-repeats` times.
-* **MaxBoxAccV2**: `wsol_best_ious` + `MaxBoxAccumulator` (one cv2 call per distinct
-  quantized level) against the straightforward loop over every threshold (one cv2 call per
-  image and threshold).
+* **MaxBoxAccV2**: `wsol_best_ious` + `MaxBoxAccumulator` (one cv2 call per distinct quantized
+  level) against the straightforward loop over every threshold (one cv2 call per image and
+  threshold; timed on fewer calls, the n column says how many).
+* **Incremental occlusion** (`methods/incremental.py`, Nakandala et al., SIGMOD 2019): each
+  window's forward recomputes every layer only on the region the window changed, from the
+  unoccluded activations cached once per image; exact to float rounding (the last column:
+  the largest difference between the two maps over the largest logit). The ceiling is what the
+  multiply-adds allow; the measured ratio is lower by the cost of gathering crops and of smaller
+  (less efficient) convolutions. VGG spends most of its work in early, high-resolution layers
+  where a window's region stays small; ResNet's last stages and EfficientNet's see the whole map.
+* **End to end** (`benchmarks/peers.py`): the demo's work (conf/experiment/demo.yaml) done by the
+  salbench job and by a script written with the peers as a user would (captum methods one by one,
+  pytorch-grad-cam, a wsolevaluation-style loop over every threshold, Quantus
+  `RelevanceMassAccuracy` and `MPRT`, the RISE reference's deletion / insertion loop), with the
+  time per component and the values that must agree (they do: the same maps give the same scores).
 
-No timed asserts exist in the test suite; these numbers come only from this command.
+No timed asserts exist in the test suite; these numbers come only from these commands.
 
 ## Reading the CPU numbers
 
-On a CPU every forward pass is compute-bound and its throughput hardly depends on the batch
-size, so a peer that runs the same number of forward passes (captum's `Occlusion`, Quantus'
-`PixelFlipping` with one forward per step) costs about the same as salbench: the >= 5x / >= 10x
-targets against peers are not reachable there, and the measured ratios show only what salbench
-saves beyond raw compute: sharing passes among the gradient methods (against calling
-them one at a time or through captum: about 3x here), pytorch-grad-cam's per-call hooks, `.backward()` into the
-parameters and numpy post-processing, and the per-threshold cv2 calls of MaxBoxAccV2 (salbench
-calls cv2 once per distinct quantized level, at most 256 per map however fine the tau grid).
-What the perturbation metrics must reach on any device, throughput close to the raw forward's,
-and the five gradient methods within 1.3x of one forward and two backward passes, are the
-targets that a CPU run can check. The peers' per-step host round trips (Quantus converts every
-perturbed batch to numpy and back), small forward batches and unshared passes cost far more on
-a GPU, where the targets against peers are meant to be checked.
-
-What does cut a CPU's cost is cheaper arithmetic: on CPUs with bf16 matrix units (Intel AMX,
-as on recent Xeons) the `rise` metric's `autocast: bf16` together with the job's
+On a CPU every forward pass is compute-bound, so a peer that runs the same number of forward
+passes (captum's `Occlusion`, Quantus' `PixelFlipping` with one forward per step) costs about
+the same as salbench: salbench is faster only where it computes less: sharing passes among the
+gradient methods, recomputing only the changed regions for occlusion, one cv2 call per quantized
+level for MaxBoxAccV2 instead of one per threshold, and forward chunks at the machine's best
+batch size (`batch_size: auto`). What does cut a CPU's cost further is cheaper arithmetic: on
+CPUs with bf16 matrix units (Intel AMX) the `rise` metric's `autocast: bf16` with the job's
 `channels_last: true` (oneDNN's NHWC kernels) runs the deletion curve at a fraction of its fp32
-time (the "bf16 autocast + channels_last" row); the scores move by about 1e-3 (the autocast
-table below), a choice recorded in the protocol of every score.
+time; the scores move by about 1e-3 (the autocast table below), a choice recorded in the
+protocol of every score.
 
-## GPU numbers
+## batch_size: auto
 
-The issue asks for ResNet-50 at 224x224 on a GPU. No GPU was available to the session that
-wrote this page, so those numbers are **not measured here**; run
-`python -m benchmarks.run --device cuda --model resnet50 --size 224 --batch 16` on a GPU
-machine to produce them (the page is rewritten with the device named at the top). On CUDA the
-timings use CUDA events with synchronization, and the `rise` metric's `autocast: bf16|fp16` and
-the job's `channels_last: true` (and `tf32: true`, off by default so that scores stay full fp32)
-are the options meant for such runs.
+`rise` and `occlusion` take `batch_size: auto` (opt-in; the default stays a fixed size): the
+forward chunk is chosen on the first batch by timing the forward at 8, 16, ..., 256 inputs (one
+warm-up, best of two), stopping when the next size is predicted to exceed 20 s, when CUDA memory
+would exceed 70% of the free memory, or when the throughput falls; the smallest size within 3%
+of the best is kept for the job. The choice is recorded in run.json (`forward_chunks`: chosen
+size, measured throughputs, why the search stopped), in the metric's protocol
+(`batch_size_chosen`) and in the method's options. At the chosen chunk scores stay bit-identical
+across job batch sizes; another chunk rounds samples differently, so runs that choose different
+chunks agree to about 1e-6, not bit for bit (tests/test_autotune.py).
+
+## GPU check
+
+`benchmarks/gpu_check.sh` runs, in a few minutes of GPU time, the tests marked `cuda` (they
+skip without a GPU) and this benchmark's micro part on ResNet-50 at 224 px, batch 64, in fp32
+and with bf16 autocast + channels_last, and writes every output (logs, the page, the JSON) into
+one folder (`$OUT` when set, else `outputs/gpu_check/`), each step logged as it runs and bounded
+by `timeout`, so a run cut short still leaves its logs (`summary.txt` lists each step's exit
+status). It installs nothing: it uses `$PYTHON`, else the project's `.venv` carried over with the
+checkout (the device machine has no network, so `make install` cannot recreate it there), else
+`python3`; that Python needs torch with CUDA and the `test` extra; salbench is imported from the
+checkout. No GPU was available to the session that wrote this page: the GPU results are **not
+measured here**; a run of the script puts them in its folder, and
+`python -m benchmarks.run --render --results FOLDER/benchmarks.json` renders them.
 """
 
 
-def main(argv: List[str] | None = None) -> None:
+# --------------------------------------------------------------------------- main
+def load_results(path: Path) -> Dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default="micro,incremental,end_to_end",
+                        help=f"comma-separated parts to measure: {', '.join(PARTS)}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--model", default="resnet50", choices=["resnet18", "resnet50", "synthetic_cnn", "efficientnet_lite0"])
+    parser.add_argument("--model", default="resnet50", choices=["resnet18", "resnet50", "vgg11", "vgg16", "synthetic_cnn",
+                                                                  "efficientnet_lite0"])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9, help="timed calls per call (micro part)")
+    parser.add_argument("--bound-sizes", default="8,16,32,64,128", help="batch sizes of the raw forward bound")
     parser.add_argument("--window", type=int, default=None, help="occlusion window (default size // 7)")
     parser.add_argument("--stride", type=int, default=None, help="occlusion stride (default window // 2)")
     parser.add_argument("--n-steps", type=int, default=192,
                         help="deletion curve steps (RISE: 224; a multiple of 3 dividing 3*H*W so Quantus takes it)")
-    parser.add_argument("--chunk", type=int, default=64, help="forward batch of the perturbation metrics")
+    parser.add_argument("--chunk", type=int, default=64, help="fixed forward chunk of the perturbation metrics")
     parser.add_argument("--box-images", type=int, default=16)
     parser.add_argument("--perturbation-images", type=int, default=2,
                         help="images explained by Score-CAM, Ablation-CAM, RISE, IG, SmoothGrad and their peers")
@@ -611,38 +824,77 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--smoothgrad-samples", type=int, default=50, help="SmoothGrad samples")
     parser.add_argument("--peer-repeats", type=int, default=2, help="timed calls of the slowest peers")
     parser.add_argument("--tau-step", type=float, default=0.001)
+    parser.add_argument("--incremental-cases", default=",".join(INCREMENTAL_CASES),
+                        help="model:size:window:stride,... for the incremental part")
+    parser.add_argument("--incremental-images", type=int, default=1)
+    parser.add_argument("--incremental-repeats", type=int, default=3)
+    parser.add_argument("--end-to-end-images", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="coarser settings for a CPU run of a few minutes")
     parser.add_argument("--no-autocast-check", action="store_true",
                         help="skip measuring autocast's effect on deletion/insertion scores (trained synthetic CNN)")
+    parser.add_argument("--results", default=str(ROOT / "docs" / "benchmarks.json"), help="results JSON (merged)")
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"), help="Markdown file ('' : none)")
+    parser.add_argument("--render", action="store_true", help="only render the page from --results")
     args = parser.parse_args(argv)
+    parts = [p for p in args.parts.split(",") if p]
+    for part in parts:
+        if part not in PARTS:
+            parser.error(f"unknown part {part!r}; valid: {', '.join(PARTS)}")
     if args.quick:
         args.n_steps, args.box_images = min(args.n_steps, 24), min(args.box_images, 4)
-        args.repeats = min(args.repeats, 3)
+        if args.bound_sizes == parser.get_default("bound_sizes"):
+            args.bound_sizes = "8,16,32"
+        args.incremental_repeats = min(args.incremental_repeats, 2)
+        args.end_to_end_images = min(args.end_to_end_images, 20)
         args.perturbation_images, args.rise_masks = min(args.perturbation_images, 1), min(args.rise_masks, 200)
         args.ig_steps, args.smoothgrad_samples, args.peer_repeats = min(args.ig_steps, 16), min(args.smoothgrad_samples, 16), 1
+    args.bound_sizes = [int(n) for n in str(args.bound_sizes).split(",") if n]
+    args.incremental_cases = [c for c in args.incremental_cases.split(",") if c]
     args.window = args.window or max(args.size // 7, 1)
     args.stride = args.stride or max(args.window // 2, 1)
+    results_path = Path(args.results)
+    results = load_results(results_path)
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
     clock = time.perf_counter()
-    results = run(args)
-    if not args.no_autocast_check:
-        from benchmarks.autocast_effect import markdown as autocast_markdown, measure
+    if not args.render:
+        when = time.strftime("%Y-%m-%d")
+        if "micro" in parts:
+            results["micro"] = run_micro(args)
+            if not args.no_autocast_check:
+                from benchmarks.autocast_effect import markdown as autocast_markdown, measure
 
-        results["autocast"] = autocast_markdown(measure(args.device), args.device, 32, 56)
-        print(results["autocast"])
-    rows = ratios(results)
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{results['device']} | {results['model']} | {args.size}px batch {args.batch}")
-    for name, value, target, met in rows:
-        print(f"{name.ljust(width)}  {value:8.2f}  {target:>12}  {'' if met == '' else 'met' if met else 'NOT met'}")
+                results["autocast"] = autocast_markdown(measure(args.device), args.device, 32, 56)
+        if "ceilings" in parts or "incremental" in parts:
+            results["ceilings"] = run_ceilings(list(dict.fromkeys([*args.incremental_cases, *CEILING_CASES])), "cpu")
+        if "incremental" in parts:
+            results["incremental"] = run_incremental(args)
+        if "end_to_end" in parts:
+            from benchmarks.peers import run as run_end_to_end
+
+            results["end_to_end"] = run_end_to_end(args.end_to_end_images, args.device)
+        results.setdefault("commands", {})
+        for part in parts:
+            results["commands"][part] = {"command": command.strip(), "when": when}
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=1, default=float))
+    plot_name = None
+    if results.get("micro"):
+        rows = ratios(results["micro"])
+        width = max(len(r[0]) for r in rows)
+        micro = results["micro"]
+        print(f"\n{micro['device']} | {micro['model']} | {micro['size']}px batch {micro['batch']}")
+        for name, value, target, met in rows:
+            print(f"{name.ljust(width)}  {value:8.2f}  {target:>12}  {'' if met == '' else 'met' if met else 'NOT met'}")
+        if args.output:
+            plot_path = Path(args.output).with_name("benchmarks.png")
+            plot(rows, plot_path, f"salbench ratios: {micro['model']}, {micro['size']}px, batch {micro['batch']}\n"
+                                  f"{micro['device']}")
+            plot_name = plot_path.name
     print(f"(benchmark took {time.perf_counter() - clock:.0f} s)")
     if args.output:
         out = Path(args.output)
-        plot_path = out.with_name("benchmarks.png")
-        plot(rows, plot_path, f"salbench ratios: {results['model']}, {args.size}px, batch {args.batch}\n{results['device']}")
-        out.write_text(markdown(results, rows, command.strip(), plot_path.name))
-        print(f"wrote {out} and {plot_path}")
+        out.write_text(markdown(results, plot_name))
+        print(f"wrote {out}" + ("" if args.render else f" and {results_path}"))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from salbench.methods import create_method
 from salbench.methods.shared import Explanations, explain_all
 from salbench.metrics import METRICS, BatchCosts, ExplainedBatch, Metric, create_metric
 from salbench.metrics.base import TABLE_KINDS
-from salbench.metrics.perturbation import logits_in_chunks
+from salbench.metrics.perturbation import autotuned_chunks, logits_in_chunks, restore_chunks
 from salbench.models import ModelBundle, create_model
 from salbench.models.bundle import check_model_output
 from salbench.reports import viewer
@@ -368,6 +368,11 @@ class Job:
     map_writer: Optional[MapWriter] = None  # save_maps: every method's job maps go to disk
 
     def __post_init__(self) -> None:
+        self.refresh_method_options()
+
+    def refresh_method_options(self) -> None:
+        """The options every score row records (after the first explanation they hold a
+        ``batch_size: auto`` method's chosen chunk)."""
         self.method_options = {key: json.dumps(e.options(), default=str) for key, e in self.explainers.items()}
 
     def stopwatch(self, memory: bool = False) -> Stopwatch:
@@ -469,6 +474,7 @@ def evaluate_batch(job: Job, batch: Any, state: Dict[str, Any]) -> List[pd.DataF
         logits = logits_in_chunks(job.bundle.module, inputs, job.forward_chunk)
         predicted = targets = logits.argmax(1)
         explained_job = cache.explain(positions, targets.tolist(), stopwatch=timer)
+    job.refresh_method_options()  # a method's autotuned chunk, chosen by its first call
     job_maps, job_flags = cache.gather(positions, targets.tolist())
     if job.map_writer is not None:
         job.map_writer.write(batch.image_ids, targets, job_maps)
@@ -611,6 +617,7 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any], bundle: Mo
              **checkpoint.state}
     for key, saved in state.pop("metrics", {}).items():  # the accumulators of the flushed batches
         metrics[key].__dict__.update(saved)
+    restore_chunks(explainers, state.pop("method_chunks", {}))  # a resumed job keeps its autotuned chunks
     state["metrics"] = metrics
     if cfg.batch_size < cfg.get("forward_chunk", 32):
         print(f"salbench: note: forward_chunk={cfg.forward_chunk} > batch_size={cfg.batch_size}: every pass is padded "
@@ -644,7 +651,8 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any], bundle: Mo
         if since_flush >= flush_every and done < len(dataset):
             if job.map_writer is not None:
                 job.map_writer.flush()
-            checkpoint.flush(rows, done, identity, {**state, "metrics": {k: vars(m) for k, m in metrics.items()}})
+            checkpoint.flush(rows, done, identity, {**state, "metrics": {k: vars(m) for k, m in metrics.items()},
+                                                    "method_chunks": autotuned_chunks(explainers)})
             since_flush = 0
     progress.close()
 
@@ -675,6 +683,10 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any], bundle: Mo
         store.write_parquet(output_dir / "viewer.parquet", viewer.table(state["viewer"]), job_id=identity)
     else:
         (output_dir / "viewer.parquet").unlink(missing_ok=True)
+    tuned = {"methods": autotuned_chunks(job.explainers), "metrics": autotuned_chunks(job.metrics)}
+    if tuned["methods"] or tuned["metrics"]:  # batch_size: auto: the chunks chosen and their measurements
+        run_info["forward_chunks"] = tuned
+        run_info["components"] = job.describe()
     run_info["counts"] = {"images": evaluated, "skipped": len(skipped), "flagged_maps": state["flagged"],
                           "rows": len(scores)}
     run_info["skipped"] = skipped

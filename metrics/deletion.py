@@ -33,7 +33,7 @@ records its effect on the scores).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from salbench.metrics import register_metric
 from salbench.metrics.base import TRACKED, CurveKind, ExplainedBatch, Metric, ScoreInfo, TracksClass, check_choice
 from salbench.metrics.base import image_ids, image_seeds
-from salbench.metrics.perturbation import AUTOCAST, class_readout, forward_in_chunks
+from salbench.metrics.perturbation import AUTOCAST, ChunkTuning, class_readout, forward_in_chunks, forward_probe
 
 CURVES = ("deletion", "insertion")
 SUBSTRATES = ("zero", "mean", "blur", "noise")
@@ -268,7 +268,9 @@ class DeletionInsertion(TracksClass, Metric):
     (``zero`` | ``mean`` | ``blur`` | ``noise``); ``step`` pixels per step or ``n_steps``
     (default ``ceil(HW / 224)`` pixels per step); ``order``; ``tie_break``; ``blur_*``,
     ``noise_std`` and ``seed`` (noise for image ``i`` of the dataset is seeded with
-    ``seed * 1_000_003 + i``); ``batch_size``: model inputs per forward pass.
+    ``seed * 1_000_003 + i``); ``batch_size``: model inputs per forward pass, or ``auto``
+    (chosen on the first batch by measuring the throughput, then kept; recorded in the
+    protocol as ``batch_size_chosen``: :class:`salbench.metrics.perturbation.ChunkTuning`).
     """
 
     name = "rise"
@@ -299,7 +301,7 @@ class DeletionInsertion(TracksClass, Metric):
         blur_sigma: float = 5.0,
         noise_std: float = 1.0,
         seed: int = 0,
-        batch_size: int = 256,
+        batch_size: Union[int, str] = 256,
         autocast: Optional[str] = None,
     ):
         curves = tuple(curves)
@@ -313,8 +315,7 @@ class DeletionInsertion(TracksClass, Metric):
         check_choice("substrate", insertion_substrate, SUBSTRATES)
         check_choice("order", order, ORDERS)
         check_choice("tie_break", tie_break, TIE_BREAKS)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        self.chunk_tuning = ChunkTuning(batch_size)
         check_choice("autocast", autocast, tuple(AUTOCAST))
         if step is not None and step < 1 or n_steps is not None and n_steps < 1:
             raise ValueError(f"step and n_steps must be >= 1; got {step}, {n_steps}")
@@ -345,6 +346,7 @@ class DeletionInsertion(TracksClass, Metric):
             "seed": self.seed,
             "auc": "trapezoid over x = i / n_steps in [0, 1]",
             "autocast": self.autocast,
+            **self.chunk_tuning.protocol(),
         }
 
     def update(self, explained: ExplainedBatch) -> Dict[str, Dict[str, Tensor]]:
@@ -354,6 +356,8 @@ class DeletionInsertion(TracksClass, Metric):
         model = getattr(explained.model, "module", explained.model)
         target = self.tracked_class(explained)
         seeds = image_seeds(explained, self.seed)
+        chunk = self.chunk_tuning.resolve(f"{list(x.shape[1:])} autocast={self.autocast}",
+                                          forward_probe(model, x[:1], self.autocast), x.device)
         out: Dict[str, Dict[str, Tensor]] = {method: {} for method in explained.maps}
         for curve in self.curves:
             kind = self.deletion_substrate if curve == "deletion" else self.insertion_substrate
@@ -362,7 +366,7 @@ class DeletionInsertion(TracksClass, Metric):
             values = perturbation_curves(
                 model, x, dict(explained.maps), target, mode=curve, substrate=substrate, step=self.step,
                 n_steps=self.n_steps, score=self.score, order=self.order, tie_break=self.tie_break,
-                batch_size=self.batch_size, autocast=self.autocast,
+                batch_size=chunk, autocast=self.autocast,
             )
             for method in explained.maps:
                 out[method][f"{curve}_auc"] = curve_auc(values[method])

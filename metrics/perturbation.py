@@ -16,12 +16,22 @@ sample differently at different batch sizes, while at one batch shape a sample's
 depend on the other samples. A fixed chunk (the metric's ``batch_size``) therefore makes the
 values independent of how many images a job batch holds and of how many methods share the
 passes: several methods packed together equal each method alone, bit for bit.
+
+``batch_size: auto`` (opt-in, :func:`tune_chunk`): the chunk is chosen by measuring the
+forward throughput at a few sizes on the first batch (bounded time and memory) and then kept for
+the job; the choice is recorded (:class:`ChunkChoice`, in the component's protocol or options
+and in run.json's ``forward_chunks``). What holds then: at one chunk size scores stay
+bit-identical across job batch sizes; another chunk size rounds a sample differently, so scores
+computed with different chosen chunks agree to float rounding only (about 1e-6,
+tests/test_autotune.py), not bit for bit. The default stays a fixed size.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, Dict, Optional, Tuple
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -159,3 +169,167 @@ def reexplain_in_chunks(
         inputs, targets = build(start, stop)
         maps = explain_all(explainers, pad_rows(inputs, chunk), pad_rows(targets, chunk)).maps
         read({key: value[: stop - start].detach() for key, value in maps.items()}, start, stop)
+
+
+# --------------------------------------------------------------------------- autotuned chunks
+AUTO = "auto"
+CHUNK_CANDIDATES = (8, 16, 32, 64, 128, 256)  # forward chunk sizes tried by batch_size: auto
+TUNE_SECONDS = 20.0  # wall-clock budget of one tuning (sizes predicted to exceed it are not tried)
+TUNE_MEMORY_SHARE = 0.7  # CUDA: a size predicted to need more than this share of the free memory is not tried
+TUNE_TOLERANCE = 0.03  # the smallest size within 3% of the best throughput is chosen (less memory, less padding)
+
+
+def check_batch_size(value: Any, name: str = "batch_size") -> Union[int, str]:
+    """``value`` as a forward chunk option: an integer >= 1 or ``"auto"``; anything else is an
+    error naming the valid values."""
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1 or 'auto'; got {value!r}")
+    return int(value)
+
+
+@dataclass
+class ChunkChoice:
+    """One autotuning: ``chosen`` (items per forward chunk), ``throughput`` {size: items/s}
+    measured, ``seconds`` spent, ``stopped`` (why larger sizes were not tried), ``key`` (what it
+    was measured for, e.g. the input shape), ``device``."""
+
+    chosen: int
+    throughput: Dict[int, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    stopped: str = ""
+    key: str = ""
+    device: str = ""
+
+    def as_dict(self) -> Dict[str, Any]:
+        """Plain data (run.json, checkpoints)."""
+        out = asdict(self)
+        out["throughput"] = {str(k): round(v, 3) for k, v in self.throughput.items()}
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+
+def tune_chunk(run: Callable[[int], Any], device: Any, *, candidates: Optional[Sequence[int]] = None,
+               budget_s: Optional[float] = None, memory_share: Optional[float] = None, repeats: int = 2,
+               tolerance: Optional[float] = None, key: str = "") -> ChunkChoice:
+    """Pick a forward chunk: ``run(size)`` runs one forward chunk of ``size`` items; sizes are
+    tried in increasing order (one warm-up call, then the best of ``repeats`` timed calls,
+    :class:`salbench.harness.timing.Stopwatch`) while the predicted time fits ``budget_s`` (from
+    the best throughput so far), on CUDA while the predicted peak memory fits ``memory_share`` of
+    the memory free at the start (linear in the size; an out-of-memory error also stops), and
+    until the throughput drops below 90% of the best. The smallest size within ``tolerance`` of
+    the best throughput is chosen. The first candidate is always measured. Unset bounds take
+    the module's :data:`CHUNK_CANDIDATES`, :data:`TUNE_SECONDS`, :data:`TUNE_MEMORY_SHARE` and
+    :data:`TUNE_TOLERANCE` (read at call time)."""
+    from salbench.harness.timing import Stopwatch
+
+    candidates = CHUNK_CANDIDATES if candidates is None else candidates
+    budget_s = TUNE_SECONDS if budget_s is None else budget_s
+    memory_share = TUNE_MEMORY_SHARE if memory_share is None else memory_share
+    tolerance = TUNE_TOLERANCE if tolerance is None else tolerance
+    device = torch.device(device)
+    cuda = device.type == "cuda" and torch.cuda.is_available()
+    begin = time.perf_counter()
+    throughput: Dict[int, float] = {}
+    stopped = "all sizes tried"
+    free = torch.cuda.mem_get_info(device)[0] if cuda else 0
+    base = torch.cuda.memory_allocated(device) if cuda else 0
+    last_size, last_peak = 0, 0
+    for size in sorted(set(int(c) for c in candidates)):
+        if throughput:
+            predicted = size / max(throughput.values()) * (1 + repeats)
+            if time.perf_counter() - begin + predicted > budget_s:
+                stopped = f"size {size} predicted to exceed the {budget_s:g} s budget"
+                break
+            if cuda and last_size and (last_peak - base) * size / last_size > memory_share * free:
+                stopped = f"size {size} predicted to exceed {memory_share:.0%} of the free memory"
+                break
+        try:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            run(size)
+            best = math.inf
+            for _ in range(repeats):
+                with Stopwatch(device) as watch:
+                    run(size)
+                best = min(best, watch.seconds)
+            if cuda:
+                last_size, last_peak = size, torch.cuda.max_memory_allocated(device)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            stopped = f"size {size} ran out of memory"
+            break
+        throughput[size] = size / max(best, 1e-9)
+        if throughput[size] < 0.9 * max(throughput.values()):
+            stopped = f"throughput fell at size {size}"
+            break
+    top = max(throughput.values())
+    chosen = min(size for size, value in throughput.items() if value >= (1 - tolerance) * top)
+    return ChunkChoice(chosen, throughput, time.perf_counter() - begin, stopped, key, str(device))
+
+
+class ChunkTuning:
+    """The forward chunk of one component with a ``batch_size`` option (int or ``"auto"``):
+    :meth:`resolve` returns the fixed size, or tunes once per ``key`` (e.g. the model and input
+    shape) and keeps the choice. ``choices``: {key: :meth:`ChunkChoice.as_dict`} (plain data: a
+    metric's attribute survives checkpoints, so a resumed job keeps its chunk)."""
+
+    def __init__(self, batch_size: Union[int, str]):
+        self.batch_size = check_batch_size(batch_size)
+        self.choices: Dict[str, Dict[str, Any]] = {}
+
+    def resolve(self, key: str, run: Callable[[int], Any], device: Any, **tune: Any) -> int:
+        if self.batch_size != AUTO:
+            return int(self.batch_size)
+        if key not in self.choices:
+            self.choices[key] = tune_chunk(run, device, key=key, **tune).as_dict()
+        return int(self.choices[key]["chosen"])
+
+    def chosen(self) -> Optional[int]:
+        """The chunk in use: the fixed size, the last tuned choice, or None before tuning."""
+        if self.batch_size != AUTO:
+            return int(self.batch_size)
+        return int(list(self.choices.values())[-1]["chosen"]) if self.choices else None
+
+    def protocol(self) -> Dict[str, Any]:
+        """What a metric's protocol records: nothing for a fixed size (as before), else
+        ``{"batch_size": "auto", "batch_size_chosen": N}`` (None before the first batch)."""
+        if self.batch_size != AUTO:
+            return {}
+        return {"batch_size": AUTO, "batch_size_chosen": self.chosen()}
+
+
+def autotuned_chunks(components: Dict[str, Any]) -> Dict[str, Any]:
+    """{component key: its tuned choices} of the components (explainers, metrics) whose
+    ``chunk_tuning`` tuned anything: what run.json records as ``forward_chunks``."""
+    out: Dict[str, Any] = {}
+    for key, component in components.items():
+        tuning = getattr(component, "chunk_tuning", None)
+        if isinstance(tuning, ChunkTuning) and tuning.choices:
+            out[key] = dict(tuning.choices)
+    return out
+
+
+def restore_chunks(components: Dict[str, Any], saved: Dict[str, Any]) -> None:
+    """Give the components the choices :func:`autotuned_chunks` returned (a resumed job)."""
+    for key, choices in saved.items():
+        tuning = getattr(components.get(key), "chunk_tuning", None)
+        if isinstance(tuning, ChunkTuning):
+            tuning.choices.update(choices)
+
+
+def forward_probe(model: nn.Module, example: Tensor, autocast: Optional[str] = None) -> Callable[[int], Any]:
+    """``run(size)`` for :func:`tune_chunk`: one inference forward of ``size`` copies of
+    ``example`` [1 or more, C, H, W] (its memory format kept), under ``autocast``."""
+    device = example.device
+
+    def run(size: int) -> Any:
+        rows = torch.arange(size, device=device) % example.shape[0]
+        inputs = example[rows]
+        if example.is_contiguous(memory_format=torch.channels_last) and not example.is_contiguous():
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast_scope(device, autocast):
+            return model(inputs)
+
+    return run
