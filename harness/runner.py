@@ -617,13 +617,14 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any], bundle: Mo
              **checkpoint.state}
     for key, saved in state.pop("metrics", {}).items():  # the accumulators of the flushed batches
         metrics[key].__dict__.update(saved)
-    restore_chunks(explainers, state.pop("method_chunks", {}))  # a resumed job keeps its autotuned chunks
     state["metrics"] = metrics
     if cfg.batch_size < cfg.get("forward_chunk", 32):
         print(f"salbench: note: forward_chunk={cfg.forward_chunk} > batch_size={cfg.batch_size}: every pass is padded "
               f"to {cfg.forward_chunk} images; forward_chunk={cfg.batch_size} is faster (scores then round as with it)")
     job = build_job(cfg, bundle, device, metrics=state["metrics"], dataset=dataset)
     explainers = job.explainers
+    restore_chunks(explainers, state.pop("method_chunks", {}))  # a resumed job keeps its autotuned chunks
+    job.refresh_method_options()
     if cfg.get("save_maps"):
         job.map_writer = MapWriter(output_dir / MAPS, cfg.save_maps, methods=list(explainers))
         run_info["maps"] = job.map_writer.describe()
