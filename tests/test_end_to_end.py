@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from salbench.harness.store import SCORE_COLUMNS
 
@@ -67,6 +68,7 @@ def test_gradcam_localizes_far_better_than_random_and_center(tmp_path, compose_c
     assert iou["gradcam"] >= 1.5 * max(iou["random"], iou["center"]), iou
 
 
+@pytest.mark.slow  # 5-13 s on 2 cores; runs in `make test-slow`
 def test_report_command_writes_tables_and_plot(tmp_path, synthetic_bundle):
     out = tmp_path / "sweep"
     run_cli("-m", "debug=fast", "method=[gradcam],[random]", f"hydra.sweep.dir={out}", cwd=tmp_path)

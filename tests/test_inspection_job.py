@@ -170,6 +170,7 @@ def test_a_completed_folder_is_not_recomputed(inspected, compose_inspect, capsys
     assert inspection_id(compose_inspect(["inspect=fast", "inspect.patches.top_k=5"])) != info["job_id"]
 
 
+@pytest.mark.slow  # 5-13 s on 2 cores; runs in `make test-slow`
 def test_report_links_the_inspection_pages_under_its_paths(inspected, tmp_path):
     from test_reports import make_job, make_results
 

@@ -193,6 +193,7 @@ def test_a_plugin_metrics_state_survives_a_checkpoint(example, compose_config, t
 
 
 # --------------------------------------------------------------------------- command line
+@pytest.mark.slow  # 5-13 s on 2 cores; runs in `make test-slow`
 def test_plugins_option_runs_a_sweep_from_the_command_line_and_reports_it(tmp_path):
     """``salbench -m plugins=[...] method=[its_method,gradcam] metric=[its_metric,rise]``: two
     jobs of the plugin's model and dataset; --help lists the names; the report shows them."""
@@ -251,6 +252,7 @@ def installed(tmp_path_factory):
     return work / "site"
 
 
+@pytest.mark.slow  # 5-13 s on 2 cores; runs in `make test-slow`
 def test_the_installed_entry_point_loads_the_plugin_without_plugins_option(installed, tmp_path, monkeypatch):
     entry_points = next(installed.glob("salbench_example_plugin-*.dist-info")) / "entry_points.txt"
     assert "[salbench.plugins]\nexample = salbench_example_plugin" in entry_points.read_text()

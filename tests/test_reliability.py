@@ -175,6 +175,7 @@ def wait_for_lock(out: Path, process: subprocess.Popen) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # 5-13 s on 2 cores; runs in `make test-slow`
 def test_a_second_run_into_a_locked_folder_fails_at_once_and_changes_nothing(tmp_path):
     out = tmp_path / "job"
     first = start(out, "dataset.limit=48", "method=[gradcam]", "metric=[cam_paper,pointing_game]")
@@ -195,6 +196,7 @@ def test_a_second_run_into_a_locked_folder_fails_at_once_and_changes_nothing(tmp
     assert not (out / ".hydra").exists()  # Hydra wrote nothing the winner's results could be confused with
 
 
+@pytest.mark.slow  # 5-13 s on 2 cores; runs in `make test-slow`
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
     out = tmp_path / "job"
     first = start(out, "dataset.limit=200", "flush_every=8")
@@ -218,6 +220,7 @@ def kill_after_first_flush(out: Path, *args: str) -> None:
     process.wait()
 
 
+@pytest.mark.slow  # 5-13 s on 2 cores; runs in `make test-slow`
 def test_report_and_check_refuse_a_sweep_with_a_killed_shard(tmp_path, compose_config):
     from salbench.reports.cli import main as report_main
 
@@ -395,6 +398,7 @@ def test_a_model_returning_a_tuple_is_a_clear_error_and_output_key_picks_the_log
 
 
 # --------------------------------------------------------------------------- config and first contact
+@pytest.mark.slow  # 5-13 s on 2 cores; runs in `make test-slow`
 def test_an_unknown_top_level_key_is_one_line_and_exit_2(tmp_path):
     result = subprocess.run([SALBENCH, "debug=fast", "+batch_sise=3", f"hydra.run.dir={tmp_path}/r"],
                             capture_output=True, text=True, timeout=120)
@@ -407,6 +411,7 @@ def test_an_unknown_top_level_key_is_one_line_and_exit_2(tmp_path):
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr
 
 
+@pytest.mark.slow  # 5-13 s on 2 cores; runs in `make test-slow`
 def test_help_lists_the_subcommands_and_the_summary_is_one_table_per_category(tmp_path):
     helped = subprocess.run([SALBENCH, "--help"], capture_output=True, text=True, timeout=120)
     for line in ("salbench report DIR...", "salbench check DIR... --baseline FILE", "salbench crosscheck"):

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 SALBENCH = str(Path(sys.executable).with_name("salbench"))
 ARGS = ["dataset.limit=96", "batch_size=4", "flush_every=8", "progress=false", "gallery_images=0",
@@ -20,6 +21,7 @@ def sorted_scores(path):
     return frame.sort_values(["method", "metric", "score", "image_index"]).reset_index(drop=True)
 
 
+@pytest.mark.slow  # 5-13 s on 2 cores; runs in `make test-slow`
 def test_sigkill_mid_job_then_rerun_completes_and_equals_uninterrupted(tmp_path, synthetic_bundle):
     reference = tmp_path / "reference"
     subprocess.run([SALBENCH, *ARGS, f"hydra.run.dir={reference}"], check=True, capture_output=True, timeout=600)

@@ -21,6 +21,7 @@ def test_bundle_carries_what_a_job_needs(synthetic_bundle):
     assert synthetic_bundle.module(synthetic_bundle.normalize(x)).shape == (2, 5)
 
 
+@pytest.mark.slow  # 5-13 s on 2 cores; runs in `make test-slow`
 def test_concurrent_jobs_train_the_synthetic_cnn_once(tmp_path):
     """Two processes asking for the same untrained recipe at once: one trains, the other waits
     for the lock and loads the saved weights (the weights are identical)."""
