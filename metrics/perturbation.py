@@ -74,6 +74,16 @@ def image_aligned_chunk(per_image: int, batch_size: int) -> int:
     return per_image * (batch_size // per_image) if per_image <= batch_size else batch_size
 
 
+def capped_chunk(chunk: Optional[int], max_items: Optional[int]) -> Optional[int]:
+    """The pass size of a metric that handles at most ``max_items`` items in the whole job
+    (``max_images`` options): ``chunk``, or ``max_items`` when smaller, so a few kept images are
+    not padded to a large pass. Both come from the config, never from the job's batches, so the
+    values still do not depend on the batch an image came in. ``None`` for either: ``chunk``."""
+    if chunk is None or max_items is None:
+        return chunk
+    return max(1, min(chunk, max_items))
+
+
 def class_readout(logits: Tensor, tracked: Tensor, score: str) -> Tensor:
     """logits [n, K] float32, tracked [n] long -> [n]: the ``softmax`` probability, the ``logit``,
     or ``correct`` (1.0 when the top-1 class is the tracked class, else 0.0)."""

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from salbench.metrics import register_metric
 from salbench.metrics.base import ExplainedBatch, Metric, Needs, ScoreInfo, image_seeds
-from salbench.metrics.perturbation import reexplain_in_chunks
+from salbench.metrics.perturbation import capped_chunk, reexplain_in_chunks
 from salbench.metrics.randomization import SIMILARITIES, map_similarity
 
 
@@ -100,7 +100,7 @@ class RandomLogit(Metric):
                 other_maps[m][start:stop] = maps[m]
 
         reexplain_in_chunks({m: explained.explainers[m] for m in methods}, keep, build, read,
-                          chunk=self.batch_size)  # fixed pass shape: values do not depend on the batch
+                          chunk=capped_chunk(self.batch_size, self.max_images))  # fixed pass shape: values do not depend on the batch
         out = {}
         for m in methods:
             values = random_logit_similarity(explained.maps[m].to(x.device)[:keep], other_maps[m][:keep])

@@ -31,6 +31,7 @@ from salbench.methods.hooks import trace_forward
 from salbench.methods.shared import explain_in_chunks
 from salbench.metrics import register_metric
 from salbench.metrics.base import MethodBatch, MethodwiseMetric, Needs, ScoreInfo
+from salbench.metrics.perturbation import capped_chunk
 
 if TYPE_CHECKING:  # annotations only
     import pandas
@@ -336,7 +337,7 @@ class ModelRandomization(MethodwiseMetric):
         table = randomization_check(
             model, lambda m: rebuild_explainer(explained.explainer, m), x[:keep], targets[:keep],
             layers=self.layers, mode=self.mode, seed=self.seed, init=self.init, init_std=self.init_std,
-            original_maps=heatmaps[:keep], chunk=explained.forward_chunk,
+            original_maps=heatmaps[:keep], chunk=capped_chunk(explained.forward_chunk, self.max_images),
         )
         ids = list(getattr(explained.batch, "image_ids", None) or [str(i) for i in range(x.shape[0])])
         table.insert(0, "image_id", [ids[i] for i in table["image"]])

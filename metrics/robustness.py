@@ -25,7 +25,7 @@ from torch import Tensor
 
 from salbench.metrics import register_metric
 from salbench.metrics.base import ExplainedBatch, Metric, Needs, ScoreInfo, image_seeds
-from salbench.metrics.perturbation import reexplain_in_chunks, image_aligned_chunk, seeded_draws
+from salbench.metrics.perturbation import capped_chunk, image_aligned_chunk, reexplain_in_chunks, seeded_draws
 
 ITEM_STRIDE = 100_003  # perturbation k of an image: seed image_seed * ITEM_STRIDE + k
 
@@ -141,7 +141,9 @@ class _Reexplaining(Metric):
             for m in methods:
                 out[m][start:stop] = value(m, explained.maps[m].to(x.device)[rows], maps[m], current["deltas"], rows)
 
-        reexplain_in_chunks(explainers, count * samples, build, read, chunk=image_aligned_chunk(samples, self.batch_size))
+        most = None if self.max_images is None else self.max_images * samples
+        reexplain_in_chunks(explainers, count * samples, build, read,
+                            chunk=image_aligned_chunk(samples, capped_chunk(self.batch_size, most)))
         if count < x.shape[0]:
             for m, v in out.items():
                 out_all[m][:count] = v.view(count, samples)

@@ -40,11 +40,16 @@ def _pyplot():
 
 
 def method_colours(methods: Sequence[str], baselines: Collection[str] = ()) -> dict:
-    """A fixed colour per method (tab10 in order for methods, greys for the ``baselines``)."""
+    """A fixed colour per method (tab10 in order for up to 9 methods, else tab20 then tab20b:
+    38 distinct colours; greys for the ``baselines``)."""
     plt = _pyplot()
-    palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]  # tab10's grey is the baselines'
     ordered = list(dict.fromkeys(methods))
     others = [m for m in ordered if m not in baselines]
+    if len(others) <= 9:
+        palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]  # tab10's grey is the baselines'
+    else:
+        palette = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (14, 15)]  # without its greys
+        palette += list(plt.get_cmap("tab20b").colors)
     colours = {m: palette[i % len(palette)] for i, m in enumerate(others)}
     colours.update({b: BASELINE_GREYS[i % len(BASELINE_GREYS)] for i, b in enumerate(m for m in ordered if m in baselines)})
     return colours
@@ -159,6 +164,7 @@ def plot_curves(bands: pd.DataFrame, stem: Path, confidence: float = 0.95,
     declared = dict(curve_kinds or {})
     kinds = [k for k in declared if k in set(bands["curve"])] + sorted(set(bands["curve"]) - set(declared))
     colours = method_colours(bands["method"], baselines)
+    many = bands["method"].nunique() > 8  # the legend goes under the axes instead of over the curves
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.6), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         part = bands[bands["curve"] == kind]
@@ -179,10 +185,14 @@ def plot_curves(bands: pd.DataFrame, stem: Path, confidence: float = 0.95,
         ax.set_ylabel("tracked class score")
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        if not many:
+            ax.legend(fontsize=7, loc="best")
     model, dataset = bands["model"].iloc[0], bands["dataset"].iloc[0]
     fig.suptitle(f"{model} on {dataset}: mean curve, {confidence:.0%} pointwise bootstrap band", fontsize=10)
     fig.tight_layout()
+    if many:  # after the layout, which would shrink the axes to fit them; the saved figure grows instead
+        for ax in axes[0]:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     return save_figure(fig, stem)
 
 
@@ -280,9 +290,13 @@ def plot_timing(summary: pd.DataFrame, stem: Path) -> List[Path]:
     columns = list(dict.fromkeys(zip(part["model"], part["dataset"], part["metric"], part["score"])))
     baselines = summary_baselines(part)
     colours = method_colours(part["method"], baselines)
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.0 * len(columns), 0.4 * part["method"].nunique() + 1.4),
+    ncols = min(4, len(columns))  # a grid: one cost column per metric would make the figure metres wide
+    nrows = math.ceil(len(columns) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols, (0.4 * part["method"].nunique() + 1.4) * nrows),
                              squeeze=False)
-    for ax, (model, dataset, metric, score) in zip(axes[0], columns):
+    for ax in axes.flat[len(columns):]:
+        ax.set_visible(False)
+    for ax, (model, dataset, metric, score) in zip(axes.flat, columns):
         cell = part[(part["model"] == model) & (part["dataset"] == dataset) & (part["metric"] == metric)
                     & (part["score"] == score)].set_index("method")
         shown = [m for m in method_order(cell.index, baselines) if m in cell.index]

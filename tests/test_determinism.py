@@ -1,15 +1,16 @@
 """Determinism on the CPU: the same seed gives identical scores, and the batch size never
 changes a score: every explanation pass and logits forward has exactly ``forward_chunk`` images
 and every perturbation forward exactly the metric's ``batch_size`` inputs (the last chunk
-padded), so an image's numbers do not depend on the batch it arrived in."""
+padded; metrics capped by ``max_images`` pass at most that many images), so an image's numbers do not depend on the batch it arrived in."""
 import pandas as pd
 import pytest
 
 KEY = ["image_id", "method", "metric", "score", "target"]
 JOB = ["debug=fast", "method=[gradcam,saliency,guided_gradcam,occlusion,random]", "gallery_images=0", "device=cpu",
-       "metric=[cam_paper,wsoleval,pxap,pointing_game,energy_pointing_game,rise,road,randomization]",
+       "metric=[cam_paper,wsoleval,pxap,pointing_game,energy_pointing_game,rise,road,randomization,random_logit,sensitivity]",
        "metric.rise.n_steps=6", "metric.rise.batch_size=20", "metric.road.fractions=[0.3,0.7]",
        "metric.road.batch_size=6", "metric.randomization.max_images=3", "metric.randomization.mode=cascading",
+       "metric.random_logit.max_images=3", "metric.sensitivity.max_images=3", "metric.sensitivity.n_perturbations=2",
        "method.occlusion.window=16", "method.occlusion.stride=16", "forward_chunk=4", "dataset.limit=7"]
 
 
