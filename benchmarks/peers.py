@@ -3,7 +3,8 @@ would write it with them, on the same images with the same protocol values.
 
     python -m benchmarks.peers [--images 100] [--device cpu] [--json FILE] [--check-only]
 
-The work is conf/experiment/demo.yaml's synthetic cell: the shipped synthetic CNN, the synthetic
+The work is conf/experiment/demo.yaml's synthetic cell as it was before the comparison set joined
+the demo (the job is given these methods and metrics): the shipped synthetic CNN, the synthetic
 test images (64 px), the maps of eight methods and two baselines for the labelled class (and for
 the predicted class where it differs, for the deletion/insertion curves), scored by the CAM
 paper's box rule, wsolevaluation's MaxBoxAcc / MaxBoxAccV2 (tau grid 0.001), the pointing game
@@ -50,9 +51,10 @@ METHODS = ["cam", "gradcam", "counterfactual_gradcam", "guided_gradcam", "salien
            "occlusion", "random", "center"]
 COMPONENTS = ("explain", "localization", "curves", "randomization")
 LOCALIZATION_METRICS = ("cam_paper", "wsoleval", "pointing_game", "energy_pointing_game")
-BATCH = 32  # the demo job's batch_size
+BATCH = 32  # the job's batch_size and forward_chunk (the config's defaults)
 WINDOW, STRIDE = 16, 8  # occlusion's defaults (the demo keeps them)
 N_STEPS, TOLERANCE, RANDOMIZED_IMAGES = 32, 4, 8
+SALBENCH_METRICS = (*LOCALIZATION_METRICS, "rise", "randomization", "timing")
 
 
 class Clock:
@@ -362,7 +364,11 @@ def run_salbench(images: int, device: torch.device, folder: Path) -> Dict[str, A
     from salbench.harness.schema import register_schemas
 
     register_schemas()
-    overrides = ["experiment=demo", f"dataset.num_images={images}", "progress=false", f"device={device}"]
+    overrides = ["experiment=demo", f"dataset.num_images={images}", "progress=false", f"device={device}",
+                 # the work the peers do: the demo's seed methods, localization, curves and randomization
+                 f"method=[{','.join(METHODS)}]", f"metric=[{','.join(SALBENCH_METRICS)}]",
+                 f"metric.randomization.max_images={RANDOMIZED_IMAGES}", f"batch_size={BATCH}", f"forward_chunk={BATCH}",
+                 "gallery_images=8", "viewer_images=32"]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     explain_seconds = [0.0]
