@@ -762,8 +762,8 @@ Measured on a quiet 2-core AMD EPYC (nothing else running), the commands at the 
 
 * **Met**: incremental occlusion at 224 px, window 32, stride 16, exact to 6.4e-7 of the largest
   logit: 9.7x the full-forward occlusion on vgg11 and 8.9x on vgg16 (target 3x), 3.9x on
-  resnet18 (target 1.5x); end to end, the demo's work 3.96x faster than the peers' script
-  (target 2x), explain, localization and randomization each 8-17x their peers; Quantus
+  resnet18 (target 1.5x); end to end, the demo's work 4.78x faster than the peers' script
+  (target 2x), explain, localization and randomization each 8-16x their peers; Quantus
   PixelFlipping no longer faster than salbench's deletion (1.03x); the shared gradient passes
   at 1.09x and 1.07x their forward + backward bounds; Score-CAM, RISE, Integrated Gradients and
   SmoothGrad at 0.91-1.01x their raw bounds.
@@ -771,12 +771,15 @@ Measured on a quiet 2-core AMD EPYC (nothing else running), the commands at the 
   forward throughput, full-forward occlusion at 0.90x, the six methods' deletion + insertion at
   1.24x the forward bound (target 1.2x); the peers ratios with a 5x target (captum 3.0x,
   pytorch-grad-cam Grad-CAM 2.6x, captum Occlusion 3.1x). End to end, the **curves** component
-  is 0.60x its peer (salbench 36.6 s, the RISE reference loop 21.9 s, the same 66,000 forwards
-  of the 64 px CNN): building the inputs is not the cause (43 ms per 1,056 inputs); on this CPU
-  the CNN's time per image depends on the pass size (passes of 64 up to 1.7x slower per image
-  than 32 in repeated runs, with run-to-run swings of that size) and on the input (all-zero
-  inputs run 30% faster than noise). Not resolved; the demo sets `batch_size: 64` for its curve
-  metrics (256 is the default for GPUs), which took the component from 56 s to 37 s.
+  is 0.82x its peer (salbench 27.2 s, the RISE reference loop 22.3 s, the same 66,000 forwards
+  of the 64 px CNN). On this CPU that CNN's time per image depends on the pass size: on the
+  demo's first 32 images and their maps, salbench's curves take 6.8 s in passes of 32 (the
+  reference loop: 7.6 s) but 9.9 s in passes of 64, and 56 s for the 100 images in passes of
+  256, the default sized for GPUs; the demo therefore sets `batch_size: 32` for its curve
+  metrics. Its job on those 32 images takes 6.5 s for the curves (ahead of the loop), on 100
+  images 23-27 s where the loop takes 22 s: not resolved. Building the inputs is not the cause
+  (43 ms per 1,056 inputs); the input's content also moves the time (all-zero inputs run 30%
+  faster than noise).
 * The incremental ratios exceed the multiply-add ceilings (e.g. Lite0: 5.8x measured, 1.7x
   ceiling): the ceiling counts multiply-adds, and the full path's 64-input chunks of 224 px
   activations run far below the CPU's arithmetic peak (memory-bound, and depthwise convolutions
