@@ -101,22 +101,25 @@ def plot_scores(summary: pd.DataFrame, stem: Path, exclude_categories: Sequence[
     pairs = _pairs(part)
     columns = list(dict.fromkeys(zip(part["metric"], part["score"])))
     ncols = min(4, len(columns))
-    per_pair_rows = math.ceil(len(columns) / ncols)
+    # each (model, dataset) gets the rows its own scores need (not every pair's union)
+    pair_columns = [list(dict.fromkeys(zip(p_["metric"], p_["score"])))
+                    for p_ in (part[(part["model"] == m) & (part["dataset"] == d)] for m, d in pairs)]
+    pair_rows = [math.ceil(len(c) / ncols) for c in pair_columns]
+    first_row = np.cumsum([0, *pair_rows[:-1]])
+    nrows = int(sum(pair_rows))
     baselines = summary_baselines(part)
     methods = method_order(part["method"], baselines)
     colours = method_colours(part["method"], baselines)
-    fig, axes = plt.subplots(len(pairs) * per_pair_rows, ncols, figsize=(3.3 * ncols, 0.35 * len(methods) * len(pairs)
-                                                                         * per_pair_rows + 1.1 * per_pair_rows * len(pairs)),
-                             squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, (0.35 * len(methods) + 1.1) * nrows), squeeze=False)
     for ax in axes.flat:
         ax.set_visible(False)
     for p, (model, dataset) in enumerate(pairs):
         pair = part[(part["model"] == model) & (part["dataset"] == dataset)]
-        for c, (metric, score) in enumerate(columns):
+        for c, (metric, score) in enumerate(pair_columns[p]):
             cell = pair[(pair["metric"] == metric) & (pair["score"] == score)].set_index("method")
-            if cell.empty:
-                continue
-            ax = axes[p * per_pair_rows + c // ncols, c % ncols]
+            if cell.empty or not np.isfinite(cell["mean"].to_numpy(dtype=float)).any():
+                continue  # nothing to draw (e.g. a dataset without difficult boxes)
+            ax = axes[first_row[p] + c // ncols, c % ncols]
             ax.set_visible(True)
             shown = [m for m in methods if m in cell.index]
             y = np.arange(len(shown))[::-1]
