@@ -122,6 +122,11 @@ class ExplainedBatch:
         return self.batch.images
 
     @property
+    def classifier(self) -> Any:
+        """The ``nn.Module`` to call: the bundle's ``module``, or ``model`` when it is one already."""
+        return getattr(self.model, "module", self.model)
+
+    @property
     def methods(self) -> List[str]:
         return list(self.maps)
 
@@ -149,6 +154,11 @@ class MethodBatch:
     @property
     def images(self) -> Tensor:
         return self.batch.images
+
+    @property
+    def classifier(self) -> Any:
+        """The ``nn.Module`` to call: the bundle's ``module``, or ``model`` when it is one already."""
+        return getattr(self.model, "module", self.model)
 
 
 def _same(value: Any, preset_value: Any) -> bool:

@@ -136,7 +136,7 @@ class ConfidenceChange(TracksClass, Metric):
 
     def update(self, explained: ExplainedBatch) -> Dict[str, Dict[str, Tensor]]:
         x, methods = explained.inputs, list(explained.maps)
-        model = getattr(explained.model, "module", explained.model)
+        model = explained.classifier
         tracked = self.tracked_class(explained)
         count = x.shape[0]
         clean = class_readout(explained.logits.float(), tracked, self.score)

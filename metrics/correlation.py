@@ -101,7 +101,7 @@ class FaithfulnessCorrelation(TracksClass, Metric):
 
     def update(self, explained: ExplainedBatch) -> Dict[str, Dict[str, Tensor]]:
         x = explained.inputs
-        model = getattr(explained.model, "module", explained.model)
+        model = explained.classifier
         target = self.tracked_class(explained)
         count, _, height, width = x.shape
         seeds = image_seeds(explained, self.seed)

@@ -353,7 +353,7 @@ class DeletionInsertion(TracksClass, Metric):
         """Every method's curves of the batch in shared forward batches (:func:`perturbation_curves`,
         the same inputs per method as one at a time); ``{method: {score: [N]}}``."""
         x = explained.inputs
-        model = getattr(explained.model, "module", explained.model)
+        model = explained.classifier
         target = self.tracked_class(explained)
         seeds = image_seeds(explained, self.seed)
         chunk = self.chunk_tuning.resolve(f"{list(x.shape[1:])} autocast={self.autocast}",

@@ -118,7 +118,7 @@ class Infidelity(TracksClass, Metric):
 
     def update(self, explained: ExplainedBatch) -> Dict[str, Dict[str, Tensor]]:
         x = explained.inputs
-        model = getattr(explained.model, "module", explained.model)
+        model = explained.classifier
         target = self.tracked_class(explained)
         count, samples = x.shape[0], self.n_perturbations
         seeds = perturbation_seeds(image_seeds(explained, self.seed), samples)

@@ -333,7 +333,7 @@ class ModelRandomization(MethodwiseMetric):
         if keep == 0:
             return {s.name: nan for s in self.scores}
         state["seen"] += keep
-        model = getattr(explained.model, "module", explained.model)
+        model = explained.classifier
         table = randomization_check(
             model, lambda m: rebuild_explainer(explained.explainer, m), x[:keep], targets[:keep],
             layers=self.layers, mode=self.mode, seed=self.seed, init=self.init, init_std=self.init_std,

@@ -281,7 +281,7 @@ class RegionPerturbation(TracksClass, Metric):
 
     def update(self, explained: ExplainedBatch) -> Dict[str, Dict[str, Tensor]]:
         x = explained.inputs
-        model = getattr(explained.model, "module", explained.model)
+        model = explained.classifier
         target = self.tracked_class(explained)
         seeds = image_seeds(explained, self.seed)
         maps = {m: v.to(x.device) for m, v in explained.maps.items()}

@@ -636,7 +636,7 @@ class RemoveAndDebias(TracksClass, Metric):
     def update(self, explained: ExplainedBatch) -> Dict[str, Dict[str, Tensor]]:
         """Every method's ROAD curves of the batch, in shared forward chunks; ``{method: {score: [N]}}``."""
         x = explained.inputs
-        model = getattr(explained.model, "module", explained.model)
+        model = explained.classifier
         iterations: Dict[str, Dict[str, Tensor]] = {}
         curves = road_curves_of_maps(
             model, x, {m: maps.to(x.device) for m, maps in explained.maps.items()}, self.tracked_class(explained),
