@@ -204,7 +204,9 @@ def write_baseline(path: Path, entries: Iterable[Dict[str, Any]]) -> None:
     clean = []
     for e in entries:
         item = {k: e[k] for k in KEY}
-        item.update(value=round(float(e["value"]), 6), tolerance=float(e["tolerance"]))
+        # full precision (YAML and JSON write a float's shortest round-trip form): a value rounded to
+        # 6 decimals made `--tolerance 0` fail a run against its own baseline
+        item.update(value=float(e["value"]), tolerance=float(e["tolerance"]))
         if e.get("direction"):
             item["direction"] = e["direction"]
         for name in RECORDED:

@@ -111,6 +111,18 @@ def test_baseline_round_trip_and_update_keeps_tolerance(tmp_path, suffix):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write leaves no temporary file
 
 
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_a_run_passes_its_own_baseline_at_tolerance_zero(tmp_path, suffix):
+    """Values are stored at full precision: 1/3 is not read back as 0.333333 and then 'improved'."""
+    current = check.aggregate(tidy([("gradcam", "acc", "image", "a", 1 / 3, True),
+                                    ("gradcam", "acc", "image", "b", 0.1 + 0.2, True)]))
+    path = tmp_path / f"baseline{suffix}"
+    check.write_baseline(path, check.updated_entries(current, [], tolerance=0.0))
+    diff = check.compare(current, check.read_baseline(path))
+    assert diff["status"].tolist() == ["OK"], diff
+    assert check.read_baseline(path)[0]["value"] == float(current["value"].iloc[0])
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
