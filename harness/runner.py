@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from salbench.datasets import DATASETS, collate, create_dataset
 from salbench.harness import store
+from salbench.harness.allocator import set_malloc
 from salbench.harness.maps import MAPS, MapWriter
 from salbench.harness.plugins import load_plugins, loaded_plugins
 from salbench.harness.schema import drop_unselected_settings, method_key, options_of, validate_config
@@ -147,12 +148,12 @@ class ScoreRows:
 
 
 # --------------------------------------------------------------------------- identity, resume
-JOB_IDENTITY_EXCLUDES = ("progress", "gallery_images", "viewer_images", "flush_every", "resume", "num_workers")
+JOB_IDENTITY_EXCLUDES = ("progress", "gallery_images", "viewer_images", "flush_every", "resume", "num_workers", "malloc")
 
 
 def job_id(cfg: DictConfig, inputs: Optional[Dict[str, Any]] = None) -> str:
     """Identity of a job: a hash of its resolved config (minus settings that do not change any
-    score: progress bars, gallery, flush size, workers), the salbench version and, when given,
+    score: progress bars, gallery, flush size, workers, the host allocator), the salbench version and, when given,
     the fingerprints of its inputs (``{"dataset": ..., "model": ...}``: the dataset's files and
     annotations, the weights file), so a changed input makes a completed job run again."""
     from salbench import __version__
@@ -606,7 +607,8 @@ def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any], bundle: Mo
          device: torch.device) -> pd.DataFrame:
     run_info["device"] = {**store.device_info(device), "device_name": device_name(device),
                           "channels_last": bool(cfg.get("channels_last", False)),
-                          "shared_passes": bool(cfg.get("shared_passes", True))}
+                          "shared_passes": bool(cfg.get("shared_passes", True)),
+                          "malloc": set_malloc(str(cfg.get("malloc", "retain")))}
     if cfg.get("channels_last", False):  # the job's own model copy: NHWC weights for GPU convolutions
         bundle.module.to(memory_format=torch.channels_last)
     run_info["model"] = bundle.describe()

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
+from salbench.harness.allocator import MALLOC_CHOICES
 from salbench.harness.registry import Registry, entry_parameters
 
 TARGETS = ("label", "predicted")
@@ -50,6 +51,7 @@ class SalbenchConfig:
     shared_passes: bool = True
     forward_chunk: int = 32
     channels_last: bool = False
+    malloc: str = "retain"
     tf32: bool = False
     save_maps: Optional[str] = None
     plugins: List[str] = field(default_factory=list)
@@ -238,6 +240,8 @@ def validate_config(cfg: DictConfig) -> None:
             raise ValueError(f"{key} must be >= 0 (0: none); got {cfg[key]}")
     if cfg.get("save_maps") is not None and cfg.save_maps not in SAVE_MAPS:
         raise ValueError(f"unknown save_maps {cfg.save_maps!r}; valid: null, {', '.join(SAVE_MAPS)}")
+    if cfg.get("malloc", "retain") not in MALLOC_CHOICES:
+        raise ValueError(f"unknown malloc {cfg.malloc!r}; valid: {', '.join(MALLOC_CHOICES)}")
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
     if missing:
         raise ValueError(f"{len(missing)} option(s) need a value: {', '.join(missing)} (e.g. {missing[0]}=...)")
