@@ -353,9 +353,10 @@ def run_peers(images: int, device: torch.device) -> Dict[str, Any]:
     return {"seconds": time.perf_counter() - begin, "components": clock.seconds, "values": values, "images": images}
 
 
-def run_salbench(images: int, device: torch.device, folder: Path) -> Dict[str, Any]:
-    """The demo job in this process; component seconds: the job loop's ``explain_all`` calls
-    (timed by wrapping them) and the metrics' ``update`` times from the job's timing table."""
+def run_salbench(images: int, device: torch.device, folder: Path, extra: Sequence[str] = ()) -> Dict[str, Any]:
+    """The demo job in this process (``extra``: more config overrides); component seconds: the job
+    loop's ``explain_all`` calls (timed by wrapping them) and the metrics' ``update`` times from
+    the job's timing table."""
     import pandas as pd
     from hydra import compose, initialize_config_dir
 
@@ -368,7 +369,7 @@ def run_salbench(images: int, device: torch.device, folder: Path) -> Dict[str, A
                  # the work the peers do: the demo's seed methods, localization, curves and randomization
                  f"method=[{','.join(METHODS)}]", f"metric=[{','.join(SALBENCH_METRICS)}]",
                  f"metric.randomization.max_images={RANDOMIZED_IMAGES}", f"batch_size={BATCH}", f"forward_chunk={BATCH}",
-                 "gallery_images=8", "viewer_images=32"]
+                 "gallery_images=8", "viewer_images=32", *extra]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     explain_seconds = [0.0]
@@ -423,17 +424,32 @@ def value_checks(scores: Any, values: Dict[str, Dict[str, float]]) -> List[Dict[
 
 
 def markdown(result: Dict[str, Any]) -> str:
+    """The end-to-end table: salbench's job (the demo's config) and, when measured, the same job in
+    the peers' NCHW memory format (``channels_last=false``), against the peers, by component."""
     s, p = result["salbench"], result["peers"]
-    lines = [f"Demo work on {result['images']} images ({result['device']}): salbench {s['seconds']:.1f} s, "
-             f"peers {p['seconds']:.1f} s: **salbench {p['seconds'] / s['seconds']:.2f}x faster** end to end.", "",
-             "| component | salbench s | peers s | peers / salbench |", "| --- | --- | --- | --- |"]
+    runs = [("salbench", s)] + ([("salbench NCHW", result["salbench_nchw"])] if result.get("salbench_nchw") else [])
+    head = (f"Demo work on {result['images']} images ({result['device']}): salbench {s['seconds']:.1f} s, "
+            f"peers {p['seconds']:.1f} s: **salbench {p['seconds'] / s['seconds']:.2f}x faster** end to end")
+    if len(runs) > 1:
+        n = runs[1][1]
+        head += (f" with the demo's `channels_last: true`; in the peers' NCHW memory format salbench took "
+                 f"{n['seconds']:.1f} s, {p['seconds'] / n['seconds']:.2f}x")
+    lines = [head + "."]
+    if result.get("malloc"):
+        lines.append(f"Both sides ran under the host allocator setting `malloc: {result['malloc']['malloc']}` "
+                     f"({result['malloc']['note']}).")
+    lines += ["", "| component | " + " | ".join(f"{name} s" for name, _ in runs) + " | peers s | "
+              + " | ".join(f"peers / {name}" for name, _ in runs) + " |",
+              "| --- " * (2 + 2 * len(runs)) + "|"]
     for component in COMPONENTS:
-        ours, theirs = s["components"].get(component, float("nan")), p["components"].get(component, float("nan"))
-        lines.append(f"| {component} | {ours:.2f} | {theirs:.2f} | {theirs / ours:.2f} |" if ours > 0 else
-                     f"| {component} | {ours:.2f} | {theirs:.2f} | |")
-    rest = s["seconds"] - sum(s["components"].values())
-    lines.append(f"| other (salbench: data, logits, dataset-level scores, writing) | {rest:.2f} | "
-                 f"{p['seconds'] - sum(p['components'].values()):.2f} | |")
+        theirs = p["components"].get(component, float("nan"))
+        ours = [run["components"].get(component, float("nan")) for _, run in runs]
+        ratios = [f"{theirs / value:.2f}" if value > 0 else "" for value in ours]
+        lines.append(f"| {component} | " + " | ".join(f"{v:.2f}" for v in ours) + f" | {theirs:.2f} | "
+                     + " | ".join(ratios) + " |")
+    rests = [run["seconds"] - sum(run["components"].values()) for _, run in runs]
+    lines.append("| other (salbench: data, logits, dataset-level scores, writing) | " + " | ".join(f"{v:.2f}" for v in rests)
+                 + f" | {p['seconds'] - sum(p['components'].values()):.2f} |" + " |" * len(runs))
     lines += ["", "Same numbers where the protocols are the same (mean over images, or the dataset-level value):", "",
               "| method | score | salbench | peers | abs diff |", "| --- | --- | --- | --- | --- |"]
     for row in result["checks"]:
@@ -441,16 +457,22 @@ def markdown(result: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(images: int = 100, device: str = "cpu") -> Dict[str, Any]:
+def run(images: int = 100, device: str = "cpu", malloc: str = "retain") -> Dict[str, Any]:
+    from salbench.harness.allocator import set_malloc
     from salbench.harness.timing import device_name
 
+    allocator = set_malloc(malloc)  # process-wide, before either side: both run under the same rules
     torch.manual_seed(0)
     dev = torch.device(device)
     with tempfile.TemporaryDirectory() as folder:
-        ours = run_salbench(images, dev, Path(folder))
+        ours = run_salbench(images, dev, Path(folder) / "demo", [f"malloc={malloc}"])
+        # the demo's channels_last, and the peers' memory format (NCHW): what the format alone gives
+        nchw = run_salbench(images, dev, Path(folder) / "nchw", [f"malloc={malloc}", "channels_last=false"])
     theirs = run_peers(images, dev)
     checks = value_checks(ours.pop("scores"), theirs["values"])
-    return {"images": images, "device": device_name(dev), "salbench": ours, "peers": theirs, "checks": checks}
+    nchw.pop("scores")
+    return {"images": images, "device": device_name(dev), "malloc": allocator, "salbench": ours,
+            "salbench_nchw": nchw, "peers": theirs, "checks": checks}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -458,8 +480,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default="", help="write the results as JSON here")
+    parser.add_argument("--malloc", default="retain", choices=["retain", "system"], help="host allocator, both sides")
     args = parser.parse_args(argv)
-    result = run(args.images, args.device)
+    result = run(args.images, args.device, args.malloc)
     print(markdown(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=float))

@@ -867,6 +867,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--results", default=str(ROOT / "docs" / "benchmarks.json"), help="results JSON (merged)")
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"), help="Markdown file ('' : none)")
     parser.add_argument("--render", action="store_true", help="only render the page from --results")
+    parser.add_argument("--malloc", default="retain", choices=["retain", "system"],
+                        help="host allocator for both sides (salbench.harness.allocator; the job option's default)")
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
     for part in parts:
@@ -889,7 +891,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
     clock = time.perf_counter()
     if not args.render:
+        from salbench.harness.allocator import set_malloc
+
         when = time.strftime("%Y-%m-%d")
+        allocator = set_malloc(args.malloc)  # process-wide: salbench and the peers run under the same rules
         if "micro" in parts:
             results["micro"] = run_micro(args)
             if not args.no_autocast_check:
@@ -903,10 +908,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         if "end_to_end" in parts:
             from benchmarks.peers import run as run_end_to_end
 
-            results["end_to_end"] = run_end_to_end(args.end_to_end_images, args.device)
+            results["end_to_end"] = run_end_to_end(args.end_to_end_images, args.device, args.malloc)
         results.setdefault("commands", {})
         for part in parts:
-            results["commands"][part] = {"command": command.strip(), "when": when}
+            results["commands"][part] = {"command": command.strip(), "when": when, "malloc": allocator}
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=1, default=float))
     plot_name = None
