@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from salbench.datasets import collate
 from salbench.harness import store
+from salbench.harness.allocator import set_malloc
 from salbench.harness.runner import PROJECT_ROOT, build_dataset, resolve_device, seed_everything
 from salbench.harness.schema import options_of
 from salbench.inspection import class_model as class_model_lib
@@ -55,7 +56,7 @@ from salbench.inspection.receptive_field import crop_box, crop_patch, receptive_
 from salbench.methods.hooks import find_module
 from salbench.models import ModelBundle, create_model
 
-IDENTITY_EXCLUDES = ("progress", "resume", "num_workers", "flush_every")
+IDENTITY_EXCLUDES = ("progress", "resume", "num_workers", "flush_every", "malloc")
 CHECKPOINT = "checkpoint.pt"
 KIND = "inspection"
 
@@ -497,7 +498,7 @@ def _inspect(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> Non
 
     seed_everything(int(cfg.seed))
     device = resolve_device(cfg.device)
-    run_info["device"] = {**store.device_info(device)}
+    run_info["device"] = {**store.device_info(device), "malloc": set_malloc(str(cfg.get("malloc", "retain")))}
     bundle = create_model(cfg.model.name, **options_of(cfg.model)).to(device)
     run_info["model"] = bundle.describe()
     dataset = build_dataset(cfg, bundle)

@@ -168,6 +168,9 @@ def test_a_completed_folder_is_not_recomputed(inspected, compose_inspect, capsys
     assert "already completed" in capsys.readouterr().out
     assert again["job_id"] == info["job_id"] == inspection_id(cfg) and (folder / "index.html").stat().st_mtime_ns == stamp
     assert inspection_id(compose_inspect(["inspect=fast", "inspect.patches.top_k=5"])) != info["job_id"]
+    assert inspection_id(compose_inspect(["inspect=fast", "malloc=system"])) == inspection_id(
+        compose_inspect(["inspect=fast"]))  # the host allocator changes no result
+    assert json.loads((folder / "run.json").read_text())["device"]["malloc"]["malloc"] == "retain"
 
 
 @pytest.mark.slow  # 5-13 s on 2 cores; runs in `make test-slow`
@@ -236,6 +239,8 @@ def test_bad_settings_fail_with_the_valid_choices(tmp_path, compose_inspect):
 
     with pytest.raises(ValueError, match=r"inspect.dissection.threshold='median' is not valid; valid: exact, histogram"):
         run_inspection(compose_inspect(["inspect.dissection.threshold=median"]), tmp_path / "a")
+    with pytest.raises(ValueError, match=r"unknown malloc 'fast'; valid: retain, system"):
+        run_inspection(compose_inspect(["malloc=fast"]), tmp_path / "c")
     with pytest.raises(KeyError, match=r"unknown layer 'features.99'.*features.0"):
         run_inspection(compose_inspect(["inspect=fast", "progress=false", "inspect.patches.layer=features.99"]), tmp_path / "b")
     assert json.loads((tmp_path / "b" / "run.json").read_text())["status"] == "failed"
