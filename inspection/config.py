@@ -110,6 +110,7 @@ class InspectConfig:
     resume: bool = True
     flush_every: int = 256
     malloc: str = "retain"
+    plugins: List[str] = field(default_factory=list)
 
 
 def register_inspect_schema() -> None:

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from salbench.datasets import collate
 from salbench.harness import store
 from salbench.harness.allocator import set_malloc
+from salbench.harness.plugins import load_plugins, loaded_plugins
 from salbench.harness.runner import PROJECT_ROOT, build_dataset, resolve_device, seed_everything
 from salbench.harness.schema import options_of
 from salbench.inspection import class_model as class_model_lib
@@ -455,6 +456,7 @@ def run_inspection(cfg: DictConfig, output_dir: Path) -> Dict[str, Any]:
     With ``resume``, a folder completed for the same identity is left as it is."""
     output_dir = Path(output_dir)
     cfg = cfg.copy()
+    load_plugins(cfg.get("plugins") or [])  # before validation: their models and datasets are options
     validate_inspection(cfg)
     identity = inspection_id(cfg)
     previous = _previous_run(output_dir)
@@ -467,7 +469,7 @@ def run_inspection(cfg: DictConfig, output_dir: Path) -> Dict[str, Any]:
     run_info: Dict[str, Any] = {
         "kind": KIND, "job_id": identity, "status": "running", "started": datetime.now(timezone.utc).isoformat(),
         "seed": cfg.seed, "config": OmegaConf.to_container(cfg, resolve=True), "versions": store.package_versions(),
-        "git_commit": store.git_commit(PROJECT_ROOT),
+        "git_commit": store.git_commit(PROJECT_ROOT), "plugins": loaded_plugins(),
         "attempts": int(previous.get("attempts", 0)) + 1 if previous.get("job_id") == identity else 1,
     }
     store.write_json(output_dir / "run.json", run_info)

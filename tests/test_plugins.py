@@ -281,3 +281,22 @@ def test_the_installed_entry_point_loads_the_plugin_without_plugins_option(insta
     assert set(scores["method"]) == {"gradient_x_input", "gradcam"} and set(scores["dataset"]) == {"stripes"}
     info = json.loads((out / "run.json").read_text())
     assert info["plugins"]["salbench_example_plugin"]["source"] == "entry point example"
+
+
+def test_inspect_takes_the_plugins_option(tmp_path, monkeypatch):
+    """``salbench inspect plugins=[...] model=<its model> dataset=<its dataset>``: the plugin is
+    loaded before Hydra reads the names, the inspection runs on them and records the plugin."""
+    from salbench.harness.cli import main
+
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    out = tmp_path / "inspect"
+    try:
+        main(["inspect", "plugins=[salbench_example_plugin]", "model=example_net", "dataset=stripes",
+              "dataset.num_images=16", "inspect=fast", "inspect.dissection.enabled=false", "device=cpu",
+              "progress=false", f"hydra.run.dir={out}"])
+    finally:
+        forget("salbench_example_plugin", NAMES)
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "completed" and info["config"]["model"]["name"] == "example_net"
+    assert info["plugins"]["salbench_example_plugin"]["source"] == "plugins"
+    assert info["config"]["plugins"] == ["salbench_example_plugin"]
