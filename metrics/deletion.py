@@ -42,7 +42,8 @@ from torch import Tensor, nn
 from salbench.metrics import register_metric
 from salbench.metrics.base import TRACKED, CurveKind, ExplainedBatch, Metric, ScoreInfo, TracksClass, check_choice
 from salbench.metrics.base import image_ids, image_seeds
-from salbench.metrics.perturbation import AUTOCAST, ChunkTuning, class_readout, forward_in_chunks, forward_probe
+from salbench.metrics.perturbation import AUTOCAST, ChunkTuning, class_readout, distinct_prefixes, forward_in_chunks, \
+    forward_probe
 
 CURVES = ("deletion", "insertion")
 SUBSTRATES = ("zero", "mean", "blur", "noise")
@@ -180,6 +181,7 @@ def perturbation_curves(
     tie_break: str = "first",
     batch_size: int = 256,
     autocast: Optional[str] = None,
+    reuse_equal_inputs: bool = True,
 ) -> Dict[str, Tensor]:
     """Deletion or insertion curves of several maps of the same images at once.
 
@@ -192,7 +194,14 @@ def perturbation_curves(
     most ``batch_size``; each method's curves equal a call with that method alone (exactly, on
     devices whose kernels give a sample the same result whatever batch it lands in;
     tests/test_shared_passes.py). ``autocast``: ``None`` (full precision), ``"bf16"`` or
-    ``"fp16"`` (the model's forward under ``torch.autocast``; softmax in float32)."""
+    ``"fp16"`` (the model's forward under ``torch.autocast``; softmax in float32).
+
+    ``reuse_equal_inputs``: an input that equals another item's (the same image with the same
+    pixels changed: every map's start and end points, and maps that order their top pixels alike,
+    such as Grad-CAM, XGrad-CAM and HiResCAM on a model with global average pooling) is computed
+    once (:func:`salbench.metrics.perturbation.distinct_prefixes`); its value is the one a
+    forward pass of that input gives, so the curves are the same as without the reuse (bit for
+    bit where a sample's result does not depend on its batch: tests/test_faithfulness.py)."""
     check_choice("mode", mode, CURVES)
     check_choice("score", score, SCORES)
     keys = list(maps)
@@ -219,21 +228,28 @@ def perturbation_curves(
         changed = (torch.arange(points, device=x.device) * step).clamp_max(num_pixels)  # [S]
 
     # items: (map, image, step) triples, map-major then image-major; item i is curve i // points
-    # (a (map, image) pair) after changed[i % points] pixels
+    # (a (map, image) pair) after changed[i % points] pixels; only the items in `keep` are computed
+    count = num_maps * num_images * points
+    if reuse_equal_inputs:
+        with torch.inference_mode():
+            images_of_curves = torch.arange(num_maps * num_images, device=x.device) % num_images
+            keep, source = distinct_prefixes(ranks, changed, images_of_curves)
+    else:
+        keep = source = torch.arange(count, device=x.device)
+
     def build(begin: int, end: int) -> Tensor:
-        item = torch.arange(begin, end, device=x.device)
+        item = keep[begin:end]
         curve, images = item // points, (item // points) % num_images
         mask = (ranks[curve] < changed[item % points][:, None]).view(-1, 1, height, width)
         return torch.where(mask, finish[images], start[images])
 
     def read(logits: Tensor, begin: int, end: int) -> Tensor:
-        images = (torch.arange(begin, end, device=x.device) // points) % num_images
+        images = (keep[begin:end] // points) % num_images
         return class_readout(logits, target[images], score)
 
-    values = forward_in_chunks(model, num_maps * num_images * points, build, read,
-                               chunk=batch_size, device=x.device,
+    values = forward_in_chunks(model, keep.shape[0], build, read, chunk=batch_size, device=x.device,
                                autocast=autocast)
-    curves = values.view(num_maps, num_images, points)
+    curves = values[source].view(num_maps, num_images, points)
     bad = torch.isnan(stacked).flatten(2).any(2)  # [M, B]
     curves = torch.where(bad[..., None], torch.full_like(curves, float("nan")), curves)
     return {key: curves[i].clone() for i, key in enumerate(keys)}

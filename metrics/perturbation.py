@@ -130,6 +130,54 @@ def forward_in_chunks(
     return values if values is not None else torch.empty(0, device=device, dtype=torch.float32)
 
 
+FINGERPRINT_BITS = 40  # per-pixel random weights below 2**40: a prefix sum of 2**23 pixels stays below 2**63
+
+
+def distinct_prefixes(ranks: Tensor, changed: Tensor, groups: Tensor, *, curves_per_pass: int = 64) -> Tuple[Tensor, Tensor]:
+    """Find the (curve, step) items whose perturbed inputs repeat an earlier item's.
+
+    ranks: [C, P] long, each curve's step-order position of every pixel (a permutation of
+    ``0..P-1``); changed: [S] long, the pixels changed at each step (item (c, s) changes the
+    pixels with ``ranks[c] < changed[s]``); groups: [C] long, the curves whose inputs are built
+    from the same image and substrate (items of different groups never share an input). Items
+    are numbered ``c * S + s``.
+
+    Returns ``(keep, source)``: ``keep`` [U] long, ascending, the items to compute (the first of
+    each set of equal inputs), and ``source`` [C * S] long, the position in ``keep`` of the item
+    whose input equals item n's. Equal changed-pixel sets are found by a 40-bit random fingerprint
+    of each prefix (a prefix sum of per-pixel weights, seeded, so the same on every device) and
+    then compared exactly; should two different sets ever share a fingerprint, every item is
+    kept (no item is ever given another's value unless their inputs are equal)."""
+    num_curves, num_pixels = ranks.shape
+    steps = changed.shape[0]
+    device = ranks.device
+    if num_curves * steps == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    weights = torch.randint(0, 2 ** FINGERPRINT_BITS, (num_pixels,), generator=generator, dtype=torch.long).to(device)
+    fingerprints = torch.empty(num_curves, steps, dtype=torch.long, device=device)
+    for begin in range(0, num_curves, curves_per_pass):  # [curves, P] int64 at a time, not [C, P]
+        part = ranks[begin:begin + curves_per_pass]
+        by_rank = torch.empty_like(part).scatter_(1, part, weights.expand_as(part))  # weight of the pixel at each rank
+        prefix = torch.cat([torch.zeros_like(by_rank[:, :1]), by_rank.cumsum(1)], dim=1)  # [curves, P + 1]
+        fingerprints[begin:begin + curves_per_pass] = prefix[:, changed]
+    items = torch.arange(num_curves * steps, device=device)
+    key = torch.stack([groups[:, None].expand(-1, steps).reshape(-1) * steps + items % steps, fingerprints.reshape(-1)], 1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), num_curves * steps, dtype=torch.long, device=device)
+    first = first.scatter_reduce(0, inverse, items, reduce="amin")
+    twin = first[inverse]  # [N] the first item with the same key
+    repeated = (twin != items).nonzero()[:, 0]
+    for begin in range(0, repeated.shape[0], 1024):  # exact check of every repeat: the same changed pixels
+        rows = repeated[begin:begin + 1024]
+        limit = changed[rows % steps][:, None]
+        if not torch.equal(ranks[rows // steps] < limit, ranks[twin[rows] // steps] < limit):
+            return items, items  # a fingerprint collision: compute every item
+    keep = torch.unique(twin)  # sorted
+    return keep, torch.searchsorted(keep, twin)
+
+
 def logits_in_chunks(model: nn.Module, x: Tensor, chunk: int) -> Tensor:
     """model(x) [B, K] float32 computed in forward passes of exactly ``chunk`` images (the last
     padded): the same numbers whatever the batch ``x`` belongs to."""

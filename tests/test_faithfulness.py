@@ -16,9 +16,12 @@ from salbench.metrics.deletion import (
     gaussian_blur,
     make_substrate,
     perturbation_curve,
+    perturbation_curves,
     pixel_ranks,
     resolve_step,
 )
+from salbench.metrics import perturbation
+from salbench.metrics.perturbation import distinct_prefixes
 
 from helpers import model_explained, scores_of, tiny_net
 
@@ -204,6 +207,63 @@ def test_same_seed_identical_curves_and_batch_split_invariance():
     np.testing.assert_array_equal(first, curves())
     np.testing.assert_allclose(curves(split=True), first, atol=1e-6)
     assert np.abs(curves(seed=8) - first).max() > 1e-4
+
+
+# --------------------------------------------------------------------------- equal inputs computed once
+def test_distinct_prefixes_on_a_hand_made_case():
+    """Two images, three curves each (map-major: curves 0-2 of image 0, 3-5 of image 1 would be
+    image-major; here groups say which image). Curves 0 and 1 order their first two pixels alike
+    ({2, 0}) but differ after; curve 2 is curve 0's image's other order; curve 3 has image 1 and
+    curve 0's order; steps change 0, 2 and 4 pixels."""
+    ranks = torch.tensor([[1, 3, 0, 2], [0, 2, 1, 3], [3, 2, 1, 0], [1, 3, 0, 2]])
+    changed = torch.tensor([0, 2, 4])
+    groups = torch.tensor([0, 0, 0, 1])
+    keep, source = distinct_prefixes(ranks, changed, groups)
+    # items c * 3 + s: image 0's start (0, 3, 6) and end (2, 5, 8) once each; curve 1 step 1
+    # ({0, 2}) equals curve 0 step 1 ({2, 0}); curve 2 step 1 ({3, 2}) is new; image 1 is apart
+    assert keep.tolist() == [0, 1, 2, 7, 9, 10, 11]
+    assert [int(keep[i]) for i in source] == [0, 1, 2, 0, 1, 2, 0, 7, 2, 9, 10, 11]
+
+
+def test_a_fingerprint_collision_computes_every_item(monkeypatch):
+    """With 0-bit weights every prefix of a step shares one fingerprint: the exact check finds the
+    different sets and every item is computed."""
+    monkeypatch.setattr(perturbation, "FINGERPRINT_BITS", 0)
+    ranks = torch.tensor([[1, 3, 0, 2], [0, 2, 1, 3], [3, 2, 1, 0]])
+    keep, source = distinct_prefixes(ranks, torch.tensor([0, 2, 4]), torch.zeros(3, dtype=torch.long))
+    assert keep.tolist() == list(range(9)) and source.tolist() == list(range(9))
+
+
+@pytest.mark.parametrize("mode", ["deletion", "insertion"])
+def test_equal_inputs_computed_once_give_the_same_curves_bit_for_bit(mode):
+    """Maps that order their pixels alike (a map, twice it, its square) and others share their
+    inputs: the curves equal the computation of every input exactly, with fewer model inputs
+    (counted: the start and end points once per image, the alike maps' steps once)."""
+    net = tiny_net(3)
+    torch.manual_seed(8)
+    x = torch.randn(3, 3, 12, 12)
+    base = torch.rand(3, 12, 12)
+    maps = {"a": base, "twice": 2 * base, "square": base ** 2, "other": torch.rand(3, 12, 12),
+            "flat": torch.ones(3, 12, 12)}
+    seen = []
+
+    def counting(inputs):
+        seen.append(inputs.shape[0])
+        return net(inputs)
+
+    options = dict(mode=mode, substrate=make_substrate(x, "blur" if mode == "insertion" else "zero"), n_steps=9,
+                   batch_size=7)
+    reused = perturbation_curves(counting, x, maps, torch.tensor([0, 1, 2]), **options)
+    reused_inputs = len(seen) * 7
+    seen.clear()
+    every = perturbation_curves(counting, x, maps, torch.tensor([0, 1, 2]), reuse_equal_inputs=False, **options)
+    for key in maps:
+        assert torch.equal(reused[key], every[key]), key
+    points = 10
+    assert len(seen) * 7 == -(-5 * 3 * points // 7) * 7  # every input: 150, padded to the chunk
+    # distinct inputs per image: start and end once, the three alike maps' 8 inner steps once,
+    # "other" and "flat" 8 each: 2 + 3 * 8 = 26 (unless "other" or "flat" meets another set)
+    assert reused_inputs <= -(-3 * 26 // 7) * 7
 
 
 def test_substrates_and_tables_layout():
