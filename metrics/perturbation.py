@@ -155,7 +155,8 @@ def distinct_prefixes(ranks: Tensor, changed: Tensor, groups: Tensor, *, curves_
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty
     generator = torch.Generator(device="cpu").manual_seed(0)
-    weights = torch.randint(0, 2 ** FINGERPRINT_BITS, (num_pixels,), generator=generator, dtype=torch.long).to(device)
+    weights = torch.randint(0, 2 ** FINGERPRINT_BITS, (num_pixels,), generator=generator, dtype=torch.long,
+                            device="cpu").to(device)
     fingerprints = torch.empty(num_curves, steps, dtype=torch.long, device=device)
     for begin in range(0, num_curves, curves_per_pass):  # [curves, P] int64 at a time, not [C, P]
         part = ranks[begin:begin + curves_per_pass]

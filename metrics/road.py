@@ -70,7 +70,7 @@ from salbench.metrics import register_metric
 from salbench.metrics.base import TRACKED, CurveKind, ExplainedBatch, Metric, ScoreInfo, TracksClass, check_choice
 from salbench.metrics.base import image_ids, image_seeds
 from salbench.metrics.deletion import TIE_BREAKS, pixel_ranks
-from salbench.metrics.perturbation import AUTOCAST, class_readout, forward_in_chunks
+from salbench.metrics.perturbation import AUTOCAST, class_readout, distinct_prefixes, forward_in_chunks
 
 ORDERS = ("morf", "lerf")
 SCORES = ("softmax", "logit", "correct")
@@ -423,15 +423,22 @@ def road_curves_of_maps(
     counts = removed_counts(fractions, num_pixels)
     target = torch.as_tensor(target, device=x.device).long()
     stacked = torch.stack([maps[key].detach().to(x.device) for key in keys])  # [M, B, H, W]
-    valid = (~torch.isnan(stacked).flatten(2).any(2)).tolist()  # [M][B]
-    # one imputation per (map, order, image, fraction) whose map is finite
-    jobs = [(m, o, b, i) for m in range(len(keys)) for o in range(len(orders)) for b in range(num_images)
-            if valid[m][b] for i in range(len(fractions))]
+    valid = ~torch.isnan(stacked).flatten(2).any(2)  # [M, B]
     shape = (len(keys), len(orders), num_images, len(fractions))
     used = torch.zeros(shape, dtype=torch.int64, device="cpu")
     with torch.inference_mode():
         ranks = torch.stack([torch.stack([pixel_ranks(stacked[m], _SORDER[order], tie_break) for order in orders])
                              for m in range(len(keys))])  # [M, O, B, HW]
+        # one imputation per distinct (image, removed set) of a finite map: items (map, order, image,
+        # fraction) in that order; an item removing the same pixels of the same image as an earlier
+        # one (another map's or order's) takes that one's value (the same imputed image)
+        curve_valid = valid[:, None, :].expand(-1, len(orders), -1).reshape(-1)  # [M * O * B]
+        curve_index = torch.arange(curve_valid.shape[0], device=x.device)
+        groups = torch.where(curve_valid, curve_index % num_images, num_images + curve_index)  # NaN maps: alone
+        keep, source = distinct_prefixes(ranks.view(-1, num_pixels),
+                                         torch.tensor(counts, dtype=torch.int64, device=x.device), groups)
+        computed = curve_valid[keep // len(fractions)]
+    jobs = [tuple(int(v) for v in np.unravel_index(int(item), shape)) for item in keep[computed].tolist()]
     if solver == "cg":
         with torch.inference_mode():
             fields_on_device = noise_fields(x.shape[1:], seeds).to(x.device) if noise != 0 else None
@@ -471,16 +478,18 @@ def road_curves_of_maps(
         which = torch.tensor([b for _, _, b, _ in jobs[begin:end]], dtype=torch.long, device=x.device)
         return class_readout(logits, target[which], score)
 
-    values = torch.full(shape, float("nan"), dtype=torch.float32, device="cpu")
+    per_kept = torch.full((keep.shape[0],), float("nan"), dtype=torch.float32, device="cpu")
     try:
         if jobs:
             got = forward_in_chunks(model, len(jobs), build, read, device=x.device, autocast=autocast,
                                     chunk=batch_size)
-            index = torch.tensor(jobs, dtype=torch.long, device="cpu")
-            values[index[:, 0], index[:, 1], index[:, 2], index[:, 3]] = got.cpu()
+            per_kept[computed.cpu()] = got.cpu()
     finally:
         if solver != "cg":
             pool.shutdown()
+    source = source.cpu()
+    values = per_kept[source].view(shape)
+    used = used.view(-1)[keep.cpu()][source].view(shape)
     if iterations is not None:
         iterations.update({key: {order: used[m, o] for o, order in enumerate(orders)} for m, key in enumerate(keys)})
     return {key: {order: values[m, o].to(x.device) for o, order in enumerate(orders)} for m, key in enumerate(keys)}

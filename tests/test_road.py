@@ -19,6 +19,7 @@ from salbench.metrics.road import (
     noisy_linear_imputation,
     removed_counts,
     road_curves,
+    road_curves_of_maps,
 )
 
 from helpers import model_explained, scores_of, tiny_net
@@ -312,6 +313,37 @@ def test_metric_layout_protocol_scores_and_tables():
     for key, value in pair["a"].items():
         torch.testing.assert_close(value, out[key], equal_nan=True)  # same as alone
     assert set(both.tables()["curves"].method) == {"a", "b"}
+
+
+@pytest.mark.parametrize("solver", ["direct", "cg"])
+def test_equal_removed_sets_are_imputed_once_and_give_the_same_curves(solver, monkeypatch):
+    """A map, twice it and its square remove the same pixels at every fraction and order: each
+    (image, removed set) is imputed and scored once, and every map's curves equal the map's own
+    call exactly; a NaN map stays NaN and gives no value to the others."""
+    import salbench.metrics.road as road
+
+    net = tiny_net(6)
+    generator = torch.Generator().manual_seed(12)
+    x, base = torch.randn(2, 3, 8, 8, generator=generator), torch.rand(2, 8, 8, generator=generator)
+    other = torch.rand(2, 8, 8, generator=generator)
+    broken = base.clone()
+    broken[1, 0, 0] = float("nan")
+    maps = {"a": base, "twice": 2 * base, "square": base ** 2, "other": other, "broken": broken}
+    options = dict(fractions=[0.25, 0.5, 0.75], seeds=[3, 4], batch_size=5, solver=solver, workers=1)
+    imputed = []
+    if solver == "direct":
+        original = road._impute_one
+        monkeypatch.setattr(road, "_impute_one", lambda *args: imputed.append(1) or original(*args))
+    together = road_curves_of_maps(net, x, maps, torch.tensor([0, 1]), **options)
+    if solver == "direct":
+        # distinct (image, order, fraction) sets: base's and other's, 2 images x 2 orders x 3 fractions
+        # each (unless other meets base); broken's image 0 equals base's, its image 1 is NaN
+        assert len(imputed) <= 2 * 2 * 2 * 3 and len(imputed) >= 2 * 2 * 3
+    for key, value in maps.items():
+        alone = road_curves(net, x, value, torch.tensor([0, 1]), **options)
+        for order in ("morf", "lerf"):
+            torch.testing.assert_close(together[key][order], alone[order], rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(together["broken"]["morf"][1]).all() and not torch.isnan(together["broken"]["morf"][0]).any()
 
 
 def test_metric_makes_no_tensor_off_the_input_device():
