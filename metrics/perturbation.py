@@ -1,8 +1,10 @@
 """The perturbation engine: the model's forward passes over many perturbed inputs, for every
 metric that perturbs images (``rise``'s deletion/insertion, ``road``'s imputations, the region,
 confidence-change, correlation and infidelity metrics), per-image seeded random draws
-(:func:`seeded_draws`) and re-explanation of perturbed inputs in shared passes
-(:func:`explain_in_chunks`, for the robustness and random-logit metrics).
+(:func:`seeded_draws`), re-explanation of perturbed inputs in shared passes
+(:func:`reexplain_in_chunks`, for the robustness and random-logit metrics) and the detection of
+perturbed inputs that repeat an earlier one (:func:`distinct_prefixes`: the same image with the
+same pixels changed, computed once by deletion/insertion and ROAD).
 
 A metric describes its perturbed inputs as a flat sequence of ``count`` items (for example
 (method, image, step) triples, method-major, so that all methods' inputs of one batch share the
@@ -170,8 +172,9 @@ def distinct_prefixes(ranks: Tensor, changed: Tensor, groups: Tensor, *, curves_
     first = first.scatter_reduce(0, inverse, items, reduce="amin")
     twin = first[inverse]  # [N] the first item with the same key
     repeated = (twin != items).nonzero()[:, 0]
-    for begin in range(0, repeated.shape[0], 1024):  # exact check of every repeat: the same changed pixels
-        rows = repeated[begin:begin + 1024]
+    rows_per_pass = max(1, (1 << 22) // max(num_pixels, 1))  # [rows, P] int64 temporaries of at most 32 MiB
+    for begin in range(0, repeated.shape[0], rows_per_pass):  # exact check of every repeat: the same changed pixels
+        rows = repeated[begin:begin + rows_per_pass]
         limit = changed[rows % steps][:, None]
         if not torch.equal(ranks[rows // steps] < limit, ranks[twin[rows] // steps] < limit):
             return items, items  # a fingerprint collision: compute every item
