@@ -119,13 +119,15 @@ def test_several_instances_of_an_adapter_in_one_job_carry_their_labels(compose_c
     """The label is the method's key in the scores; the same label twice is an error."""
     overrides = ["debug=fast", "dataset.limit=4", "gallery_images=0", "metric=[cam_paper]",
                  "method=[captum,gradcam]", "method.captum.label=ig8", "+method.captum.kwargs.n_steps=8",
+                 "method.gradcam.label=gc",  # every packaged method YAML has the key: no '+' needed
                  "+method.sal={name: captum, attribution: Saliency, label: saliency_abs}"]
     scores = run_job(compose_config(overrides), tmp_path / "job")
-    assert set(scores["method"]) == {"ig8", "gradcam", "saliency_abs"}
+    assert set(scores["method"]) == {"ig8", "gc", "saliency_abs"}
     options = {m: json.loads(o) for m, o in scores[["method", "method_options"]].drop_duplicates().itertuples(index=False)}
     assert options["ig8"]["attribution"] == "IntegratedGradients" and options["saliency_abs"]["attribution"] == "Saliency"
     info = json.loads((tmp_path / "job" / "run.json").read_text())
     assert info["components"]["methods"]["ig8"]["name"] == "captum"
+    assert info["components"]["methods"]["gc"]["name"] == "gradcam"
     with pytest.raises(ValueError, match="methods 'captum' and 'sal' are both labelled 'twin'"):
         validate_config(compose_config(["method=[captum]", "method.captum.label=twin",
                                         "+method.sal={name: captum, label: twin}"]))
