@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from salbench.metrics import register_metric
 from salbench.metrics.base import TRACKED, CurveKind, ExplainedBatch, Metric, ScoreInfo, TracksClass, check_choice
 from salbench.metrics.base import image_ids, image_seeds
-from salbench.metrics.perturbation import AUTOCAST, class_readout, forward_in_chunks, seeded_draws
+from salbench.metrics.perturbation import AUTOCAST, class_readout, distinct_prefixes, forward_in_chunks, seeded_draws
 
 REGIONS = ("patches", "superpixels")
 ORDERS = ("morf", "lerf")
@@ -129,7 +129,10 @@ def region_curves(model: nn.Module, x: Tensor, maps: Dict[str, Tensor], labels: 
     (0..R-1, per image); target [B]; removed [B, C, H, W] the removed pixels' values. Returns
     {method: [B, S + 1]} float32: the ``score`` of the target after ``k`` regions were removed,
     ``k = 0..S``, ``S = min(max_steps, R)``; NaN past an image's own number of regions (and for a
-    map holding NaN). All (method, image, step) inputs, method-major, share the forward chunks."""
+    map holding NaN). All (method, image, step) inputs, method-major, share the forward chunks;
+    an input that removes the same regions of the same image as an earlier one (every map's first
+    point, and maps that order the regions alike) is computed once
+    (:func:`salbench.metrics.perturbation.distinct_prefixes`; the curves do not change)."""
     check_choice("score", score, SCORES)
     keys = list(maps)
     count, _, height, width = x.shape
@@ -139,21 +142,24 @@ def region_curves(model: nn.Module, x: Tensor, maps: Dict[str, Tensor], labels: 
     steps = int(per_image.max()) if max_steps is None else min(int(max_steps), int(per_image.max()))
     points = steps + 1
     flat_labels = labels.flatten(1)
+    with torch.inference_mode():  # items (map, image, step): only the distinct inputs are computed
+        images_of_curves = torch.arange(len(keys) * count, device=x.device) % count
+        keep, source = distinct_prefixes(ranks, torch.arange(points, device=x.device), images_of_curves)
 
     def build(begin: int, end: int) -> Tensor:
-        item = torch.arange(begin, end, device=x.device)
+        item = keep[begin:end]
         curve, images = item // points, (item // points) % count
         rank_of_pixel = ranks[curve].gather(1, flat_labels[images])  # [n, HW]
         mask = (rank_of_pixel < (item % points)[:, None]).view(-1, 1, height, width)
         return torch.where(mask, removed[images], x[images])
 
     def read(logits: Tensor, begin: int, end: int) -> Tensor:
-        images = (torch.arange(begin, end, device=x.device) // points) % count
+        images = (keep[begin:end] // points) % count
         return class_readout(logits, target[images], score)
 
-    values = forward_in_chunks(model, len(keys) * count * points, build, read, device=x.device,
-                               chunk=batch_size, autocast=autocast)
-    curves = values.view(len(keys), count, points)
+    values = forward_in_chunks(model, keep.shape[0], build, read, device=x.device, chunk=batch_size,
+                               autocast=autocast)
+    curves = values[source].view(len(keys), count, points)
     beyond = torch.arange(points, device=x.device)[None] > per_image[:, None]  # [B, S + 1]
     out = {}
     for i, key in enumerate(keys):

@@ -282,3 +282,34 @@ def test_infidelity_paper_preset_is_the_authors_formula_and_scale_invariant():
     np.testing.assert_allclose(scaled, expected, rtol=1e-9)  # invariant to the map's scale
     raw = infidelity(torch.from_numpy(dots * 1000), torch.from_numpy(drops), False).numpy()
     assert (raw > 100 * expected).all()  # captum's default is not (issue #613)
+
+
+@pytest.mark.parametrize("regions", ["patches", "superpixels"])
+def test_equal_region_sets_are_computed_once_and_give_the_same_curves(regions):
+    """A map and twice it remove the same regions at every step, and every map's first point is
+    the clean image: those inputs are forwarded once, and each map's curve equals its own call
+    exactly (a NaN map stays NaN)."""
+    model = small_cnn()
+    x, maps, logits, _ = case_of(model)
+    target = logits.argmax(1)
+    labels = patch_labels((32, 32), 8).expand(3, -1, -1) if regions == "patches" else slic_labels(x, 12)
+    broken = maps.clone()
+    broken[0, 0, 0] = float("nan")
+    family = {"a": maps, "twice": 2 * maps, "other": torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(4)),
+              "broken": broken}
+    forwarded = []
+
+    def counting(inputs):
+        forwarded.append(inputs.shape[0])
+        return model(inputs)
+
+    options = dict(removed=removed_values(x, "black"), order="morf", reduce="sum" if regions == "patches" else "mean",
+                   max_steps=6, batch_size=5)
+    together = region_curves(counting, x, family, labels, target, **options)
+    points = together["a"].shape[1]
+    # distinct inputs: per image the clean one, then a's steps (twice's and broken's equal them), other's steps
+    assert len(forwarded) * 5 <= -(-3 * (1 + 2 * (points - 1)) // 5) * 5 < 4 * 3 * points
+    for key, value in family.items():
+        alone = region_curves(model, x, {key: value}, labels, target, **options)[key]
+        torch.testing.assert_close(together[key], alone, rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(together["broken"][0]).all() and not torch.isnan(together["broken"][1:, :2]).any()
