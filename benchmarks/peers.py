@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from salbench.harness.allocator import MALLOC_CHOICES
+
 METHODS = ["cam", "gradcam", "counterfactual_gradcam", "guided_gradcam", "saliency", "guided_backprop", "deconvnet",
            "occlusion", "random", "center"]
 COMPONENTS = ("explain", "localization", "curves", "randomization")
@@ -480,7 +482,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default="", help="write the results as JSON here")
-    parser.add_argument("--malloc", default="retain", choices=["retain", "system"], help="host allocator, both sides")
+    parser.add_argument("--malloc", default="retain", choices=MALLOC_CHOICES, help="host allocator, both sides")
     args = parser.parse_args(argv)
     result = run(args.images, args.device, args.malloc)
     print(markdown(result))

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from salbench.harness.allocator import MALLOC_CHOICES
 from salbench.harness.timing import Stopwatch, device_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -879,7 +880,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--results", default=str(ROOT / "docs" / "benchmarks.json"), help="results JSON (merged)")
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"), help="Markdown file ('' : none)")
     parser.add_argument("--render", action="store_true", help="only render the page from --results")
-    parser.add_argument("--malloc", default="retain", choices=["retain", "system"],
+    parser.add_argument("--malloc", default="retain", choices=MALLOC_CHOICES,
                         help="host allocator for both sides (salbench.harness.allocator; the job option's default)")
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]

@@ -43,11 +43,17 @@ def _glibc() -> Any:
         return None
 
 
+def check_malloc(choice: Any) -> str:
+    """``choice`` if it is a valid ``malloc`` option, else an error naming the valid ones."""
+    if choice not in MALLOC_CHOICES:
+        raise ValueError(f"unknown malloc {choice!r}; valid: {', '.join(MALLOC_CHOICES)}")
+    return str(choice)
+
+
 def set_malloc(choice: str) -> Dict[str, Any]:
     """Apply option ``malloc`` (``retain`` | ``system``) to this process; returns what run.json
     records: ``{"malloc": choice, "applied": bool, "note": why not / what was set}``."""
-    if choice not in MALLOC_CHOICES:
-        raise ValueError(f"unknown malloc {choice!r}; valid: {', '.join(MALLOC_CHOICES)}")
+    choice = check_malloc(choice)
     if choice == "system":
         return {"malloc": choice, "applied": False, "note": "the C library's own rules"}
     libc = _glibc()

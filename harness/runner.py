@@ -605,10 +605,10 @@ def build_job(cfg: DictConfig, bundle: ModelBundle, device: torch.device, metric
 
 def _run(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any], bundle: ModelBundle, dataset: Any,
          device: torch.device) -> pd.DataFrame:
+    allocator = set_malloc(cfg.get("malloc", "retain"))  # process-wide, before the first forward pass
     run_info["device"] = {**store.device_info(device), "device_name": device_name(device),
                           "channels_last": bool(cfg.get("channels_last", False)),
-                          "shared_passes": bool(cfg.get("shared_passes", True)),
-                          "malloc": set_malloc(str(cfg.get("malloc", "retain")))}
+                          "shared_passes": bool(cfg.get("shared_passes", True)), "malloc": allocator}
     if cfg.get("channels_last", False):  # the job's own model copy: NHWC weights for GPU convolutions
         bundle.module.to(memory_format=torch.channels_last)
     run_info["model"] = bundle.describe()

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
-from salbench.harness.allocator import MALLOC_CHOICES
+from salbench.harness.allocator import check_malloc
 from salbench.harness.registry import Registry, entry_parameters
 
 TARGETS = ("label", "predicted")
@@ -240,8 +240,7 @@ def validate_config(cfg: DictConfig) -> None:
             raise ValueError(f"{key} must be >= 0 (0: none); got {cfg[key]}")
     if cfg.get("save_maps") is not None and cfg.save_maps not in SAVE_MAPS:
         raise ValueError(f"unknown save_maps {cfg.save_maps!r}; valid: null, {', '.join(SAVE_MAPS)}")
-    if cfg.get("malloc", "retain") not in MALLOC_CHOICES:
-        raise ValueError(f"unknown malloc {cfg.malloc!r}; valid: {', '.join(MALLOC_CHOICES)}")
+    check_malloc(cfg.get("malloc", "retain"))
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
     if missing:
         raise ValueError(f"{len(missing)} option(s) need a value: {', '.join(missing)} (e.g. {missing[0]}=...)")

@@ -14,7 +14,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from salbench.harness.allocator import MALLOC_CHOICES
+from salbench.harness.allocator import check_malloc
 
 
 @dataclass
@@ -137,8 +137,7 @@ def validate_inspection(cfg: DictConfig) -> None:
     """Every choice against its valid values; errors name the key, the value and the choices."""
     if int(cfg.batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1; got {cfg.batch_size}")
-    if cfg.get("malloc", "retain") not in MALLOC_CHOICES:
-        raise ValueError(f"unknown malloc {cfg.malloc!r}; valid: {', '.join(MALLOC_CHOICES)}")
+    check_malloc(cfg.get("malloc", "retain"))
     for (section, key), choices in CHOICES.items():
         value = cfg.inspect[section][key]
         if value not in choices:

@@ -500,7 +500,8 @@ def _inspect(cfg: DictConfig, output_dir: Path, run_info: Dict[str, Any]) -> Non
 
     seed_everything(int(cfg.seed))
     device = resolve_device(cfg.device)
-    run_info["device"] = {**store.device_info(device), "malloc": set_malloc(str(cfg.get("malloc", "retain")))}
+    allocator = set_malloc(cfg.get("malloc", "retain"))  # process-wide, before the first forward pass
+    run_info["device"] = {**store.device_info(device), "malloc": allocator}
     bundle = create_model(cfg.model.name, **options_of(cfg.model)).to(device)
     run_info["model"] = bundle.describe()
     dataset = build_dataset(cfg, bundle)

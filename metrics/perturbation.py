@@ -4,7 +4,7 @@ confidence-change, correlation and infidelity metrics), per-image seeded random 
 (:func:`seeded_draws`), re-explanation of perturbed inputs in shared passes
 (:func:`reexplain_in_chunks`, for the robustness and random-logit metrics) and the detection of
 perturbed inputs that repeat an earlier one (:func:`distinct_prefixes`: the same image with the
-same pixels changed, computed once by deletion/insertion and ROAD).
+same pixels changed, computed once by deletion/insertion, ROAD and region perturbation).
 
 A metric describes its perturbed inputs as a flat sequence of ``count`` items (for example
 (method, image, step) triples, method-major, so that all methods' inputs of one batch share the

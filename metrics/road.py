@@ -438,7 +438,7 @@ def road_curves_of_maps(
         keep, source = distinct_prefixes(ranks.view(-1, num_pixels),
                                          torch.tensor(counts, dtype=torch.int64, device=x.device), groups)
         computed = curve_valid[keep // len(fractions)]
-    jobs = [tuple(int(v) for v in np.unravel_index(int(item), shape)) for item in keep[computed].tolist()]
+    jobs = np.stack(np.unravel_index(keep[computed].cpu().numpy(), shape), axis=1).tolist()  # [(m, o, b, i)]
     if solver == "cg":
         with torch.inference_mode():
             fields_on_device = noise_fields(x.shape[1:], seeds).to(x.device) if noise != 0 else None
